@@ -1,0 +1,323 @@
+//! The API key format of API.md §Key format.
+//!
+//! `<prefix>_<32 random base62 chars><6 base62 chars of CRC32 over the random part>`.
+//! Parsing is pure and rejects any other shape, or a wrong checksum, before storage is
+//! ever asked (API.md §Authentication: check order).
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Base62 alphabet of the random part and the checksum.
+/// Wire format: changing it breaks every issued key.
+pub const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Length of the random part. Wire format: 32 base62 chars carry about 190 bits.
+pub const RANDOM_LEN: usize = 32;
+
+/// Length of the base62 CRC32 checksum. Wire format: 62^6 > 2^32, so it always fits.
+pub const CHECKSUM_LEN: usize = 6;
+
+/// Longest prefix a deployment may configure.
+pub const MAX_PREFIX_LEN: usize = 16;
+
+/// Why a configured key prefix is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a key prefix must be 1 to {MAX_PREFIX_LEN} characters of [a-z0-9], starting with a letter")]
+pub struct KeyPrefixError;
+
+/// The deployment's key prefix (`kw` by default). `_` separates it from the random part,
+/// so it may not contain one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// Parses a prefix: `^[a-z][a-z0-9]{0,15}$`.
+    ///
+    /// # Errors
+    /// [`KeyPrefixError`] for any other string.
+    pub fn parse(raw: &str) -> Result<Self, KeyPrefixError> {
+        let bytes = raw.as_bytes();
+        let well_formed = !bytes.is_empty()
+            && bytes.len() <= MAX_PREFIX_LEN
+            && bytes[0].is_ascii_lowercase()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if well_formed {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(KeyPrefixError)
+        }
+    }
+
+    /// The prefix as written.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for KeyPrefix {
+    fn default() -> Self {
+        Self("kw".to_owned())
+    }
+}
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a presented key string is not a key of this deployment. The variants exist for
+/// tests and debugging; the HTTP layer reports all of them as `malformed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    /// The string does not start with `<prefix>_`.
+    #[error("wrong prefix")]
+    WrongPrefix,
+    /// The part after the prefix is not 38 base62 characters.
+    #[error("wrong length or character")]
+    WrongShape,
+    /// The checksum does not match the random part.
+    #[error("checksum mismatch")]
+    BadChecksum,
+}
+
+/// A well-formed API key secret. It can't be printed, serialised or compared by
+/// accident: `Debug` shows `KeySecret(..)` and revealing it takes [`KeySecret::expose`].
+pub struct KeySecret(SecretString);
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+impl KeySecret {
+    /// Generates a new key from `random`, which must be a CSPRNG in production
+    /// ([`OsRandom`]).
+    pub fn generate(prefix: &KeyPrefix, random: &mut impl RandomSource) -> Self {
+        let mut body = String::with_capacity(RANDOM_LEN + CHECKSUM_LEN);
+        let mut buf = [0u8; 64];
+        while body.len() < RANDOM_LEN {
+            random.fill(&mut buf);
+            // Rejection sampling: 248 = 4 * 62, so `b % 62` is uniform below it.
+            for &b in buf.iter().filter(|&&b| b < 248) {
+                if body.len() == RANDOM_LEN {
+                    break;
+                }
+                body.push(char::from(ALPHABET[usize::from(b % 62)]));
+            }
+        }
+        let checksum = checksum(body.as_bytes());
+        body.push_str(&checksum);
+        Self(SecretString::from(format!("{}_{body}", prefix.as_str())))
+    }
+
+    /// Parses a presented key: prefix, shape and checksum, nothing else.
+    ///
+    /// # Errors
+    /// A [`KeyFormatError`] naming the first rule the string breaks.
+    pub fn parse(raw: &str, prefix: &KeyPrefix) -> Result<Self, KeyFormatError> {
+        let body = raw
+            .strip_prefix(prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('_'))
+            .ok_or(KeyFormatError::WrongPrefix)?;
+        let bytes = body.as_bytes();
+        if bytes.len() != RANDOM_LEN + CHECKSUM_LEN || !bytes.iter().all(u8::is_ascii_alphanumeric)
+        {
+            return Err(KeyFormatError::WrongShape);
+        }
+        let (random, given) = bytes.split_at(RANDOM_LEN);
+        let expected = checksum(random);
+        if bool::from(expected.as_bytes().ct_eq(given)) {
+            Ok(Self(SecretString::from(raw.to_owned())))
+        } else {
+            Err(KeyFormatError::BadChecksum)
+        }
+    }
+
+    /// The key string itself. Call it only to put the secret in the one response that
+    /// shows it (creation or rotation).
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// SHA-256 of the whole key string: what storage keeps and looks up. A fast hash is
+    /// right here because the key carries 190 bits of entropy; nothing can be guessed.
+    #[must_use]
+    pub fn digest(&self) -> KeyDigest {
+        KeyDigest(Sha256::digest(self.expose().as_bytes()).into())
+    }
+
+    /// The display hint: prefix, first 4 and last 4 characters (`kw_AbCd…wxyz`).
+    #[must_use]
+    pub fn hint(&self) -> String {
+        let key = self.expose();
+        let (prefix, body) = key.split_once('_').unwrap_or(("", key));
+        format!("{prefix}_{}…{}", &body[..4], &body[body.len() - 4..])
+    }
+}
+
+fn checksum(random: &[u8]) -> String {
+    let mut n = u64::from(crc32fast::hash(random));
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// SHA-256 digest of a key. Not secret on its own, but never shown anywhere either:
+/// `Debug` is redacted and there is no `Serialize`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(..)")
+    }
+}
+
+impl KeyDigest {
+    /// Compares two digests in constant time.
+    #[must_use]
+    pub fn ct_eq(&self, other: &Self) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+/// A source of random bytes. Production uses [`OsRandom`]; tests may pass a fixed one.
+pub trait RandomSource {
+    /// Fills `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+/// The operating system's CSPRNG.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsRandom;
+
+impl RandomSource for OsRandom {
+    fn fill(&mut self, buf: &mut [u8]) {
+        // The OS CSPRNG failing is unrecoverable: issuing a weak key would be worse.
+        #[expect(clippy::expect_used, reason = "no safe fallback for a broken OS RNG")]
+        getrandom::fill(buf).expect("the OS random number generator failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    struct Fixed(u8);
+    impl RandomSource for Fixed {
+        fn fill(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.0;
+                self.0 = self.0.wrapping_add(37);
+            }
+        }
+    }
+
+    fn kw() -> KeyPrefix {
+        KeyPrefix::default()
+    }
+
+    #[test]
+    fn generated_key_has_the_documented_shape() {
+        let key = KeySecret::generate(&kw(), &mut OsRandom);
+        let s = key.expose();
+        assert!(s.starts_with("kw_"));
+        assert_eq!(s.len(), 3 + RANDOM_LEN + CHECKSUM_LEN);
+        assert!(s[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key = KeySecret::generate(&kw(), &mut OsRandom);
+        let shown = format!("{key:?} {:?}", key.digest());
+        assert!(!shown.contains(&key.expose()[3..]), "{shown}");
+        assert_eq!(shown, "KeySecret(..) KeyDigest(..)");
+    }
+
+    #[test]
+    fn hint_is_prefix_first_four_and_last_four() {
+        let key = KeySecret::generate(&kw(), &mut Fixed(3));
+        let s = key.expose().to_owned();
+        assert_eq!(key.hint(), format!("kw_{}…{}", &s[3..7], &s[s.len() - 4..]));
+    }
+
+    #[test]
+    fn other_prefix_and_garbage_are_rejected() {
+        let key = KeySecret::generate(&kw(), &mut OsRandom);
+        let other = KeyPrefix::parse("sk").unwrap();
+        assert_eq!(
+            KeySecret::parse(key.expose(), &other).unwrap_err(),
+            KeyFormatError::WrongPrefix
+        );
+        for raw in ["", "kw_", "kw", "kw_short", "kw__", "kwx_0123", "KW_abc"] {
+            assert!(KeySecret::parse(raw, &kw()).is_err(), "{raw:?} was accepted");
+        }
+        let long = format!("{}0", key.expose());
+        assert_eq!(
+            KeySecret::parse(&long, &kw()).unwrap_err(),
+            KeyFormatError::WrongShape
+        );
+    }
+
+    #[test]
+    fn prefixes_follow_their_rule() {
+        for ok in ["kw", "sk", "a", "live2", "abcdefghijklmnop"] {
+            assert!(KeyPrefix::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Kw", "2kw", "k_w", "k-w", "abcdefghijklmnopq", "kw "] {
+            assert!(KeyPrefix::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digest_is_sha256_of_the_whole_key() {
+        let key = KeySecret::parse(
+            &KeySecret::generate(&kw(), &mut Fixed(9)).expose().to_owned(),
+            &kw(),
+        )
+        .unwrap();
+        let again = KeySecret::parse(key.expose(), &kw()).unwrap();
+        assert!(key.digest().ct_eq(&again.digest()));
+        let expected: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
+        assert_eq!(key.digest().0, expected);
+    }
+
+    proptest! {
+        #[test]
+        fn every_generated_key_parses_back(seed in any::<u8>(), prefix in "[a-z][a-z0-9]{0,15}") {
+            let prefix = KeyPrefix::parse(&prefix).unwrap();
+            let key = KeySecret::generate(&prefix, &mut Fixed(seed));
+            let parsed = KeySecret::parse(key.expose(), &prefix).unwrap();
+            prop_assert_eq!(parsed.expose(), key.expose());
+        }
+
+        #[test]
+        fn every_single_character_change_is_caught(
+            seed in any::<u8>(),
+            position in 0usize..(RANDOM_LEN + CHECKSUM_LEN),
+            replacement in 0usize..62,
+        ) {
+            let key = KeySecret::generate(&kw(), &mut Fixed(seed));
+            let mut bytes = key.expose().as_bytes().to_vec();
+            let at = 3 + position;
+            let new = ALPHABET[replacement];
+            prop_assume!(bytes[at] != new);
+            bytes[at] = new;
+            let tampered = String::from_utf8(bytes).unwrap();
+            prop_assert!(KeySecret::parse(&tampered, &kw()).is_err());
+        }
+    }
+}
