@@ -1,1 +1,828 @@
-//! stub
+//! keyward's embedded storage: the [`Store`] trait over one SQLite file.
+//!
+//! SQLite allows one writer at a time, so writes go through a pool of exactly one
+//! connection (no `SQLITE_BUSY` between our own writers, no retry loops) and reads through
+//! a separate read-only pool. Depends on `keyward-core` and `keyward-store` only.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_core::{
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet,
+    StoredStatus,
+};
+use keyward_store::{
+    Account, AccountSummary, ApiKey, AuditAction, AuditContext, AuditEvent, AuthRecord, Changed,
+    KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, PageQuery, RequestRecord, Store,
+    StoreError, StoreResult,
+};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqlSafeStr, Transaction};
+use time::OffsetDateTime;
+
+/// The migrations, embedded. Their versions and names match the PostgreSQL tree's.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/0001_initial.sql"),
+)];
+
+/// The versions and names of the embedded migrations, for the check that both
+/// backends' trees stay in step.
+#[must_use]
+pub fn migration_versions() -> Vec<(i64, &'static str)> {
+    MIGRATIONS.iter().map(|(v, name, _)| (*v, *name)).collect()
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and runs migrations.
+    ///
+    /// # Errors
+    /// If the file can't be opened or created, or a migration fails.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        // API.md: the 201 of a new key leaves only once the key is durable, so commits
+        // are fsynced (FULL); WAL lets readers go on while the single writer commits.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Other(Box::new(e)))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools, waiting for running statements.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        // One writer connection: IMMEDIATE takes the write lock up front, so another
+        // process (an operator command) makes us wait in busy_timeout, not fail.
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("unique constraint")
+        }
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
+        {
+            // SQLITE_BUSY / SQLITE_LOCKED and their extended codes past busy_timeout.
+            StoreError::Unavailable(Box::new(e))
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
+        _ => StoreError::Other(Box::new(e)),
+    }
+}
+
+fn corrupt(what: &'static str) -> StoreError {
+    StoreError::Other(what.into())
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_ts(secs: i64) -> StoreResult<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|_| corrupt("timestamp out of range"))
+}
+
+fn opt_from_ts(secs: Option<i64>) -> StoreResult<Option<OffsetDateTime>> {
+    secs.map(from_ts).transpose()
+}
+
+fn scopes_json(scopes: &ScopeSet) -> String {
+    serde_json::Value::from(scopes.to_strings()).to_string()
+}
+
+const KEY_COLUMNS: &str = "k.key_id, k.account_id, k.name, k.scopes, k.metadata, k.status, \
+     k.expires_at, k.created_at, k.last_used, k.hint, k.version";
+
+fn key_from_row(row: &SqliteRow) -> StoreResult<ApiKey> {
+    let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
+    let scopes: String = row.try_get("scopes").map_err(get_err)?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&scopes).map_err(|_| corrupt("scopes are not a JSON array"))?;
+    let name: Option<String> = row.try_get("name").map_err(get_err)?;
+    let status: String = row.try_get("status").map_err(get_err)?;
+    let metadata: String = row.try_get("metadata").map_err(get_err)?;
+    Ok(ApiKey {
+        key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
+        account_id: AccountId::from_trusted(row.try_get("account_id").map_err(get_err)?),
+        name: name
+            .map(|n| KeyName::parse(&n))
+            .transpose()
+            .map_err(|_| corrupt("stored name is invalid"))?,
+        scopes: ScopeSet::parse(&scopes).map_err(|_| corrupt("stored scopes are invalid"))?,
+        metadata: Metadata::from_stored(&metadata),
+        status: StoredStatus::from_str(&status).map_err(|_| corrupt("stored status"))?,
+        expires_at: opt_from_ts(row.try_get("expires_at").map_err(get_err)?)?,
+        created_at: from_ts(row.try_get("created_at").map_err(get_err)?)?,
+        last_used: opt_from_ts(row.try_get("last_used").map_err(get_err)?)?,
+        hint: row.try_get("hint").map_err(get_err)?,
+        version: row.try_get("version").map_err(get_err)?,
+    })
+}
+
+fn account_from_row(row: &SqliteRow) -> StoreResult<Account> {
+    let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
+    let plan: String = row.try_get("plan").map_err(get_err)?;
+    let per_minute: Option<i64> = row.try_get("per_minute").map_err(get_err)?;
+    let per_day: Option<i64> = row.try_get("per_day").map_err(get_err)?;
+    Ok(Account {
+        account_id: AccountId::from_trusted(row.try_get("account_id").map_err(get_err)?),
+        name: row.try_get("name").map_err(get_err)?,
+        plan: Plan::from_str(&plan).map_err(|_| corrupt("stored plan"))?,
+        custom_limits: Limits::new(
+            per_minute.and_then(|n| u32::try_from(n).ok()),
+            per_day.and_then(|n| u32::try_from(n).ok()),
+        ),
+        created_at: from_ts(row.try_get("created_at").map_err(get_err)?)?,
+    })
+}
+
+async fn insert_key_rows(tx: &mut Transaction<'static, Sqlite>, key: &NewKey) -> StoreResult<()> {
+    sqlx::query(
+        "insert into api_key (key_id, account_id, name, scopes, metadata, status, expires_at, \
+         created_at, last_used, hint, version) values ($1, $2, $3, $4, $5, 'active', $6, $7, null, $8, 1)",
+    )
+    .bind(key.key_id.as_str())
+    .bind(key.account_id.as_str())
+    .bind(key.name.as_ref().map(KeyName::as_str))
+    .bind(scopes_json(&key.scopes))
+    .bind(key.metadata.to_json())
+    .bind(key.expires_at.map(ts))
+    .bind(ts(key.created_at))
+    .bind(&key.secret.hint)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    insert_secret(tx, &key.key_id, &key.secret, key.created_at).await
+}
+
+async fn insert_secret(
+    tx: &mut Transaction<'static, Sqlite>,
+    key_id: &KeyId,
+    secret: &NewSecret,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
+    sqlx::query(
+        "insert into key_secret (digest, key_id, expires_at, created_at) values ($1, $2, null, $3)",
+    )
+    .bind(&secret.digest.0[..])
+    .bind(key_id.as_str())
+    .bind(ts(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    account_id: &AccountId,
+    key_id: &KeyId,
+    action: AuditAction,
+    audit: &AuditContext,
+) -> StoreResult<()> {
+    sqlx::query(
+        "insert into audit_event (account_id, time, action, actor_key_id, key_id, changes, request_id) \
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(account_id.as_str())
+    .bind(ts(audit.time))
+    .bind(action.as_str())
+    .bind(audit.actor_key_id.as_ref().map(KeyId::as_str))
+    .bind(key_id.as_str())
+    .bind(audit.changes.to_string())
+    .bind(&audit.request_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Loads the key inside the write transaction, checks its version and returns its
+/// digests: the common first step of every key change.
+async fn lock_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    account_id: &AccountId,
+    key_id: &KeyId,
+    expected_version: i64,
+) -> StoreResult<Vec<KeyDigest>> {
+    let version: Option<i64> =
+        sqlx::query_scalar("select version from api_key where key_id = $1 and account_id = $2")
+            .bind(key_id.as_str())
+            .bind(account_id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    match version {
+        None => return Err(StoreError::NotFound),
+        Some(v) if v != expected_version => {
+            return Err(StoreError::Conflict("the key changed concurrently; retry"));
+        }
+        Some(_) => {}
+    }
+    let rows = sqlx::query("select digest from key_secret where key_id = $1")
+        .bind(key_id.as_str())
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    rows.iter()
+        .map(|row| {
+            let bytes: Vec<u8> = row.try_get(0).map_err(|e| StoreError::Other(Box::new(e)))?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map(KeyDigest)
+                .map_err(|_| corrupt("digest is not 32 bytes"))
+        })
+        .collect()
+}
+
+async fn key_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    account_id: &AccountId,
+    key_id: &KeyId,
+) -> StoreResult<ApiKey> {
+    let sql = format!("select {KEY_COLUMNS} from api_key k where k.key_id = $1 and k.account_id = $2");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(key_id.as_str())
+        .bind(account_id.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    key_from_row(&row)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1")
+            .execute(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn account_count(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("select count(*) from account")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(n.unsigned_abs())
+    }
+
+    async fn create_account(&self, account: &Account, first_key: &NewKey) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
+             values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(account.account_id.as_str())
+        .bind(&account.name)
+        .bind(account.plan.as_str())
+        .bind(account.custom_limits.per_minute.map(i64::from))
+        .bind(account.custom_limits.per_day.map(i64::from))
+        .bind(ts(account.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_key_rows(&mut tx, first_key).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>> {
+        let rows = sqlx::query(
+            "select a.*, (select count(*) from api_key k where k.account_id = a.account_id) as key_count \
+             from account a order by a.created_at, a.account_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let key_count: i64 = row.try_get("key_count").map_err(|e| StoreError::Other(Box::new(e)))?;
+                Ok(AccountSummary {
+                    account: account_from_row(row)?,
+                    key_count: key_count.unsigned_abs(),
+                })
+            })
+            .collect()
+    }
+
+    async fn account(&self, account_id: &AccountId) -> StoreResult<Option<Account>> {
+        let row = sqlx::query("select * from account where account_id = $1")
+            .bind(account_id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn set_plan(&self, account_id: &AccountId, plan: Plan) -> StoreResult<()> {
+        let done = sqlx::query("update account set plan = $1 where account_id = $2")
+            .bind(plan.as_str())
+            .bind(account_id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_limits(&self, account_id: &AccountId, limits: Limits) -> StoreResult<()> {
+        let done = sqlx::query("update account set per_minute = $1, per_day = $2 where account_id = $3")
+            .bind(limits.per_minute.map(i64::from))
+            .bind(limits.per_day.map(i64::from))
+            .bind(account_id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn auth_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<AuthRecord>> {
+        let sql = format!(
+            "select {KEY_COLUMNS}, s.expires_at as secret_expires_at, a.plan, a.per_minute, a.per_day \
+             from key_secret s join api_key k on k.key_id = s.key_id \
+             join account a on a.account_id = k.account_id where s.digest = $1"
+        );
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+            .bind(&digest.0[..])
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
+        let plan: String = row.try_get("plan").map_err(get_err)?;
+        let plan = Plan::from_str(&plan).map_err(|_| corrupt("stored plan"))?;
+        let per_minute: Option<i64> = row.try_get("per_minute").map_err(get_err)?;
+        let per_day: Option<i64> = row.try_get("per_day").map_err(get_err)?;
+        let custom = Limits::new(
+            per_minute.and_then(|n| u32::try_from(n).ok()),
+            per_day.and_then(|n| u32::try_from(n).ok()),
+        );
+        Ok(Some(AuthRecord {
+            key: key_from_row(&row)?,
+            secret_expires_at: opt_from_ts(row.try_get("secret_expires_at").map_err(get_err)?)?,
+            plan,
+            limits: plan.limits(custom),
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        account_id: &AccountId,
+        query: &KeyQuery,
+    ) -> StoreResult<(Vec<ApiKey>, bool)> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("select {KEY_COLUMNS} from api_key k where k.account_id = "));
+        qb.push_bind(account_id.as_str());
+        let now = ts(query.now);
+        match query.status {
+            None => {}
+            Some(KeyStatus::Active) => {
+                qb.push(" and k.status = 'active' and (k.expires_at is null or k.expires_at > ");
+                qb.push_bind(now).push(")");
+            }
+            Some(KeyStatus::Inactive) => {
+                qb.push(" and k.status = 'inactive'");
+            }
+            Some(KeyStatus::Expired) => {
+                qb.push(" and k.status = 'active' and k.expires_at <= ");
+                qb.push_bind(now);
+            }
+        }
+        if let Some(after) = &query.after {
+            qb.push(" and k.key_id > ").push_bind(after.as_str());
+        }
+        qb.push(" order by k.key_id");
+        if let Some(limit) = query.limit {
+            qb.push(" limit ").push_bind(i64::from(limit) + 1);
+        }
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
+        let mut keys = rows.iter().map(key_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let more = query
+            .limit
+            .is_some_and(|limit| keys.len() > limit as usize);
+        if let Some(limit) = query.limit {
+            keys.truncate(limit as usize);
+        }
+        Ok((keys, more))
+    }
+
+    async fn get_key(&self, account_id: &AccountId, key_id: &KeyId) -> StoreResult<Option<ApiKey>> {
+        let sql = format!("select {KEY_COLUMNS} from api_key k where k.key_id = $1 and k.account_id = $2");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key_id.as_str())
+            .bind(account_id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn insert_key(&self, key: &NewKey, audit: &AuditContext) -> StoreResult<ApiKey> {
+        let mut tx = self.begin().await?;
+        insert_key_rows(&mut tx, key).await?;
+        insert_audit(&mut tx, &key.account_id, &key.key_id, AuditAction::Created, audit).await?;
+        let stored = key_in_tx(&mut tx, &key.account_id, &key.key_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(stored)
+    }
+
+    async fn update_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &KeyId,
+        expected_version: i64,
+        patch: &KeyPatch,
+        audit: &AuditContext,
+    ) -> StoreResult<Changed> {
+        let mut tx = self.begin().await?;
+        let stale_digests = lock_key(&mut tx, account_id, key_id, expected_version).await?;
+        let mut qb = QueryBuilder::<Sqlite>::new("update api_key set version = version + 1");
+        if let Some(name) = &patch.name {
+            qb.push(", name = ").push_bind(name.as_ref().map(|n| n.as_str().to_owned()));
+        }
+        if let Some(scopes) = &patch.scopes {
+            qb.push(", scopes = ").push_bind(scopes_json(scopes));
+        }
+        if let Some(status) = patch.status {
+            qb.push(", status = ").push_bind(status.as_str());
+        }
+        if let Some(expires_at) = patch.expires_at {
+            qb.push(", expires_at = ").push_bind(expires_at.map(ts));
+        }
+        if let Some(metadata) = &patch.metadata {
+            qb.push(", metadata = ").push_bind(metadata.to_json());
+        }
+        qb.push(" where key_id = ").push_bind(key_id.as_str());
+        qb.build().execute(&mut *tx).await.map_err(map_err)?;
+        insert_audit(&mut tx, account_id, key_id, AuditAction::Updated, audit).await?;
+        let key = key_in_tx(&mut tx, account_id, key_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Changed {
+            key: Some(key),
+            stale_digests,
+        })
+    }
+
+    async fn rotate_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &KeyId,
+        expected_version: i64,
+        secret: &NewSecret,
+        old_secrets_end: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> StoreResult<Changed> {
+        let mut tx = self.begin().await?;
+        let stale_digests = lock_key(&mut tx, account_id, key_id, expected_version).await?;
+        let end = ts(old_secrets_end);
+        // Secrets already past their end are gone for good (all of them when there is no
+        // grace); the rest end at the earlier of their own end and this rotation's.
+        sqlx::query("delete from key_secret where key_id = $1 and (expires_at <= $3 or $2 <= $3)")
+            .bind(key_id.as_str())
+            .bind(end)
+            .bind(ts(audit.time))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(
+            "update key_secret set expires_at = min(coalesce(expires_at, $2), $2) where key_id = $1",
+        )
+        .bind(key_id.as_str())
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_secret(&mut tx, key_id, secret, audit.time).await?;
+        sqlx::query("update api_key set hint = $1, version = version + 1 where key_id = $2")
+            .bind(&secret.hint)
+            .bind(key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, account_id, key_id, AuditAction::Rotated, audit).await?;
+        let key = key_in_tx(&mut tx, account_id, key_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Changed {
+            key: Some(key),
+            stale_digests,
+        })
+    }
+
+    async fn revoke_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &KeyId,
+        expected_version: i64,
+        audit: &AuditContext,
+    ) -> StoreResult<Changed> {
+        let mut tx = self.begin().await?;
+        let stale_digests = lock_key(&mut tx, account_id, key_id, expected_version).await?;
+        sqlx::query("delete from key_secret where key_id = $1")
+            .bind(key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("delete from api_key where key_id = $1")
+            .bind(key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, account_id, key_id, AuditAction::Revoked, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Changed {
+            key: None,
+            stale_digests,
+        })
+    }
+
+    async fn write_meter_batch(&self, batch: &MeterBatch) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        // Bound parameters per statement stay under SQLite's limit (32766).
+        for chunk in batch.requests.chunks(1000) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "insert into request_log (account_id, time, method, endpoint, status, user_agent, \
+                 key_id, request_id, latency_ms) ",
+            );
+            qb.push_values(chunk, |mut row, r| {
+                row.push_bind(r.account_id.as_str())
+                    .push_bind(ts(r.time))
+                    .push_bind(r.method.as_str())
+                    .push_bind(r.endpoint.as_str())
+                    .push_bind(i64::from(r.status))
+                    .push_bind(r.user_agent.as_deref())
+                    .push_bind(r.key_id.as_str())
+                    .push_bind(r.request_id.as_str())
+                    .push_bind(i64::from(r.latency_ms));
+            });
+            qb.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        for (key_id, at) in &batch.last_used {
+            sqlx::query(
+                "update api_key set last_used = max(coalesce(last_used, $1), $1) where key_id = $2",
+            )
+            .bind(ts(*at))
+            .bind(key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        for (usage, count) in &batch.usage {
+            sqlx::query(
+                "insert into usage_counter (account_id, month, endpoint, key_id, count) \
+                 values ($1, $2, $3, $4, $5) on conflict (account_id, month, endpoint, key_id) \
+                 do update set count = count + excluded.count",
+            )
+            .bind(usage.account_id.as_str())
+            .bind(usage.month.as_str())
+            .bind(usage.endpoint.as_str())
+            .bind(usage.key_id.as_str())
+            .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn request_history(
+        &self,
+        account_id: &AccountId,
+        query: &PageQuery,
+    ) -> StoreResult<Vec<(i64, RequestRecord)>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "select request_log_id, account_id, time, method, endpoint, status, user_agent, key_id, \
+             request_id, latency_ms from request_log where account_id = ",
+        );
+        qb.push_bind(account_id.as_str());
+        push_page_filters(&mut qb, query, "request_log_id");
+        if let Some(endpoint) = &query.endpoint {
+            qb.push(" and endpoint = ").push_bind(endpoint.clone());
+        }
+        if let Some(status) = query.status {
+            qb.push(" and status = ").push_bind(i64::from(status));
+        }
+        qb.push(" order by request_log_id desc limit ")
+            .push_bind(i64::from(query.limit));
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
+                let status: i64 = row.try_get("status").map_err(get_err)?;
+                let latency: i64 = row.try_get("latency_ms").map_err(get_err)?;
+                Ok((
+                    row.try_get("request_log_id").map_err(get_err)?,
+                    RequestRecord {
+                        account_id: AccountId::from_trusted(row.try_get("account_id").map_err(get_err)?),
+                        time: from_ts(row.try_get("time").map_err(get_err)?)?,
+                        method: row.try_get("method").map_err(get_err)?,
+                        endpoint: row.try_get("endpoint").map_err(get_err)?,
+                        status: u16::try_from(status).map_err(|_| corrupt("status"))?,
+                        user_agent: row.try_get("user_agent").map_err(get_err)?,
+                        key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
+                        request_id: row.try_get("request_id").map_err(get_err)?,
+                        latency_ms: u32::try_from(latency).unwrap_or(u32::MAX),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn usage(&self, account_id: &AccountId, month: &str) -> StoreResult<Vec<(String, KeyId, u64)>> {
+        let rows = sqlx::query(
+            "select endpoint, key_id, count from usage_counter where account_id = $1 and month = $2",
+        )
+        .bind(account_id.as_str())
+        .bind(month)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
+                let count: i64 = row.try_get("count").map_err(get_err)?;
+                Ok((
+                    row.try_get("endpoint").map_err(get_err)?,
+                    KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
+                    count.unsigned_abs(),
+                ))
+            })
+            .collect()
+    }
+
+    async fn audit_log(&self, account_id: &AccountId, query: &PageQuery) -> StoreResult<Vec<AuditEvent>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "select audit_event_id, time, action, actor_key_id, key_id, changes, request_id \
+             from audit_event where account_id = ",
+        );
+        qb.push_bind(account_id.as_str());
+        push_page_filters(&mut qb, query, "audit_event_id");
+        if let Some(action) = query.action {
+            qb.push(" and action = ").push_bind(action.as_str());
+        }
+        qb.push(" order by audit_event_id desc limit ")
+            .push_bind(i64::from(query.limit));
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
+                let action: String = row.try_get("action").map_err(get_err)?;
+                let changes: String = row.try_get("changes").map_err(get_err)?;
+                let actor: Option<String> = row.try_get("actor_key_id").map_err(get_err)?;
+                Ok(AuditEvent {
+                    seq: row.try_get("audit_event_id").map_err(get_err)?,
+                    time: from_ts(row.try_get("time").map_err(get_err)?)?,
+                    action: AuditAction::parse(&action).ok_or_else(|| corrupt("stored action"))?,
+                    actor_key_id: actor.map(KeyId::from_trusted),
+                    key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
+                    changes: serde_json::from_str(&changes)
+                        .map_err(|_| corrupt("stored changes are not JSON"))?,
+                    request_id: row.try_get("request_id").map_err(get_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "delete from request_log where request_log_id in \
+             (select request_log_id from request_log where time < $1 limit $2)",
+        )
+        .bind(ts(cutoff))
+        .bind(i64::from(batch))
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn push_page_filters(qb: &mut QueryBuilder<Sqlite>, query: &PageQuery, id_column: &'static str) {
+    if let Some(before) = query.before {
+        qb.push(" and ").push(id_column).push(" < ").push_bind(before);
+    }
+    if let Some(key_id) = &query.key_id {
+        qb.push(" and key_id = ").push_bind(key_id.as_str().to_owned());
+    }
+    if let Some(since) = query.since {
+        qb.push(" and time >= ").push_bind(ts(since));
+    }
+    if let Some(until) = query.until {
+        qb.push(" and time < ").push_bind(ts(until));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("test.db")).await.unwrap();
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn sqlite_passes_the_storage_contract() {
+        keyward_store::contract::run_all(|| async { fresh().await }).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_runs_no_migration_twice() {
+        let (store, dir) = fresh().await;
+        store.close().await;
+        let again = SqliteStore::open(&dir.path().join("test.db")).await.unwrap();
+        assert_eq!(again.account_count().await.unwrap(), 0);
+    }
+
+    #[test]
+    fn migration_versions_are_numbered_from_one_without_gaps() {
+        for (i, (version, _)) in migration_versions().iter().enumerate() {
+            assert_eq!(*version, i as i64 + 1);
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The storage contract: behaviour every [`Store`] backend must show. A backend's tests
+//! call [`run_all`] with a factory of fresh, empty stores.
+
+#![expect(clippy::unwrap_used, reason = "test suite: a failed unwrap is a failed test")]
+
+use std::future::Future;
+
+use keyward_core::{
+    AccountId, KeyId, KeyName, KeyPrefix, KeySecret, KeyStatus, Limits, Metadata, OsRandom, Plan,
+    ScopeSet, StoredStatus,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::{
+    Account, AuditAction, AuditContext, KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret,
+    PageQuery, RequestRecord, Store, StoreError, UsageKey,
+};
+
+/// Runs every contract test, each on a fresh store from `make`. `G` is whatever keeps
+/// the store's database alive (a temp dir, a schema guard).
+pub async fn run_all<S, G, F, Fut>(make: F)
+where
+    S: Store,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (S, G)>,
+{
+    accounts_are_created_listed_and_replanned(&make().await.0).await;
+    keys_are_isolated_by_account(&make().await.0).await;
+    listing_is_oldest_first_filtered_and_paged(&make().await.0).await;
+    updates_need_the_current_version_and_are_audited(&make().await.0).await;
+    rotation_keeps_old_secrets_only_for_the_grace_period(&make().await.0).await;
+    revocation_removes_key_and_secrets_but_keeps_audit(&make().await.0).await;
+    meter_batches_record_history_usage_and_last_used(&make().await.0).await;
+    history_pages_by_cursor_and_filters_and_prunes(&make().await.0).await;
+}
+
+/// Ids from one monotonic generator, so that creation order is id order as in the service.
+fn next_ulid() -> ulid::Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    GENERATOR.lock().unwrap().generate().unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    keyward_core::timefmt::truncate(OffsetDateTime::now_utc())
+}
+
+fn account(plan: Plan) -> Account {
+    Account {
+        account_id: AccountId::from_ulid(next_ulid()),
+        name: "acme".into(),
+        plan,
+        custom_limits: Limits::default(),
+        created_at: now(),
+    }
+}
+
+fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
+    let secret = KeySecret::generate(&KeyPrefix::default(), &mut OsRandom);
+    let key = NewKey {
+        key_id: KeyId::from_ulid(next_ulid()),
+        account_id: account_id.clone(),
+        name: Some(KeyName::parse("test key").unwrap()),
+        scopes: ScopeSet::parse(scopes).unwrap(),
+        metadata: Metadata::parse(serde_json::json!({"env": "test"})).unwrap(),
+        expires_at: None,
+        created_at: now(),
+        secret: NewSecret {
+            digest: secret.digest(),
+            hint: secret.hint(),
+        },
+    };
+    (key, secret)
+}
+
+fn audit() -> AuditContext {
+    AuditContext {
+        actor_key_id: None,
+        request_id: "req_test".into(),
+        time: now(),
+        changes: serde_json::json!({}),
+    }
+}
+
+async fn seeded<S: Store>(store: &S, plan: Plan) -> (Account, NewKey, KeySecret) {
+    let acct = account(plan);
+    let (key, secret) = new_key(&acct.account_id, &["read", "write", "admin"]);
+    store.create_account(&acct, &key).await.unwrap();
+    (acct, key, secret)
+}
+
+async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
+    assert_eq!(store.account_count().await.unwrap(), 0);
+    let (acct, _, secret) = seeded(store, Plan::Free).await;
+    assert_eq!(store.account_count().await.unwrap(), 1);
+    let listed = store.list_accounts().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].account, acct);
+    assert_eq!(listed[0].key_count, 1);
+
+    store.set_plan(&acct.account_id, Plan::Enterprise).await.unwrap();
+    store
+        .set_limits(&acct.account_id, Limits::new(Some(7), None))
+        .await
+        .unwrap();
+    let auth = store.auth_by_digest(&secret.digest()).await.unwrap().unwrap();
+    assert_eq!(auth.plan, Plan::Enterprise);
+    assert_eq!(auth.limits, Limits::new(Some(7), None));
+
+    let missing = AccountId::from_ulid(next_ulid());
+    assert!(matches!(store.set_plan(&missing, Plan::Pro).await, Err(StoreError::NotFound)));
+    assert!(store.account(&missing).await.unwrap().is_none());
+}
+
+async fn keys_are_isolated_by_account<S: Store>(store: &S) {
+    let (a, a_key, _) = seeded(store, Plan::Pro).await;
+    let (b, _, _) = seeded(store, Plan::Pro).await;
+    let got = store.get_key(&a.account_id, &a_key.key_id).await.unwrap().unwrap();
+    assert_eq!(got.scopes, a_key.scopes);
+    assert_eq!(got.status, StoredStatus::Active);
+    assert_eq!(got.hint, a_key.secret.hint);
+
+    assert!(store.get_key(&b.account_id, &a_key.key_id).await.unwrap().is_none());
+    let patch = KeyPatch {
+        status: Some(StoredStatus::Inactive),
+        ..KeyPatch::default()
+    };
+    let cross = store
+        .update_key(&b.account_id, &a_key.key_id, got.version, &patch, &audit())
+        .await;
+    assert!(matches!(cross, Err(StoreError::NotFound)));
+    let cross = store.revoke_key(&b.account_id, &a_key.key_id, got.version, &audit()).await;
+    assert!(matches!(cross, Err(StoreError::NotFound)));
+    let (b_keys, _) = store
+        .list_keys(&b.account_id, &KeyQuery { status: None, limit: None, after: None, now: now() })
+        .await
+        .unwrap();
+    assert_eq!(b_keys.len(), 1);
+    assert_ne!(b_keys[0].key_id, a_key.key_id);
+    let unchanged = store.get_key(&a.account_id, &a_key.key_id).await.unwrap().unwrap();
+    assert_eq!(unchanged, got);
+}
+
+async fn listing_is_oldest_first_filtered_and_paged<S: Store>(store: &S) {
+    let (acct, first, _) = seeded(store, Plan::Pro).await;
+    let mut ids = vec![first.key_id.clone()];
+    for i in 0..4 {
+        let (mut key, _) = new_key(&acct.account_id, &["read"]);
+        if i == 2 {
+            key.expires_at = Some(now() - Duration::seconds(1));
+        }
+        store.insert_key(&key, &audit()).await.unwrap();
+        ids.push(key.key_id);
+    }
+    let inactive = store.get_key(&acct.account_id, &ids[2]).await.unwrap().unwrap();
+    store
+        .update_key(
+            &acct.account_id,
+            &ids[2],
+            inactive.version,
+            &KeyPatch { status: Some(StoredStatus::Inactive), ..KeyPatch::default() },
+            &audit(),
+        )
+        .await
+        .unwrap();
+    let q = |status, limit, after| KeyQuery { status, limit, after, now: now() };
+
+    let (all, more) = store.list_keys(&acct.account_id, &q(None, None, None)).await.unwrap();
+    assert!(!more);
+    assert_eq!(all.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(), ids);
+
+    let (page, more) = store.list_keys(&acct.account_id, &q(None, Some(2), None)).await.unwrap();
+    assert!(more);
+    assert_eq!(page.len(), 2);
+    let (rest, more) = store
+        .list_keys(&acct.account_id, &q(None, Some(3), Some(page[1].key_id.clone())))
+        .await
+        .unwrap();
+    assert!(!more);
+    assert_eq!(rest.len(), 3);
+    assert_eq!(rest[0].key_id, ids[2]);
+
+    for (status, expected) in [
+        (KeyStatus::Expired, vec![ids[3].clone()]),
+        (KeyStatus::Inactive, vec![ids[2].clone()]),
+        (KeyStatus::Active, vec![ids[0].clone(), ids[1].clone(), ids[4].clone()]),
+    ] {
+        let (keys, _) = store.list_keys(&acct.account_id, &q(Some(status), None, None)).await.unwrap();
+        let got: Vec<_> = keys.into_iter().map(|k| k.key_id).collect();
+        assert_eq!(got, expected, "status filter {status:?}");
+    }
+}
+
+async fn updates_need_the_current_version_and_are_audited<S: Store>(store: &S) {
+    let (acct, key, secret) = seeded(store, Plan::Pro).await;
+    let before = store.get_key(&acct.account_id, &key.key_id).await.unwrap().unwrap();
+    let patch = KeyPatch {
+        name: Some(None),
+        scopes: Some(ScopeSet::parse(&["read"]).unwrap()),
+        expires_at: Some(Some(now() + Duration::hours(1))),
+        metadata: Some(Metadata::default()),
+        status: None,
+    };
+    let changed = store
+        .update_key(&acct.account_id, &key.key_id, before.version, &patch, &audit())
+        .await
+        .unwrap();
+    let after = changed.key.unwrap();
+    assert_eq!(after.name, None);
+    assert_eq!(after.scopes.to_strings(), ["read"]);
+    assert!(after.version > before.version);
+    assert_eq!(changed.stale_digests, vec![secret.digest()]);
+
+    let stale = store
+        .update_key(&acct.account_id, &key.key_id, before.version, &patch, &audit())
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))));
+
+    let events = store
+        .audit_log(&acct.account_id, &PageQuery { limit: 10, ..PageQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "one update, and account creation is not a key event");
+    assert_eq!(events[0].action, AuditAction::Updated);
+    assert_eq!(events[0].key_id, key.key_id);
+}
+
+async fn rotation_keeps_old_secrets_only_for_the_grace_period<S: Store>(store: &S) {
+    let (acct, key, old) = seeded(store, Plan::Pro).await;
+    let v = store.get_key(&acct.account_id, &key.key_id).await.unwrap().unwrap().version;
+    let fresh = KeySecret::generate(&KeyPrefix::default(), &mut OsRandom);
+    let end = now() + Duration::minutes(5);
+    let changed = store
+        .rotate_key(
+            &acct.account_id,
+            &key.key_id,
+            v,
+            &NewSecret { digest: fresh.digest(), hint: fresh.hint() },
+            end,
+            &audit(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.key.as_ref().unwrap().hint, fresh.hint());
+    let old_auth = store.auth_by_digest(&old.digest()).await.unwrap().unwrap();
+    assert_eq!(old_auth.secret_expires_at, Some(end));
+    let new_auth = store.auth_by_digest(&fresh.digest()).await.unwrap().unwrap();
+    assert_eq!(new_auth.secret_expires_at, None);
+    assert_eq!(new_auth.key.key_id, key.key_id);
+
+    // A rotation without grace ends every older secret at once.
+    let v = changed.key.unwrap().version;
+    let third = KeySecret::generate(&KeyPrefix::default(), &mut OsRandom);
+    let changed = store
+        .rotate_key(
+            &acct.account_id,
+            &key.key_id,
+            v,
+            &NewSecret { digest: third.digest(), hint: third.hint() },
+            now(),
+            &audit(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.stale_digests.len(), 2);
+    assert!(store.auth_by_digest(&old.digest()).await.unwrap().is_none());
+    assert!(store.auth_by_digest(&fresh.digest()).await.unwrap().is_none());
+    assert!(store.auth_by_digest(&third.digest()).await.unwrap().is_some());
+}
+
+async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store: &S) {
+    let (acct, _, _) = seeded(store, Plan::Pro).await;
+    let (key, secret) = new_key(&acct.account_id, &["read"]);
+    let inserted = store.insert_key(&key, &audit()).await.unwrap();
+    let changed = store
+        .revoke_key(&acct.account_id, &key.key_id, inserted.version, &audit())
+        .await
+        .unwrap();
+    assert_eq!(changed.stale_digests, vec![secret.digest()]);
+    assert!(store.get_key(&acct.account_id, &key.key_id).await.unwrap().is_none());
+    assert!(store.auth_by_digest(&secret.digest()).await.unwrap().is_none());
+    let events = store
+        .audit_log(
+            &acct.account_id,
+            &PageQuery { limit: 10, key_id: Some(key.key_id.clone()), ..PageQuery::default() },
+        )
+        .await
+        .unwrap();
+    let actions: Vec<_> = events.iter().map(|e| e.action).collect();
+    assert_eq!(actions, [AuditAction::Revoked, AuditAction::Created]);
+}
+
+fn record(acct: &AccountId, key: &KeyId, endpoint: &str, status: u16, time: OffsetDateTime) -> RequestRecord {
+    RequestRecord {
+        account_id: acct.clone(),
+        time,
+        method: "GET".into(),
+        endpoint: endpoint.into(),
+        status,
+        user_agent: Some("contract/1".into()),
+        key_id: key.clone(),
+        request_id: format!("req_{}", ulid::Ulid::generate()),
+        latency_ms: 3,
+    }
+}
+
+async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
+    let (acct, key, _) = seeded(store, Plan::Pro).await;
+    let t = now();
+    let usage_key = UsageKey {
+        account_id: acct.account_id.clone(),
+        month: "2026-11".into(),
+        endpoint: "GET /v1/api-keys".into(),
+        key_id: key.key_id.clone(),
+    };
+    let batch = MeterBatch {
+        requests: vec![record(&acct.account_id, &key.key_id, "GET /v1/api-keys", 200, t)],
+        last_used: vec![(key.key_id.clone(), t)],
+        usage: vec![(usage_key.clone(), 3)],
+    };
+    store.write_meter_batch(&batch).await.unwrap();
+    // An older last_used never moves it back; counts add up.
+    let older = MeterBatch {
+        requests: vec![],
+        last_used: vec![(key.key_id.clone(), t - Duration::hours(1))],
+        usage: vec![(usage_key, 2)],
+    };
+    store.write_meter_batch(&older).await.unwrap();
+    let got = store.get_key(&acct.account_id, &key.key_id).await.unwrap().unwrap();
+    assert_eq!(got.last_used, Some(t));
+    let usage = store.usage(&acct.account_id, "2026-11").await.unwrap();
+    assert_eq!(usage, vec![("GET /v1/api-keys".to_owned(), key.key_id.clone(), 5)]);
+    assert!(store.usage(&acct.account_id, "2026-10").await.unwrap().is_empty());
+    let history = store
+        .request_history(&acct.account_id, &PageQuery { limit: 10, ..PageQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].1, batch.requests[0]);
+}
+
+async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
+    let (acct, key, _) = seeded(store, Plan::Pro).await;
+    let (other, other_key, _) = seeded(store, Plan::Pro).await;
+    let t = now();
+    let mut requests = Vec::new();
+    for i in 0..10_i64 {
+        let status = if i % 2 == 0 { 200 } else { 404 };
+        requests.push(record(&acct.account_id, &key.key_id, "GET /v1/api-keys", status, t - Duration::days(100 - i)));
+    }
+    requests.push(record(&other.account_id, &other_key.key_id, "GET /v1/usage", 200, t));
+    store
+        .write_meter_batch(&MeterBatch { requests, ..MeterBatch::default() })
+        .await
+        .unwrap();
+
+    let page = |before, status| PageQuery { limit: 4, before, status, ..PageQuery::default() };
+    let first = store.request_history(&acct.account_id, &page(None, None)).await.unwrap();
+    assert_eq!(first.len(), 4);
+    assert!(first.windows(2).all(|w| w[0].0 > w[1].0), "newest first");
+    let second = store
+        .request_history(&acct.account_id, &page(Some(first[3].0), None))
+        .await
+        .unwrap();
+    assert!(second.iter().all(|(seq, _)| *seq < first[3].0));
+    let not_found = store
+        .request_history(&acct.account_id, &PageQuery { limit: 100, status: Some(404), ..PageQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(not_found.len(), 5);
+    assert!(not_found.iter().all(|(_, r)| r.status == 404 && r.account_id == acct.account_id));
+
+    let cutoff = t - Duration::days(95);
+    let mut pruned = 0;
+    loop {
+        let n = store.prune_history(cutoff, 2).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        pruned += n;
+    }
+    assert_eq!(pruned, 5);
+    let left = store
+        .request_history(&acct.account_id, &PageQuery { limit: 100, ..PageQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|(_, r)| r.time >= cutoff));
+    let others = store
+        .request_history(&other.account_id, &PageQuery { limit: 100, ..PageQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(others.len(), 1);
+}
