@@ -1,0 +1,229 @@
+//! The batch writer of metering: request history rows, `last_used` and monthly usage.
+//!
+//! The request path does one short in-memory update ([`Meter::record`]); a task writes
+//! everything in one transaction every `interval` (500 ms by default) and once more at
+//! shutdown. Trade-off: a crash (`kill -9`, power loss) loses at most the last interval
+//! of history, usage and `last_used`; keys and accounts are never batched, so they are
+//! never lost. Memory is bounded: past `capacity` pending history rows, new rows are
+//! dropped and counted in `keyward_meter_dropped_rows_total` (usage counters and
+//! `last_used` are bounded by the number of keys and are never dropped).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use keyward_core::KeyId;
+use keyward_store::{MeterBatch, RequestRecord, Store, UsageKey};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Pending {
+    requests: Vec<RequestRecord>,
+    last_used: HashMap<KeyId, OffsetDateTime>,
+    usage: HashMap<UsageKey, u64>,
+}
+
+/// Buffers metering until the next flush.
+pub struct Meter {
+    pending: Mutex<Pending>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+impl Meter {
+    /// A meter holding at most `capacity` unflushed history rows.
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending::default()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding this lock can only come from an allocation failure;
+        // the buffer is still consistent, so keep using it.
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records one authenticated request: its history row, its key's `last_used` and its
+    /// month's usage counter.
+    pub fn record(&self, request: RequestRecord) {
+        let usage_key = UsageKey {
+            account_id: request.account_id.clone(),
+            month: month_of(request.time),
+            endpoint: request.endpoint.clone(),
+            key_id: request.key_id.clone(),
+        };
+        let depth = {
+            let mut pending = self.lock();
+            let last = pending
+                .last_used
+                .entry(request.key_id.clone())
+                .or_insert(request.time);
+            if *last < request.time {
+                *last = request.time;
+            }
+            *pending.usage.entry(usage_key).or_insert(0) += 1;
+            if pending.requests.len() < self.capacity {
+                pending.requests.push(request);
+            } else {
+                metrics::counter!("keyward_meter_dropped_rows_total").increment(1);
+            }
+            pending.requests.len()
+        };
+        metrics::gauge!("keyward_meter_queue_depth").set(depth as f64);
+    }
+
+    /// Number of history rows waiting to be written.
+    #[must_use]
+    pub fn pending_rows(&self) -> usize {
+        self.lock().requests.len()
+    }
+
+    /// Takes everything pending, sorted so that concurrent writers lock rows in the
+    /// same order.
+    #[must_use]
+    pub fn take(&self) -> MeterBatch {
+        let pending = std::mem::take(&mut *self.lock());
+        metrics::gauge!("keyward_meter_queue_depth").set(0.0);
+        let mut last_used: Vec<_> = pending.last_used.into_iter().collect();
+        last_used.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut usage: Vec<_> = pending.usage.into_iter().collect();
+        usage.sort_by(|a, b| a.0.cmp(&b.0));
+        MeterBatch {
+            requests: pending.requests,
+            last_used,
+            usage,
+        }
+    }
+
+    /// Writes everything pending now.
+    ///
+    /// # Errors
+    /// The store's error; the batch is then lost, which the caller logs.
+    pub async fn flush(&self, store: &dyn Store) -> keyward_store::StoreResult<usize> {
+        let batch = self.take();
+        let rows = batch.requests.len();
+        store.write_meter_batch(&batch).await?;
+        metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
+        Ok(rows)
+    }
+}
+
+/// `YYYY-MM` of `t` in UTC: the usage counter's month.
+#[must_use]
+pub fn month_of(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!("{:04}-{:02}", t.year(), u8::from(t.month()))
+}
+
+/// Flushes `meter` every `interval` until `cancel`, then a last time. A failed batch is
+/// retried with capped backoff while new rows keep buffering.
+pub async fn run_meter(
+    meter: Arc<Meter>,
+    store: Arc<dyn Store>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut failed: Option<MeterBatch> = None;
+    let mut backoff = interval;
+    loop {
+        let stopping = tokio::select! {
+            () = cancel.cancelled() => true,
+            () = tokio::time::sleep(if failed.is_some() { backoff } else { interval }) => false,
+        };
+        if let Some(batch) = failed.take() {
+            if let Err(e) = store.write_meter_batch(&batch).await {
+                tracing::warn!(error = %e, rows = batch.requests.len(), "metering batch retry failed");
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if stopping {
+                    tracing::error!(rows = batch.requests.len(), "metering batch lost at shutdown");
+                    return;
+                }
+                failed = Some(batch);
+                continue;
+            }
+            metrics::counter!("keyward_meter_flushed_rows_total").increment(batch.requests.len() as u64);
+            backoff = interval;
+        }
+        let batch = meter.take();
+        if !batch.is_empty() {
+            let rows = batch.requests.len();
+            match store.write_meter_batch(&batch).await {
+                Ok(()) => {
+                    metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, rows, "metering batch write failed; will retry");
+                    if stopping {
+                        tracing::error!(rows, "metering batch lost at shutdown");
+                        return;
+                    }
+                    failed = Some(batch);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_core::AccountId;
+
+    fn request(key: &KeyId, at: OffsetDateTime) -> RequestRecord {
+        RequestRecord {
+            account_id: AccountId::from_ulid(ulid::Ulid::generate()),
+            time: at,
+            method: "GET".into(),
+            endpoint: "GET /v1/api-keys".into(),
+            status: 200,
+            user_agent: None,
+            key_id: key.clone(),
+            request_id: "req_1".into(),
+            latency_ms: 1,
+        }
+    }
+
+    #[test]
+    fn capacity_bounds_history_but_not_usage() {
+        let meter = Meter::new(2);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let t = OffsetDateTime::now_utc();
+        for _ in 0..5 {
+            meter.record(request(&key, t));
+        }
+        let batch = meter.take();
+        assert_eq!(batch.requests.len(), 2);
+        assert_eq!(batch.usage.len(), 5, "each request had its own account");
+        assert!(batch.usage.iter().all(|(_, n)| *n == 1));
+        assert_eq!(batch.last_used, vec![(key, t)]);
+        assert!(meter.take().is_empty());
+    }
+
+    #[test]
+    fn last_used_keeps_the_latest_time() {
+        let meter = Meter::new(10);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let t = OffsetDateTime::now_utc();
+        meter.record(request(&key, t));
+        meter.record(request(&key, t - time::Duration::seconds(5)));
+        assert_eq!(meter.take().last_used, vec![(key, t)]);
+    }
+
+    #[test]
+    fn months_are_utc() {
+        let t = time::macros::datetime!(2026-11-30 23:30 -02:00);
+        assert_eq!(month_of(t), "2026-12");
+    }
+}
