@@ -1,0 +1,496 @@
+//! `/v1/api-keys`: the seed endpoint and the whole key lifecycle (API.md §Endpoints).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyward_core::{
+    KeyId, KeyName, KeySecret, KeyStatus, Metadata, OsRandom, Scope, ScopeSet, StoredStatus,
+    timefmt,
+};
+use keyward_store::{ApiKey, AuditContext, KeyPatch, KeyQuery, NewKey, NewSecret};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::dto::{ApiKeyObject, ApiKeyWithSecret, nullable};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, KeyIdSegment, QueryParams};
+use crate::state::AppState;
+
+/// Longest `expires_in` (and farthest `expires_at`): 100 years.
+const MAX_LIFETIME_SECS: i64 = 100 * 365 * 24 * 3600;
+/// Longest rotation grace period: one week.
+const MAX_GRACE_SECS: u64 = 604_800;
+
+/// Body of `GET /v1/api-keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    /// The account's keys, oldest first.
+    pub api_keys: Vec<ApiKeyObject>,
+    /// With `limit`: whether more keys follow the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_more: Option<bool>,
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// Optional label, 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: Option<String>,
+    /// 1 to 32 distinct scopes, each `^[a-z][a-z0-9_.:-]{0,63}$`, all held by the caller.
+    #[schema(min_items = 1, max_items = 32)]
+    pub scopes: Vec<String>,
+    /// Expiry, in the future (not with `expires_in`).
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// Lifetime in seconds (not with `expires_at`).
+    #[schema(minimum = 1, maximum = 3_153_600_000_i64)]
+    pub expires_in: Option<i64>,
+    /// A JSON object of at most 4 KiB serialised.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// Body of `PATCH /v1/api-keys/{key_id}`; absent fields are left as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiKeyRequest {
+    /// New label, or `null` to remove it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    pub name: Option<Option<String>>,
+    /// New scopes (not on the caller's own key).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 32)]
+    pub scopes: Option<Option<Vec<String>>>,
+    /// `active` or `inactive` (not `inactive` on the caller's own key).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<SettableStatus>)]
+    pub status: Option<Option<String>>,
+    /// New expiry in the future, or `null` for none.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<String>>,
+    /// New metadata object (replaces the old one), or `null` for `{}`.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Option<Value>>,
+}
+
+/// The statuses a caller may set.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum SettableStatus {
+    /// Authenticates again.
+    Active,
+    /// Disabled.
+    Inactive,
+}
+
+/// Body of `POST /v1/api-keys/{key_id}/rotate`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateApiKeyRequest {
+    /// How long the old secret keeps working, 0 to 604800 seconds (default 0).
+    #[schema(minimum = 0, maximum = 604_800)]
+    pub grace_period_seconds: Option<u64>,
+}
+
+fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn audit(caller: &Caller, changes: Value) -> AuditContext {
+    AuditContext {
+        actor_key_id: Some(caller.record.key.key_id.clone()),
+        request_id: caller.request_id().to_owned(),
+        time: caller.now,
+        changes,
+    }
+}
+
+/// `403` unless every scope of `scopes` is the caller's too.
+fn ensure_within_caller(caller: &Caller, scopes: &ScopeSet) -> Result<(), ApiError> {
+    let missing = scopes.missing_from(&caller.record.key.scopes);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&missing))
+    }
+}
+
+/// The key in the caller's account, or the `404` a missing one gets.
+async fn load_key(state: &AppState, caller: &Caller, key_id: &KeyId) -> Result<ApiKey, ApiError> {
+    state
+        .store
+        .get_key(&caller.record.key.account_id, key_id)
+        .await?
+        .ok_or_else(ApiError::key_not_found)
+}
+
+fn parse_expiry(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
+    let t = timefmt::parse(raw)
+        .map_err(|_| ApiError::validation("expires_at", "must be an RFC 3339 timestamp"))?;
+    let t = timefmt::truncate(t);
+    if t <= now {
+        return Err(ApiError::validation("expires_at", "must be in the future"));
+    }
+    if t > now + Duration::seconds(MAX_LIFETIME_SECS) {
+        return Err(ApiError::validation("expires_at", "must be within 100 years"));
+    }
+    Ok(t)
+}
+
+fn parse_scopes(raw: &[String]) -> Result<ScopeSet, ApiError> {
+    ScopeSet::parse(raw).map_err(|e| ApiError::validation("scopes", e.to_string()))
+}
+
+fn parse_name(raw: &str) -> Result<KeyName, ApiError> {
+    KeyName::parse(raw).map_err(|e| ApiError::validation("name", e.0))
+}
+
+fn parse_metadata(raw: Value) -> Result<Metadata, ApiError> {
+    Metadata::parse(raw).map_err(|e| ApiError::validation("metadata", e.0))
+}
+
+fn new_secret(state: &AppState) -> (KeySecret, NewSecret) {
+    let secret = KeySecret::generate(&state.prefix, &mut OsRandom);
+    let stored = NewSecret { digest: secret.digest(), hint: secret.hint() };
+    (secret, stored)
+}
+
+/// Get all API keys of the account, oldest first.
+#[utoipa::path(
+    get, path = "/v1/api-keys", operation_id = "list_api_keys", tag = "api-keys",
+    params(
+        ("status" = Option<String>, Query, description = "Only keys with this status: active, inactive or expired"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many keys; the body then has has_more"),
+        ("after" = Option<String>, Query, description = "Start after this key_id (the last one of the previous page)"),
+    ),
+    responses((status = 200, description = "The account's keys", body = ApiKeyList)),
+    security(("api_key" = []))
+)]
+pub async fn list_api_keys(State(state): State<AppState>, caller: Caller, mut query: QueryParams) -> Result<Response, ApiError> {
+    caller.require(&state, Scope::READ).await?;
+    let status = query
+        .take("status")?
+        .map(|s| s.parse::<KeyStatus>().map_err(|e| ApiError::validation("status", e.0)))
+        .transpose()?;
+    let limit = query
+        .take_number("limit", 1, 1000)?
+        .map(|n| u32::try_from(n).unwrap_or(1000));
+    let after = query
+        .take("after")?
+        .map(|raw| KeyId::parse(&raw).map_err(|_| ApiError::validation("after", "must be a key_id")))
+        .transpose()?;
+    query.finish()?;
+    let (keys, more) = state
+        .store
+        .list_keys(
+            &caller.record.key.account_id,
+            &KeyQuery { status, limit, after, now: caller.now },
+        )
+        .await?;
+    let body = ApiKeyList {
+        api_keys: keys.iter().map(|k| ApiKeyObject::new(k, caller.now)).collect(),
+        has_more: limit.map(|_| more),
+    };
+    Ok(no_store(StatusCode::OK, Json(body)))
+}
+
+/// Get one API key of the account.
+#[utoipa::path(
+    get, path = "/v1/api-keys/{key_id}", operation_id = "get_api_key", tag = "api-keys",
+    params(("key_id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key", body = ApiKeyObject)),
+    security(("api_key" = []))
+)]
+pub async fn get_api_key(State(state): State<AppState>, caller: Caller, key_id: KeyIdSegment) -> Result<Response, ApiError> {
+    caller.require(&state, Scope::READ).await?;
+    let key = load_key(&state, &caller, &key_id.parse()?).await?;
+    Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&key, caller.now))))
+}
+
+/// Create an API key; the secret is in this response only.
+#[utoipa::path(
+    post, path = "/v1/api-keys", operation_id = "create_api_key", tag = "api-keys",
+    request_body = CreateApiKeyRequest,
+    responses((status = 201, description = "The new key with its secret", body = ApiKeyWithSecret)),
+    security(("api_key" = []))
+)]
+pub async fn create_api_key(State(state): State<AppState>, caller: Caller, body: JsonBody) -> Result<Response, ApiError> {
+    caller.require(&state, Scope::WRITE).await?;
+    let req: CreateApiKeyRequest = body.parse()?;
+    let name = req.name.as_deref().map(parse_name).transpose()?;
+    let scopes = parse_scopes(&req.scopes)?;
+    let now = timefmt::truncate(caller.now);
+    let expires_at = match (req.expires_at.as_deref(), req.expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation("expires_in", "give expires_at or expires_in, not both"));
+        }
+        (Some(raw), None) => Some(parse_expiry(raw, now)?),
+        (None, Some(secs)) if (1..=MAX_LIFETIME_SECS).contains(&secs) => Some(now + Duration::seconds(secs)),
+        (None, Some(_)) => {
+            return Err(ApiError::validation("expires_in", "must be from 1 to 3153600000 seconds"));
+        }
+        (None, None) => None,
+    };
+    let metadata = req.metadata.map(parse_metadata).transpose()?.unwrap_or_default();
+    ensure_within_caller(&caller, &scopes)?;
+
+    let (secret, stored_secret) = new_secret(&state);
+    let key = NewKey {
+        key_id: KeyId::from_ulid(state.next_ulid()),
+        account_id: caller.record.key.account_id.clone(),
+        name,
+        scopes,
+        metadata,
+        expires_at,
+        created_at: now,
+        secret: stored_secret,
+    };
+    let changes = json!({
+        "name": key.name.as_ref().map(KeyName::as_str),
+        "scopes": key.scopes.to_strings(),
+        "expires_at": key.expires_at.map(timefmt::format),
+        "metadata": key.metadata.as_map(),
+    });
+    let stored = state.store.insert_key(&key, &audit(&caller, changes)).await?;
+    let body = ApiKeyWithSecret {
+        key: ApiKeyObject::new(&stored, caller.now),
+        api_key: secret.expose().to_owned(),
+    };
+    Ok(no_store(StatusCode::CREATED, Json(body)))
+}
+
+fn change(changes: &mut serde_json::Map<String, Value>, field: &str, from: Value, to: Value) {
+    if from != to {
+        changes.insert(field.to_owned(), json!({ "from": from, "to": to }));
+    }
+}
+
+/// Update a key's name, scopes, status, expiry or metadata.
+#[utoipa::path(
+    patch, path = "/v1/api-keys/{key_id}", operation_id = "update_api_key", tag = "api-keys",
+    params(("key_id" = String, Path, description = "The key's id")),
+    request_body = UpdateApiKeyRequest,
+    responses((status = 200, description = "The updated key", body = ApiKeyObject)),
+    security(("api_key" = []))
+)]
+pub async fn update_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    key_id: KeyIdSegment,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(&state, Scope::WRITE).await?;
+    let key_id = key_id.parse()?;
+    let req: UpdateApiKeyRequest = body.parse()?;
+    let now = timefmt::truncate(caller.now);
+    let patch = KeyPatch {
+        name: req.name.map(|n| n.as_deref().map(parse_name).transpose()).transpose()?,
+        scopes: match req.scopes {
+            None => None,
+            Some(None) => return Err(ApiError::validation("scopes", "must not be null")),
+            Some(Some(raw)) => Some(parse_scopes(&raw)?),
+        },
+        status: match req.status {
+            None => None,
+            Some(None) => return Err(ApiError::validation("status", "must not be null")),
+            Some(Some(raw)) => Some(
+                raw.parse::<StoredStatus>()
+                    .map_err(|e| ApiError::validation("status", e.0))?,
+            ),
+        },
+        expires_at: req
+            .expires_at
+            .map(|e| e.as_deref().map(|raw| parse_expiry(raw, now)).transpose())
+            .transpose()?,
+        metadata: req
+            .metadata
+            .map(|m| m.map(parse_metadata).transpose().map(Option::unwrap_or_default))
+            .transpose()?,
+    };
+
+    let current = load_key(&state, &caller, &key_id).await?;
+    ensure_within_caller(&caller, &current.scopes)?;
+    if let Some(scopes) = &patch.scopes {
+        ensure_within_caller(&caller, scopes)?;
+    }
+    let own_key = current.key_id == caller.record.key.key_id;
+    if own_key && patch.status == Some(StoredStatus::Inactive) {
+        return Err(ApiError::conflict("a key cannot disable itself"));
+    }
+    if own_key && patch.scopes.as_ref().is_some_and(|s| !s.same_scopes_as(&current.scopes)) {
+        return Err(ApiError::conflict("a key cannot change its own scopes"));
+    }
+
+    let mut changes = serde_json::Map::new();
+    if let Some(name) = &patch.name {
+        change(&mut changes, "name", json!(current.name.as_ref().map(KeyName::as_str)), json!(name.as_ref().map(KeyName::as_str)));
+    }
+    if let Some(scopes) = &patch.scopes {
+        change(&mut changes, "scopes", json!(current.scopes.to_strings()), json!(scopes.to_strings()));
+    }
+    if let Some(status) = patch.status {
+        change(&mut changes, "status", json!(current.status.as_str()), json!(status.as_str()));
+    }
+    if let Some(expires_at) = patch.expires_at {
+        change(&mut changes, "expires_at", json!(current.expires_at.map(timefmt::format)), json!(expires_at.map(timefmt::format)));
+    }
+    if let Some(metadata) = &patch.metadata {
+        change(&mut changes, "metadata", json!(current.metadata.as_map()), json!(metadata.as_map()));
+    }
+    if changes.is_empty() {
+        return Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&current, caller.now))));
+    }
+    let changed = state
+        .store
+        .update_key(&current.account_id, &key_id, current.version, &patch, &audit(&caller, Value::Object(changes)))
+        .await?;
+    state.keys.invalidate(&changed.stale_digests);
+    let key = changed.key.ok_or_else(ApiError::key_not_found)?;
+    Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&key, caller.now))))
+}
+
+/// Issue a new secret for the same key; the old one works until the grace period ends.
+#[utoipa::path(
+    post, path = "/v1/api-keys/{key_id}/rotate", operation_id = "rotate_api_key", tag = "api-keys",
+    params(("key_id" = String, Path, description = "The key's id")),
+    request_body(content = Option<RotateApiKeyRequest>, description = "Optional"),
+    responses((status = 200, description = "The key with its new secret", body = ApiKeyWithSecret)),
+    security(("api_key" = []))
+)]
+pub async fn rotate_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    key_id: KeyIdSegment,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(&state, Scope::WRITE).await?;
+    let key_id = key_id.parse()?;
+    let req: RotateApiKeyRequest = body.parse_optional()?.unwrap_or_default();
+    let grace = req.grace_period_seconds.unwrap_or(0);
+    if grace > MAX_GRACE_SECS {
+        return Err(ApiError::validation("grace_period_seconds", "must be from 0 to 604800"));
+    }
+    let current = load_key(&state, &caller, &key_id).await?;
+    ensure_within_caller(&caller, &current.scopes)?;
+
+    let (secret, stored_secret) = new_secret(&state);
+    let old_end = caller.now + Duration::seconds(i64::try_from(grace).unwrap_or(0));
+    let changes = json!({
+        "grace_period_seconds": grace,
+        "previous_secret_valid_until": timefmt::format(old_end),
+        "hint": { "from": current.hint, "to": stored_secret.hint },
+    });
+    let changed = state
+        .store
+        .rotate_key(&current.account_id, &key_id, current.version, &stored_secret, old_end, &audit(&caller, changes))
+        .await?;
+    state.keys.invalidate(&changed.stale_digests);
+    let key = changed.key.ok_or_else(ApiError::key_not_found)?;
+    let body = ApiKeyWithSecret {
+        key: ApiKeyObject::new(&key, caller.now),
+        api_key: secret.expose().to_owned(),
+    };
+    Ok(no_store(StatusCode::OK, Json(body)))
+}
+
+/// Revoke a key: it never authenticates again and leaves every listing.
+#[utoipa::path(
+    delete, path = "/v1/api-keys/{key_id}", operation_id = "revoke_api_key", tag = "api-keys",
+    params(("key_id" = String, Path, description = "The key's id")),
+    responses((status = 204, description = "Revoked")),
+    security(("api_key" = []))
+)]
+pub async fn revoke_api_key(State(state): State<AppState>, caller: Caller, key_id: KeyIdSegment) -> Result<Response, ApiError> {
+    caller.require(&state, Scope::WRITE).await?;
+    let key_id = key_id.parse()?;
+    let current = load_key(&state, &caller, &key_id).await?;
+    ensure_within_caller(&caller, &current.scopes)?;
+    if current.key_id == caller.record.key.key_id {
+        return Err(ApiError::conflict("a key cannot revoke itself"));
+    }
+    let changes = json!({
+        "name": current.name.as_ref().map(KeyName::as_str),
+        "scopes": current.scopes.to_strings(),
+        "hint": current.hint,
+    });
+    let changed = state
+        .store
+        .revoke_key(&current.account_id, &key_id, current.version, &audit(&caller, changes))
+        .await?;
+    state.keys.invalidate(&changed.stale_digests);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of `POST /v1/api-keys/validate`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidateResponse {
+    /// Whether the key authenticates.
+    pub valid: bool,
+    /// When not valid: `not_found`, `inactive` or `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When valid: the key's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// When valid: its scopes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// When valid: its metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    /// When valid: its expiry, or `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<String>>,
+}
+
+/// Check the key in `x-api-key` itself (the KonPro validate endpoint).
+#[utoipa::path(
+    post, path = "/v1/api-keys/validate", operation_id = "validate_api_key", tag = "api-keys",
+    responses((status = 200, description = "Whether the key is valid, and what it carries", body = ValidateResponse)),
+    security(("api_key" = []))
+)]
+pub async fn validate_api_key(State(state): State<AppState>, attempt: crate::auth::CallerAttempt) -> Result<Response, ApiError> {
+    use crate::auth::AuthFailure;
+    use crate::error::KeyRejection;
+    let caller = match attempt.0 {
+        Ok(caller) => caller,
+        Err(AuthFailure::Rejected(reason @ (KeyRejection::NotFound | KeyRejection::Inactive | KeyRejection::Expired))) => {
+            let body = ValidateResponse {
+                valid: false,
+                reason: Some(reason.as_str().to_owned()),
+                key_id: None,
+                scopes: None,
+                metadata: None,
+                expires_at: None,
+            };
+            return Ok(no_store(StatusCode::OK, Json(body)));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    caller.count(&state).await?;
+    let key = &caller.record.key;
+    let body = ValidateResponse {
+        valid: true,
+        reason: None,
+        key_id: Some(key.key_id.to_string()),
+        scopes: Some(key.scopes.to_strings()),
+        metadata: Some(key.metadata.as_map().clone()),
+        expires_at: Some(key.expires_at.map(timefmt::format)),
+    };
+    Ok(no_store(StatusCode::OK, Json(body)))
+}

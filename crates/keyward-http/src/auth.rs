@@ -1,0 +1,258 @@
+//! Authentication in the order of API.md §Authentication: format and checksum (no
+//! storage lookup for garbage), lookup by digest, status, expiry; then scope, then rate
+//! limit ([`Caller::require`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use keyward_core::{KeyDigest, KeySecret, StoredStatus};
+use keyward_store::{AuthRecord, Store, StoreResult};
+use keyward_workers::RateDecision;
+use time::OffsetDateTime;
+
+use crate::error::{ApiError, KeyRejection};
+use crate::state::AppState;
+
+/// How long a cached key may go unchecked against storage. Changes made through the API
+/// invalidate at once; this only bounds how stale a change made behind the server's back
+/// (an operator's `accounts set-plan`) can be.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Keys by digest, in memory, invalidated explicitly whenever a key changes.
+pub struct KeyCache {
+    store: Arc<dyn Store>,
+    cache: moka::sync::Cache<KeyDigest, Arc<AuthRecord>>,
+    /// Bumped by every invalidation, so that a lookup that raced with a change never
+    /// leaves the pre-change record behind in the cache.
+    epoch: AtomicU64,
+}
+
+impl KeyCache {
+    /// A cache of at most `capacity` keys.
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, capacity: u64) -> Self {
+        Self {
+            store,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(KEY_CACHE_TTL)
+                .build(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The record of a digest, from memory or storage.
+    ///
+    /// # Errors
+    /// The store's error on a miss.
+    pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<AuthRecord>>> {
+        if let Some(hit) = self.cache.get(digest) {
+            metrics::counter!("keyward_key_cache_hits_total").increment(1);
+            return Ok(Some(hit));
+        }
+        metrics::counter!("keyward_key_cache_misses_total").increment(1);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let Some(record) = self.store.auth_by_digest(digest).await? else {
+            return Ok(None);
+        };
+        let record = Arc::new(record);
+        self.cache.insert(*digest, record.clone());
+        // Checked after the insert: an invalidation that ran since the read either saw
+        // this entry (and removed it) or bumped the epoch before this check.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.cache.invalidate(digest);
+        }
+        Ok(Some(record))
+    }
+
+    /// Drops these digests; the very next request reads storage.
+    pub fn invalidate(&self, digests: &[KeyDigest]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for digest in digests {
+            self.cache.invalidate(digest);
+        }
+    }
+}
+
+/// Per-request facts that the metering middleware reads after the handler: who the
+/// caller was (set only once the key authenticated) and the rate-limit decision.
+#[derive(Debug)]
+pub struct RequestContext {
+    /// The request id (echoed or generated).
+    pub request_id: String,
+    caller: OnceLock<Arc<AuthRecord>>,
+    rate: OnceLock<RateDecision>,
+}
+
+impl RequestContext {
+    /// A context for a request id.
+    #[must_use]
+    pub fn new(request_id: String) -> Self {
+        Self { request_id, caller: OnceLock::new(), rate: OnceLock::new() }
+    }
+
+    /// The authenticated caller, if any.
+    #[must_use]
+    pub fn caller(&self) -> Option<&Arc<AuthRecord>> {
+        self.caller.get()
+    }
+
+    /// The rate-limit decision, if the limiter was asked.
+    #[must_use]
+    pub fn rate(&self) -> Option<RateDecision> {
+        self.rate.get().copied()
+    }
+
+    pub(crate) fn set_caller(&self, record: Arc<AuthRecord>) {
+        let _ = self.caller.set(record);
+    }
+}
+
+/// Why authentication did not produce a caller.
+#[derive(Debug)]
+pub enum AuthFailure {
+    /// The key was refused for this reason.
+    Rejected(KeyRejection),
+    /// Storage failed.
+    Store(keyward_store::StoreError),
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(f: AuthFailure) -> Self {
+        match f {
+            AuthFailure::Rejected(reason) => Self::invalid_key(reason),
+            AuthFailure::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Runs the check order on the `x-api-key` header.
+///
+/// # Errors
+/// The first check that fails.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap, now: OffsetDateTime) -> Result<Arc<AuthRecord>, AuthFailure> {
+    let result = check_key(state, headers, now).await;
+    if let Err(AuthFailure::Rejected(reason)) = &result {
+        metrics::counter!("keyward_auth_failures_total", "reason" => reason.as_str()).increment(1);
+    }
+    result
+}
+
+async fn check_key(state: &AppState, headers: &HeaderMap, now: OffsetDateTime) -> Result<Arc<AuthRecord>, AuthFailure> {
+    let raw = headers
+        .get("x-api-key")
+        .ok_or(AuthFailure::Rejected(KeyRejection::Missing))?;
+    let raw = raw
+        .to_str()
+        .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
+    let secret = KeySecret::parse(raw, &state.prefix)
+        .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
+    let record = state
+        .keys
+        .lookup(&secret.digest())
+        .await
+        .map_err(AuthFailure::Store)?
+        .ok_or(AuthFailure::Rejected(KeyRejection::NotFound))?;
+    // A secret past its rotation grace period is gone for good: it reads as unknown.
+    if record.secret_expires_at.is_some_and(|end| end <= now) {
+        return Err(AuthFailure::Rejected(KeyRejection::NotFound));
+    }
+    if record.key.status == StoredStatus::Inactive {
+        return Err(AuthFailure::Rejected(KeyRejection::Inactive));
+    }
+    if record.key.expires_at.is_some_and(|t| t <= now) {
+        return Err(AuthFailure::Rejected(KeyRejection::Expired));
+    }
+    Ok(record)
+}
+
+/// An authenticated caller. Handlers state their scope with [`Caller::require`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The caller's key and account.
+    pub record: Arc<AuthRecord>,
+    /// The request's time, one clock read for the whole request.
+    pub now: OffsetDateTime,
+    ctx: Arc<RequestContext>,
+}
+
+impl Caller {
+    /// The request id.
+    #[must_use]
+    pub fn request_id(&self) -> &str {
+        &self.ctx.request_id
+    }
+
+    /// Checks the scope, then counts the request against the plan's limits.
+    ///
+    /// # Errors
+    /// `403 INSUFFICIENT_PERMISSIONS` or `429 RATE_LIMIT_EXCEEDED`.
+    pub async fn require(&self, state: &AppState, scope: &str) -> Result<(), ApiError> {
+        let account = &self.record.key.account_id;
+        if !self.record.key.scopes.grants(scope) {
+            if let Some(decision) = state.limiter.peek(account, self.record.limits, self.now).await {
+                let _ = self.ctx.rate.set(decision);
+            }
+            return Err(ApiError::forbidden(&[scope.to_owned()]));
+        }
+        self.count(state).await
+    }
+
+    /// Counts the request against the plan's limits (validate needs no scope).
+    ///
+    /// # Errors
+    /// `429 RATE_LIMIT_EXCEEDED`.
+    pub async fn count(&self, state: &AppState) -> Result<(), ApiError> {
+        let account = &self.record.key.account_id;
+        let Some(decision) = state.limiter.acquire(account, self.record.limits, self.now).await else {
+            return Ok(());
+        };
+        let _ = self.ctx.rate.set(decision);
+        if decision.allowed {
+            Ok(())
+        } else {
+            metrics::counter!("keyward_rate_limited_total").increment(1);
+            Err(ApiError::rate_limited(decision.retry_after_secs.unwrap_or(1)))
+        }
+    }
+}
+
+/// The request's context, put there by the envelope middleware.
+pub(crate) fn context(parts: &Parts) -> Arc<RequestContext> {
+    parts
+        .extensions
+        .get::<Arc<RequestContext>>()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(RequestContext::new(crate::middleware::new_request_id())))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Ok(CallerAttempt(attempt)) = CallerAttempt::from_request_parts(parts, state).await;
+        attempt.map_err(ApiError::from)
+    }
+}
+
+/// Authentication whose failure is the handler's to answer (validate turns some of them
+/// into `200 {"valid": false}`).
+#[derive(Debug)]
+pub struct CallerAttempt(pub Result<Caller, AuthFailure>);
+
+impl FromRequestParts<AppState> for CallerAttempt {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let ctx = context(parts);
+        let now = OffsetDateTime::now_utc();
+        Ok(Self(authenticate(state, &parts.headers, now).await.map(|record| {
+            ctx.set_caller(record.clone());
+            Caller { record, now, ctx }
+        })))
+    }
+}

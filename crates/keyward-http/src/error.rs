@@ -1,0 +1,302 @@
+//! The error contract of API.md §Errors: one [`ErrorCode`] enum decides the status, and
+//! [`ApiError`] is the only error type that becomes a response.
+//!
+//! Rendering happens in two steps so that the body carries the request id:
+//! [`ApiError::into_response`] sets the status and headers and attaches the error as a
+//! response extension; the envelope middleware (`middleware.rs`) writes the JSON body.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keyward_store::StoreError;
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+/// Every error code of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The body is not JSON at all.
+    InvalidRequest,
+    /// A field or parameter is missing, unknown, mistyped or out of range.
+    ValidationError,
+    /// `x-api-key` missing, malformed, unknown, inactive or expired.
+    InvalidApiKey,
+    /// The key lacks a scope.
+    InsufficientPermissions,
+    /// Unknown route, or a key not in the caller's account.
+    ResourceNotFound,
+    /// Known path, wrong method.
+    MethodNotAllowed,
+    /// The change conflicts with the current state.
+    Conflict,
+    /// Body over the limit.
+    PayloadTooLarge,
+    /// Plan limit reached.
+    RateLimitExceeded,
+    /// A bug.
+    ProcessingError,
+    /// A dependency is unreachable.
+    ServiceUnavailable,
+}
+
+impl ErrorCode {
+    /// The one place that maps a code to a status.
+    #[must_use]
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest | Self::ValidationError => StatusCode::BAD_REQUEST,
+            Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::InsufficientPermissions => StatusCode::FORBIDDEN,
+            Self::ResourceNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::ProcessingError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The code a bare status maps to, for responses that were not built from an
+    /// [`ApiError`] (axum's own 405, for instance).
+    #[must_use]
+    pub fn for_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::UNAUTHORIZED => Self::InvalidApiKey,
+            StatusCode::FORBIDDEN => Self::InsufficientPermissions,
+            StatusCode::NOT_FOUND => Self::ResourceNotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::CONFLICT => Self::Conflict,
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::TOO_MANY_REQUESTS => Self::RateLimitExceeded,
+            StatusCode::SERVICE_UNAVAILABLE => Self::ServiceUnavailable,
+            s if s.is_client_error() => Self::InvalidRequest,
+            _ => Self::ProcessingError,
+        }
+    }
+}
+
+/// Why a key did not authenticate: `details.reason` of `INVALID_API_KEY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRejection {
+    /// No `x-api-key` header.
+    Missing,
+    /// Wrong shape or checksum.
+    Malformed,
+    /// No such live secret.
+    NotFound,
+    /// The key is disabled.
+    Inactive,
+    /// The key has expired.
+    Expired,
+}
+
+impl KeyRejection {
+    /// The reason string on the wire and in metrics.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::NotFound => "not_found",
+            Self::Inactive => "inactive",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// An error on its way to becoming a response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The contract's code.
+    pub code: ErrorCode,
+    /// Human-readable text; never internals.
+    pub message: String,
+    /// Optional context (`field`, `reason`, `required`).
+    pub details: Option<Value>,
+    /// Extra response headers (`retry-after`, `allow`).
+    pub headers: HeaderMap,
+    /// The cause, logged for 5xx, never sent.
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            headers: HeaderMap::new(),
+            source: None,
+        }
+    }
+
+    /// Adds `details`.
+    #[must_use]
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// `400 INVALID_REQUEST`: the body is not JSON.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// `400 VALIDATION_ERROR` naming the field.
+    pub fn validation(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::new(ErrorCode::ValidationError, format!("{field}: {reason}"))
+            .with_details(json!({ "field": field, "reason": reason }))
+    }
+
+    /// `401 INVALID_API_KEY` with its reason.
+    #[must_use]
+    pub fn invalid_key(reason: KeyRejection) -> Self {
+        let message = match reason {
+            KeyRejection::Missing => "the x-api-key header is missing",
+            KeyRejection::Malformed => "the API key is malformed",
+            KeyRejection::NotFound => "the API key is not valid",
+            KeyRejection::Inactive => "the API key is inactive",
+            KeyRejection::Expired => "the API key has expired",
+        };
+        Self::new(ErrorCode::InvalidApiKey, message)
+            .with_details(json!({ "reason": reason.as_str() }))
+    }
+
+    /// `403 INSUFFICIENT_PERMISSIONS` listing the scopes that are lacking.
+    #[must_use]
+    pub fn forbidden(required: &[String]) -> Self {
+        Self::new(
+            ErrorCode::InsufficientPermissions,
+            format!("this key lacks the scope(s): {}", required.join(", ")),
+        )
+        .with_details(json!({ "required": required }))
+    }
+
+    /// `404 RESOURCE_NOT_FOUND`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ResourceNotFound, message)
+    }
+
+    /// `404` for a key that is missing or in another account: the same words either way.
+    #[must_use]
+    pub fn key_not_found() -> Self {
+        Self::not_found("no API key with this key_id")
+    }
+
+    /// `409 CONFLICT`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// `413 PAYLOAD_TOO_LARGE`.
+    #[must_use]
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// `429 RATE_LIMIT_EXCEEDED` with `retry-after`.
+    #[must_use]
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            ErrorCode::RateLimitExceeded,
+            "the plan's rate limit is reached; retry later",
+        )
+        .with_details(json!({ "retry_after_seconds": retry_after_secs }));
+        e.headers
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        e
+    }
+
+    /// `500 PROCESSING_ERROR`: the cause is logged, never sent.
+    pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let mut e = Self::new(
+            ErrorCode::ProcessingError,
+            "an internal error occurred; it has been logged with this request id",
+        );
+        e.source = Some(source.into());
+        e
+    }
+
+    /// `503 SERVICE_UNAVAILABLE`.
+    pub fn unavailable(source: Option<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let mut e = Self::new(
+            ErrorCode::ServiceUnavailable,
+            "a dependency is unavailable; retry later",
+        );
+        e.source = source;
+        e
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// The JSON body of this error for a request id.
+    #[must_use]
+    pub fn body(&self, request_id: &str) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(details) = &self.details {
+            error["details"] = details.clone();
+        }
+        json!({ "error": error, "request_id": request_id })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::key_not_found(),
+            StoreError::Conflict(why) => Self::conflict(why),
+            StoreError::Unavailable(source) => Self::unavailable(Some(source)),
+            e @ StoreError::Other(_) => Self::internal(e),
+        }
+    }
+}
+
+/// The rendered error, carried from handler to envelope middleware.
+#[derive(Debug, Clone)]
+pub struct RenderedError(pub Arc<ApiError>);
+
+impl IntoResponse for ApiError {
+    fn into_response(mut self) -> Response {
+        let mut response = self.code.status().into_response();
+        let headers = std::mem::take(&mut self.headers);
+        response.headers_mut().extend(headers);
+        response.extensions_mut().insert(RenderedError(Arc::new(self)));
+        response
+    }
+}
+
+/// The documented error body, for OpenAPI.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+    /// The request's id; equals the `x-request-id` header.
+    pub request_id: String,
+}
+
+/// The `error` member of [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable message.
+    pub message: String,
+    /// Context such as `field`, `reason` or `required`.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}

@@ -1,0 +1,132 @@
+//! Shared state of the HTTP layer.
+
+use std::sync::{Arc, Mutex};
+
+use keyward_core::KeyPrefix;
+use keyward_store::Store;
+use keyward_workers::{Meter, RateLimiter};
+use ulid::Ulid;
+
+use crate::auth::KeyCache;
+
+/// Renders the Prometheus text of `/metrics`.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What handlers share: small and cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keys: Arc<KeyCache>,
+    pub(crate) meter: Arc<Meter>,
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) prefix: KeyPrefix,
+    pub(crate) body_limit: usize,
+    pub(crate) metrics: Option<MetricsRender>,
+    ids: Arc<Mutex<ulid::Generator>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("prefix", &self.prefix)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default request body limit (API.md §Errors: 64 KiB).
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Builds an [`AppState`].
+pub struct AppStateBuilder {
+    store: Arc<dyn Store>,
+    meter: Arc<Meter>,
+    limiter: Arc<dyn RateLimiter>,
+    prefix: KeyPrefix,
+    body_limit: usize,
+    metrics: Option<MetricsRender>,
+    key_cache_capacity: u64,
+}
+
+impl AppStateBuilder {
+    /// Starts from the three collaborators every deployment has.
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, meter: Arc<Meter>, limiter: Arc<dyn RateLimiter>) -> Self {
+        Self {
+            store,
+            meter,
+            limiter,
+            prefix: KeyPrefix::default(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            metrics: None,
+            key_cache_capacity: 100_000,
+        }
+    }
+
+    /// The deployment's key prefix.
+    #[must_use]
+    pub fn prefix(mut self, prefix: KeyPrefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The request body limit in bytes.
+    #[must_use]
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// How `/metrics` renders.
+    #[must_use]
+    pub fn metrics(mut self, render: MetricsRender) -> Self {
+        self.metrics = Some(render);
+        self
+    }
+
+    /// Most keys the authentication cache holds.
+    #[must_use]
+    pub fn key_cache_capacity(mut self, entries: u64) -> Self {
+        self.key_cache_capacity = entries;
+        self
+    }
+
+    /// The state.
+    #[must_use]
+    pub fn build(self) -> AppState {
+        AppState {
+            keys: Arc::new(KeyCache::new(self.store.clone(), self.key_cache_capacity)),
+            store: self.store,
+            meter: self.meter,
+            limiter: self.limiter,
+            prefix: self.prefix,
+            body_limit: self.body_limit,
+            metrics: self.metrics,
+            ids: Arc::new(Mutex::new(ulid::Generator::new())),
+        }
+    }
+}
+
+impl AppState {
+    /// A new, strictly increasing ULID: key ids sort in creation order on this node.
+    pub(crate) fn next_ulid(&self) -> Ulid {
+        let mut generator = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Overflow needs 2^80 ids in one millisecond; fall back to a random one then.
+        generator.generate().unwrap_or_else(|_| Ulid::generate())
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The metering buffer.
+    #[must_use]
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.meter
+    }
+}
