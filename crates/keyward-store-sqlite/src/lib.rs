@@ -343,7 +343,7 @@ impl Store for SqliteStore {
         Ok(n.unsigned_abs())
     }
 
-    async fn create_account(&self, account: &Account, first_key: &NewKey) -> StoreResult<()> {
+    async fn create_account(&self, account: &Account, first_key: &NewKey, audit: &AuditContext) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
@@ -359,6 +359,7 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?;
         insert_key_rows(&mut tx, first_key).await?;
+        insert_audit(&mut tx, &account.account_id, &first_key.key_id, AuditAction::Created, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 

@@ -336,8 +336,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of accounts (bootstrap happens only at zero).
     async fn account_count(&self) -> StoreResult<u64>;
-    /// Creates an account and its first key in one transaction.
-    async fn create_account(&self, account: &Account, first_key: &NewKey) -> StoreResult<()>;
+    /// Creates an account and its first key (with its `key.created` event) in one
+    /// transaction.
+    async fn create_account(&self, account: &Account, first_key: &NewKey, audit: &AuditContext) -> StoreResult<()>;
     /// Every account, oldest first.
     async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>>;
     /// One account.

@@ -1,0 +1,250 @@
+//! Black-box harness: starts the real `keyward` binary on a free port against a fresh
+//! SQLite file, creates accounts through the CLI and speaks HTTP over a real socket.
+
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// A running server and the database it owns.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The database URL the server and the CLI share.
+    pub database_url: String,
+    /// Everything the server wrote on stderr so far.
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+/// An account made by `keyward accounts create --json`.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub account_id: String,
+    pub key_id: String,
+    pub api_key: String,
+}
+
+impl Server {
+    /// A server on a fresh database, without the bootstrap account.
+    pub fn start() -> Self {
+        Self::start_with(&["--no-bootstrap"])
+    }
+
+    /// A server on a fresh database with extra `serve` arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = format!("sqlite:{}", dir.path().join("keyward.db").display());
+        let mut server = Self {
+            child: None,
+            base: String::new(),
+            database_url,
+            stderr: Arc::new(Mutex::new(Vec::new())),
+            dir,
+            extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--database-url", &self.database_url])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "debug")
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keyward serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("keyward listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", self.stderr.lock().unwrap()));
+        self.base = base;
+        self.child = Some(child);
+    }
+
+    /// Runs a `keyward` CLI command against this server's database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("KEYWARD_DATABASE_URL", &self.database_url)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run keyward")
+    }
+
+    /// Creates an account through the CLI.
+    pub fn create_account(&self, plan: &str) -> Account {
+        let out = self.cli(&["accounts", "create", "--name", "test", "--plan", plan, "--json"]);
+        assert!(out.status.success(), "accounts create: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        Account {
+            account_id: v["account_id"].as_str().unwrap().to_owned(),
+            key_id: v["key_id"].as_str().unwrap().to_owned(),
+            api_key: v["api_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(sent.success());
+        wait_with_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL: no flush, no drain.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+    }
+
+    /// Starts the server again on the same database (a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+
+    /// The server's stderr so far, joined.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Opens the server's database directly, to check what was persisted.
+    pub async fn store(&self) -> keyward_store_sqlite::SqliteStore {
+        let path = self.database_url.trim_start_matches("sqlite:");
+        keyward_store_sqlite::SqliteStore::open(std::path::Path::new(path)).await.expect("open store")
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(start.elapsed() < timeout, "server did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the documented error form and returns the code.
+    pub fn error_code(&self) -> &str {
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        let request_id = self.body["request_id"].as_str().expect("request_id");
+        assert_eq!(self.header("x-request-id"), Some(request_id), "x-request-id equals request_id");
+        assert!(self.body["error"]["message"].is_string(), "{self:?}");
+        self.body["error"]["code"].as_str().expect("error.code")
+    }
+
+    pub fn field(&self) -> &str {
+        self.body["error"]["details"]["field"].as_str().unwrap_or("")
+    }
+}
+
+/// Sends a request and reads the reply.
+pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply { status, headers, body, text }
+}
+
+/// GET with a key.
+pub async fn get(server: &Server, key: &str, path: &str) -> Reply {
+    send(client().get(server.url(path)).header("x-api-key", key)).await
+}
+
+/// POST JSON with a key.
+pub async fn post(server: &Server, key: &str, path: &str, body: &Value) -> Reply {
+    send(client().post(server.url(path)).header("x-api-key", key).json(body)).await
+}
+
+/// PATCH JSON with a key.
+pub async fn patch(server: &Server, key: &str, path: &str, body: &Value) -> Reply {
+    send(client().patch(server.url(path)).header("x-api-key", key).json(body)).await
+}
+
+/// DELETE with a key.
+pub async fn delete(server: &Server, key: &str, path: &str) -> Reply {
+    send(client().delete(server.url(path)).header("x-api-key", key)).await
+}
+
+/// Creates a key through the API and returns (`key_id`, secret).
+pub async fn create_key(server: &Server, key: &str, body: &Value) -> (String, String) {
+    let r = post(server, key, "/v1/api-keys", body).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    (r.body["key_id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
