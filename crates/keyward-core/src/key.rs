@@ -284,11 +284,7 @@ mod tests {
 
     #[test]
     fn digest_is_sha256_of_the_whole_key() {
-        let key = KeySecret::parse(
-            &KeySecret::generate(&kw(), &mut Fixed(9)).expose().to_owned(),
-            &kw(),
-        )
-        .unwrap();
+        let key = KeySecret::parse(KeySecret::generate(&kw(), &mut Fixed(9)).expose(), &kw()).unwrap();
         let again = KeySecret::parse(key.expose(), &kw()).unwrap();
         assert!(key.digest().ct_eq(&again.digest()));
         let expected: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();

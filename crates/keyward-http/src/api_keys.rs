@@ -43,7 +43,7 @@ pub struct CreateApiKeyRequest {
     #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// 1 to 32 distinct scopes, each `^[a-z][a-z0-9_.:-]{0,63}$`, all held by the caller.
-    #[schema(min_items = 1, max_items = 32)]
+    #[schema(value_type = Vec<ScopeName>, min_items = 1, max_items = 32)]
     pub scopes: Vec<String>,
     /// Expiry, in the future (not with `expires_in`).
     #[schema(format = DateTime)]
@@ -66,7 +66,7 @@ pub struct UpdateApiKeyRequest {
     pub name: Option<Option<String>>,
     /// New scopes (not on the caller's own key).
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 32)]
+    #[schema(value_type = Option<Vec<ScopeName>>, min_items = 1, max_items = 32)]
     pub scopes: Option<Option<Vec<String>>>,
     /// `active` or `inactive` (not `inactive` on the caller's own key).
     #[serde(default, deserialize_with = "nullable")]
@@ -81,6 +81,11 @@ pub struct UpdateApiKeyRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Option<Value>>,
 }
+
+/// One scope string.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[a-z][a-z0-9_.:-]{0,63}$", min_length = 1, max_length = 64)]
+pub struct ScopeName(pub String);
 
 /// The statuses a caller may set.
 #[derive(Debug, ToSchema)]

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyward_store::StoreError;
 use serde::Serialize;
@@ -117,8 +117,8 @@ pub struct ApiError {
     pub message: String,
     /// Optional context (`field`, `reason`, `required`).
     pub details: Option<Value>,
-    /// Extra response headers (`retry-after`, `allow`).
-    pub headers: HeaderMap,
+    /// Seconds for the `retry-after` header of a `429`.
+    pub retry_after_secs: Option<u64>,
     /// The cause, logged for 5xx, never sent.
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -130,7 +130,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
-            headers: HeaderMap::new(),
+            retry_after_secs: None,
             source: None,
         }
     }
@@ -211,8 +211,7 @@ impl ApiError {
             "the plan's rate limit is reached; retry later",
         )
         .with_details(json!({ "retry_after_seconds": retry_after_secs }));
-        e.headers
-            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        e.retry_after_secs = Some(retry_after_secs);
         e
     }
 
@@ -234,13 +233,6 @@ impl ApiError {
         );
         e.source = source;
         e
-    }
-
-    /// Adds a header.
-    #[must_use]
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
-        self
     }
 
     /// The JSON body of this error for a request id.
@@ -270,10 +262,13 @@ impl From<StoreError> for ApiError {
 pub struct RenderedError(pub Arc<ApiError>);
 
 impl IntoResponse for ApiError {
-    fn into_response(mut self) -> Response {
+    fn into_response(self) -> Response {
         let mut response = self.code.status().into_response();
-        let headers = std::mem::take(&mut self.headers);
-        response.headers_mut().extend(headers);
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response.extensions_mut().insert(RenderedError(Arc::new(self)));
         response
     }

@@ -56,7 +56,7 @@ impl JsonBody {
         parse_json(&self.bytes)
     }
 
-    /// Parses an optional JSON body: an empty one is `None`.
+    /// Parses an optional JSON body: an empty one, or JSON `null`, is `None`.
     ///
     /// # Errors
     /// As [`JsonBody::parse`] when a body is present.
@@ -64,7 +64,7 @@ impl JsonBody {
         if self.bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        self.parse().map(Some)
+        self.parse::<Option<T>>()
     }
 }
 
@@ -100,10 +100,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn field_of(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let message = e.inner().to_string();
     for marker in ["unknown field `", "missing field `"] {
-        if let Some(rest) = message.split(marker).nth(1) {
-            if let Some(name) = rest.split('`').next() {
-                return name.to_owned();
-            }
+        if let Some(name) = message.split(marker).nth(1).and_then(|rest| rest.split('`').next()) {
+            return name.to_owned();
         }
     }
     match e.path().iter().next() {

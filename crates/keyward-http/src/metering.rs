@@ -107,10 +107,10 @@ fn page_query(query: &mut QueryParams) -> Result<PageQuery, ApiError> {
         .transpose()?;
     let since = query.take_time("since")?;
     let until = query.take_time("until")?;
-    if let (Some(s), Some(u)) = (since, until) {
-        if s > u {
-            return Err(ApiError::validation("until", "must not be before since"));
-        }
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u
+    {
+        return Err(ApiError::validation("until", "must not be before since"));
     }
     Ok(PageQuery {
         before,
