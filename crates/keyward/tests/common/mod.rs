@@ -1,7 +1,10 @@
 //! Black-box harness: starts the real `keyward` binary on a free port against a fresh
 //! SQLite file, creates accounts through the CLI and speaks HTTP over a real socket.
 
-#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,7 +62,12 @@ impl Server {
     fn spawn(&mut self) {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--database-url", &self.database_url])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &self.database_url,
+            ])
             .args(&self.extra_args)
             .env("RUST_LOG", "debug")
             .current_dir(self.dir.path())
@@ -98,8 +106,14 @@ impl Server {
 
     /// Creates an account through the CLI.
     pub fn create_account(&self, plan: &str) -> Account {
-        let out = self.cli(&["accounts", "create", "--name", "test", "--plan", plan, "--json"]);
-        assert!(out.status.success(), "accounts create: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.cli(&[
+            "accounts", "create", "--name", "test", "--plan", plan, "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "accounts create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).expect("json");
         Account {
             account_id: v["account_id"].as_str().unwrap().to_owned(),
@@ -117,7 +131,10 @@ impl Server {
     pub fn sigterm(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         assert!(sent.success());
         wait_with_timeout(&mut child, Duration::from_secs(30))
     }
@@ -143,7 +160,9 @@ impl Server {
     /// Opens the server's database directly, to check what was persisted.
     pub async fn store(&self) -> keyward_store_sqlite::SqliteStore {
         let path = self.database_url.trim_start_matches("sqlite:");
-        keyward_store_sqlite::SqliteStore::open(std::path::Path::new(path)).await.expect("open store")
+        keyward_store_sqlite::SqliteStore::open(std::path::Path::new(path))
+            .await
+            .expect("open store")
     }
 }
 
@@ -153,7 +172,10 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(start.elapsed() < timeout, "server did not exit within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "server did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -188,15 +210,25 @@ impl Reply {
 
     /// Asserts the documented error form and returns the code.
     pub fn error_code(&self) -> &str {
-        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
         let request_id = self.body["request_id"].as_str().expect("request_id");
-        assert_eq!(self.header("x-request-id"), Some(request_id), "x-request-id equals request_id");
+        assert_eq!(
+            self.header("x-request-id"),
+            Some(request_id),
+            "x-request-id equals request_id"
+        );
         assert!(self.body["error"]["message"].is_string(), "{self:?}");
         self.body["error"]["code"].as_str().expect("error.code")
     }
 
     pub fn field(&self) -> &str {
-        self.body["error"]["details"]["field"].as_str().unwrap_or("")
+        self.body["error"]["details"]["field"]
+            .as_str()
+            .unwrap_or("")
     }
 }
 
@@ -207,7 +239,12 @@ pub async fn send(req: reqwest::RequestBuilder) -> Reply {
     let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, headers, body, text }
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
 }
 
 /// GET with a key.
@@ -217,12 +254,24 @@ pub async fn get(server: &Server, key: &str, path: &str) -> Reply {
 
 /// POST JSON with a key.
 pub async fn post(server: &Server, key: &str, path: &str, body: &Value) -> Reply {
-    send(client().post(server.url(path)).header("x-api-key", key).json(body)).await
+    send(
+        client()
+            .post(server.url(path))
+            .header("x-api-key", key)
+            .json(body),
+    )
+    .await
 }
 
 /// PATCH JSON with a key.
 pub async fn patch(server: &Server, key: &str, path: &str, body: &Value) -> Reply {
-    send(client().patch(server.url(path)).header("x-api-key", key).json(body)).await
+    send(
+        client()
+            .patch(server.url(path))
+            .header("x-api-key", key)
+            .json(body),
+    )
+    .await
 }
 
 /// DELETE with a key.
@@ -234,7 +283,10 @@ pub async fn delete(server: &Server, key: &str, path: &str) -> Reply {
 pub async fn create_key(server: &Server, key: &str, body: &Value) -> (String, String) {
     let r = post(server, key, "/v1/api-keys", body).await;
     assert_eq!(r.status, 201, "{r:?}");
-    (r.body["key_id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
+    (
+        r.body["key_id"].as_str().unwrap().to_owned(),
+        r.body["api_key"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// Polls `check` until it is true or `timeout` passes.
