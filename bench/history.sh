@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Times GET /v1/usage and history pages for an account with ROWS request-history rows
+# (default 1,000,000), on a release build over SQLite. Each figure is the median of 11
+# requests made after one warm-up request. Loopback only.
+#
+# Usage: bench/history.sh [ROWS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows="${1:-1000000}"
+cargo build --release --locked --bin keyward --bin seed-history
+
+work="$(mktemp -d)"
+pid=""
+cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+db="$work/keyward.db"
+created="$(target/release/keyward accounts create --name history-bench --plan enterprise --json --database-url "sqlite:$db")"
+account="$(sed -E 's/.*"account_id":"([^"]+)".*/\1/' <<< "$created")"
+key_id="$(sed -E 's/.*"key_id":"([^"]+)".*/\1/' <<< "$created")"
+key="$(sed -E 's/.*"api_key":"([^"]+)".*/\1/' <<< "$created")"
+target/release/seed-history "$db" "$account" "$key_id" "$rows"
+
+target/release/keyward serve --listen 127.0.0.1:0 --database-url "sqlite:$db" --no-bootstrap 2> "$work/log" > /dev/null &
+pid=$!
+for _ in $(seq 1 100); do grep -q "listening on" "$work/log" && break; sleep 0.1; done
+base="$(grep -o 'listening on http://[0-9.:]*' "$work/log" | awk '{print $3}')"
+
+median_ms() { # PATH
+    curl -sf -o /dev/null "$base$1" -H "x-api-key: $key"
+    for _ in $(seq 1 11); do
+        curl -sf -o /dev/null -w '%{time_total}\n' "$base$1" -H "x-api-key: $key"
+    done | sort -n | awk '{ t[NR] = $1 } END { printf "%.1f", t[6] * 1000 }'
+}
+
+echo "| request (account with $rows history rows) | median ms |"
+echo "|---|---|"
+for path in "/v1/usage" "/v1/request-history" "/v1/request-history?limit=1000" \
+            "/v1/request-history?endpoint=POST%20/v1/api-keys/validate" "/v1/request-history?status=404" \
+            "/v1/request-history?key_id=$key_id&limit=100"; do
+    echo "| GET ${path//$key_id/KEY_ID} | $(median_ms "$path") |"
+done
+first="$(curl -sf "$base/v1/request-history?limit=1" -H "x-api-key: $key")"
+cursor="$(sed -E 's/.*"next_before":"([^"]+)".*/\1/' <<< "$first")"
+echo "| GET /v1/request-history?before=(cursor of page 1) | $(median_ms "/v1/request-history?before=$cursor") |"
+echo "| GET /v1/usage total | $(curl -sf "$base/v1/usage" -H "x-api-key: $key" | sed -E 's/.*"requests_this_month":([0-9]+).*/\1/') requests this month |"

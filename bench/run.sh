@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# keyward's load benchmark: the real server (release build, SQLite, metering on) against a
+# bare axum server returning the same bytes, measured in the same run with the same wrk
+# settings, so the ratio survives a noisy machine. Loopback only; every run is bounded.
+#
+# Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS]     (default 10 s, 64 connections)
+# Output: a Markdown table on stdout and everything under bench/out/<timestamp>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${1:-10}"
+connections="${2:-64}"
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+cargo build --release --locked --bin keyward --bin bare-server
+
+out="bench/out/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_for() { # LOGFILE PATTERN -> prints the base URL
+    for _ in $(seq 1 100); do
+        if grep -q "$2" "$1"; then grep -o "$2 http://[0-9.:]*" "$1" | awk '{print $NF}'; return; fi
+        sleep 0.1
+    done
+    echo "server did not start: $(cat "$1")" >&2; exit 1
+}
+
+db="sqlite:$work/keyward.db"
+target/release/keyward serve --listen 127.0.0.1:0 --database-url "$db" --no-bootstrap 2> "$work/keyward.log" > /dev/null &
+keyward_pid=$!; pids+=("$keyward_pid")
+keyward="$(wait_for "$work/keyward.log" "keyward listening on")"
+
+# An enterprise account (no rate limit) with 10 keys, as in the issue.
+key="$(target/release/keyward accounts create --name bench --plan enterprise --json --database-url "$db" \
+      | sed -E 's/.*"api_key":"([^"]+)".*/\1/')"
+for i in $(seq 2 10); do
+    curl -sf -X POST "$keyward/v1/api-keys" -H "x-api-key: $key" -H 'content-type: application/json' \
+         -d "{\"name\":\"bench key $i\",\"scopes\":[\"read\"],\"metadata\":{\"n\":$i}}" > /dev/null
+done
+curl -sf "$keyward/v1/api-keys" -H "x-api-key: $key" > "$out/list.json"
+curl -sf -X POST "$keyward/v1/api-keys/validate" -H "x-api-key: $key" > "$out/validate.json"
+
+target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" 2> "$work/bare.log" &
+pids+=("$!")
+bare="$(wait_for "$work/bare.log" "bare-server listening on")"
+
+run() { # NAME URL METHOD
+    local name="$1" url="$2" method="$3"
+    WRK_KEY="$key" WRK_METHOD="$method" wrk -t2 -c"$connections" -d"${duration}s" \
+        -s bench/wrk/keyward.lua "$url" > "$out/$name.txt" 2>&1
+    grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT/$name/"
+}
+
+{
+    run bare-list "$bare/v1/api-keys" GET
+    run keyward-list "$keyward/v1/api-keys" GET
+    run bare-validate "$bare/v1/api-keys/validate" POST
+    run keyward-validate "$keyward/v1/api-keys/validate" POST
+} | tee "$out/results.txt"
+
+sleep 1.5   # let the last metering batch land
+curl -sf "$keyward/metrics" > "$out/metrics.txt"
+rss_kib="$(awk '/VmHWM/ {print $2}' "/proc/$keyward_pid/status")"
+dropped="$(awk '/^keyward_meter_dropped_rows_total/ {print $2}' "$out/metrics.txt")"
+flushed="$(awk '/^keyward_meter_flushed_rows_total/ {print $2}' "$out/metrics.txt")"
+
+field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")"; }
+{
+    echo "| endpoint | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors |"
+    echo "|---|---|---|---|---|---|---|"
+    for ep in list validate; do
+        b="$(field bare-$ep rps)"; k="$(field keyward-$ep rps)"
+        ratio="$(awk -v k="$k" -v b="$b" 'BEGIN { printf "%.0f %%", 100 * k / b }')"
+        echo "| $ep | $b | $k | $ratio | $(field bare-$ep p99_ms) | $(field keyward-$ep p50_ms) / $(field keyward-$ep p99_ms) / $(field keyward-$ep p999_ms) | $(field keyward-$ep errors) |"
+    done
+    echo
+    echo "keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}"
+} | tee "$out/results.md"
