@@ -186,6 +186,29 @@ impl fmt::Debug for KeyDigest {
 }
 
 impl KeyDigest {
+    /// Lower-case hex, for change notifications between nodes (never for logs).
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        use std::fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    /// Reads [`KeyDigest::to_hex`] back; `None` for anything else.
+    #[must_use]
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
     /// Compares two digests in constant time.
     #[must_use]
     pub fn ct_eq(&self, other: &Self) -> bool {
@@ -289,6 +312,14 @@ mod tests {
         assert!(key.digest().ct_eq(&again.digest()));
         let expected: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
         assert_eq!(key.digest().0, expected);
+    }
+
+    #[test]
+    fn digests_round_trip_through_hex() {
+        let digest = KeySecret::generate(&kw(), &mut OsRandom).digest();
+        assert!(KeyDigest::from_hex(&digest.to_hex()).unwrap().ct_eq(&digest));
+        assert!(KeyDigest::from_hex("zz").is_none());
+        assert!(KeyDigest::from_hex(&"g".repeat(64)).is_none());
     }
 
     proptest! {

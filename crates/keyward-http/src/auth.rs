@@ -2,7 +2,7 @@
 //! storage lookup for garbage), lookup by digest, status, expiry; then scope, then rate
 //! limit ([`Caller::require`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub struct KeyCache {
     /// Bumped by every invalidation, so that a lookup that raced with a change never
     /// leaves the pre-change record behind in the cache.
     epoch: AtomicU64,
+    /// False while this node may be missing other nodes' change notifications: the
+    /// cache is then bypassed, so a revoked key is never served from memory.
+    coherent: AtomicBool,
 }
 
 impl KeyCache {
@@ -42,7 +45,25 @@ impl KeyCache {
                 .time_to_live(KEY_CACHE_TTL)
                 .build(),
             epoch: AtomicU64::new(0),
+            coherent: AtomicBool::new(true),
         }
+    }
+
+    /// Turns the cache on (after a resync) or off (while changes may be missed).
+    pub fn set_coherent(&self, coherent: bool) {
+        if !coherent {
+            self.coherent.store(false, Ordering::Release);
+        }
+        self.invalidate_all();
+        if coherent {
+            self.coherent.store(true, Ordering::Release);
+        }
+    }
+
+    /// Drops every cached key.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
     }
 
     /// The record of a digest, from memory or storage.
@@ -50,6 +71,10 @@ impl KeyCache {
     /// # Errors
     /// The store's error on a miss.
     pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<AuthRecord>>> {
+        if !self.coherent.load(Ordering::Acquire) {
+            metrics::counter!("keyward_key_cache_bypassed_total").increment(1);
+            return Ok(self.store.auth_by_digest(digest).await?.map(Arc::new));
+        }
         if let Some(hit) = self.cache.get(digest) {
             metrics::counter!("keyward_key_cache_hits_total").increment(1);
             return Ok(Some(hit));

@@ -124,6 +124,12 @@ impl AppState {
         &self.store
     }
 
+    /// The authentication cache (the server invalidates it on other nodes' changes).
+    #[must_use]
+    pub fn key_cache(&self) -> &Arc<KeyCache> {
+        &self.keys
+    }
+
     /// The metering buffer.
     #[must_use]
     pub fn meter(&self) -> &Arc<Meter> {

@@ -252,12 +252,6 @@ impl RedisRateLimiter {
         !self.health.down.load(Ordering::Acquire)
     }
 
-    /// Forgets idle accounts in the local fallback; call it periodically like
-    /// [`LocalRateLimiter::forget_idle`]. Redis itself needs no sweeping: its keys expire.
-    pub fn forget_idle(&self, now: OffsetDateTime) {
-        self.fallback.forget_idle(now);
-    }
-
     fn keys(&self, account: &AccountId) -> [String; 4] {
         let prefix = &self.options.key_prefix;
         // `{…}` is a Redis Cluster hash tag: an account's keys land in one slot.
@@ -395,6 +389,12 @@ impl RateLimiter for RedisRateLimiter {
         now: OffsetDateTime,
     ) -> Option<RateDecision> {
         self.decide(account, limits, now, false).await
+    }
+
+    /// Forgets idle accounts in the local fallback. Redis itself needs no sweeping: its
+    /// keys expire.
+    fn forget_idle(&self, now: OffsetDateTime) {
+        self.fallback.forget_idle(now);
     }
 }
 

@@ -27,6 +27,28 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row, SqlSafeStr, Transaction};
 use time::OffsetDateTime;
 
 /// The migrations, embedded. Their versions and names match the SQLite tree's.
+/// The channel on which every key change is announced (payload: the key's old digests,
+/// hex, comma-separated), so that all nodes drop them from their caches.
+pub const KEY_CHANGES_CHANNEL: &str = "keyward_key_changes";
+
+/// What a node hears from [`PgStore::follow_key_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// These digests changed: drop them.
+    Changed(Vec<KeyDigest>),
+    /// The listening connection is gone; changes may be missed until [`KeyChange::Resynced`],
+    /// so nothing cached may be trusted meanwhile.
+    Lost,
+    /// Listening again (or for the first time): drop everything cached before this point.
+    Resynced,
+}
+
+/// Reads a [`KEY_CHANGES_CHANNEL`] payload; malformed entries are skipped.
+#[must_use]
+pub fn decode_key_change(payload: &str) -> Vec<KeyDigest> {
+    payload.split(',').filter_map(KeyDigest::from_hex).collect()
+}
+
 const MIGRATIONS: &[(i64, &str, &str)] =
     &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
@@ -136,6 +158,65 @@ impl PgStore {
     /// Closes the pool, waiting for running statements.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Follows key changes made through any node until `shutdown` completes, calling
+    /// `on_change` for each. When the listening connection drops it reports
+    /// [`KeyChange::Lost`], reconnects (retrying every 200 ms) and reports
+    /// [`KeyChange::Resynced`] once listening again: a node that may have missed
+    /// notifications resyncs instead of serving stale keys.
+    pub async fn follow_key_changes<F, S>(&self, mut on_change: F, shutdown: S)
+    where
+        F: FnMut(KeyChange) + Send,
+        S: std::future::Future<Output = ()> + Send,
+    {
+        tokio::pin!(shutdown);
+        let mut logged_down = false;
+        loop {
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                listener.listen(KEY_CHANGES_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                () = &mut shutdown => return,
+                result = listener => match result {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        on_change(KeyChange::Lost);
+                        if !logged_down {
+                            tracing::warn!(error = %e, "cannot listen for key changes; the key cache is bypassed until it can");
+                            logged_down = true;
+                        }
+                        tokio::select! {
+                            () = &mut shutdown => return,
+                            () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                        }
+                    }
+                },
+            };
+            if logged_down {
+                tracing::info!("listening for key changes again; the key cache is back");
+                logged_down = false;
+            }
+            on_change(KeyChange::Resynced);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    message = listener.try_recv() => match message {
+                        Ok(Some(notification)) => {
+                            on_change(KeyChange::Changed(decode_key_change(notification.payload())));
+                        }
+                        // `None`: the connection was lost; `Err`: it broke. Either way
+                        // notifications may have been missed.
+                        Ok(None) | Err(_) => {
+                            on_change(KeyChange::Lost);
+                            break;
+                        }
+                    },
+                }
+            }
+        }
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
@@ -414,14 +495,26 @@ async fn lock_key(
         .fetch_all(&mut **tx)
         .await
         .map_err(map_err)?;
-    rows.iter()
+    let digests = rows
+        .iter()
         .map(|row| {
             let bytes: Vec<u8> = row.try_get(0).map_err(get_err)?;
             <[u8; 32]>::try_from(bytes.as_slice())
                 .map(KeyDigest)
                 .map_err(|_| corrupt("digest is not 32 bytes"))
         })
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    // Every node drops these digests from its cache. PostgreSQL delivers the
+    // notification only if and when this transaction commits, so no node hears of a
+    // change that did not happen, and none can miss one while it stays connected.
+    let payload = digests.iter().map(KeyDigest::to_hex).collect::<Vec<_>>().join(",");
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(KEY_CHANGES_CHANNEL)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(digests)
 }
 
 async fn key_in_tx(

@@ -41,6 +41,9 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// limiter, such as a 403).
     async fn peek(&self, account: &AccountId, limits: Limits, now: OffsetDateTime)
     -> Option<RateDecision>;
+
+    /// Frees memory held for accounts with nothing counted; called periodically.
+    fn forget_idle(&self, now: OffsetDateTime);
 }
 
 /// One rolling window of buckets.
@@ -186,8 +189,7 @@ impl LocalRateLimiter {
         Some(windows.decide(limits, now_ms, consume))
     }
 
-    /// Forgets accounts with nothing counted, so memory follows active accounts only.
-    pub fn forget_idle(&self, now: OffsetDateTime) {
+    fn forget_idle_accounts(&self, now: OffsetDateTime) {
         let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
         let mut accounts = self.accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         accounts.retain(|_, w| {
@@ -206,6 +208,11 @@ impl RateLimiter for LocalRateLimiter {
 
     async fn peek(&self, account: &AccountId, limits: Limits, now: OffsetDateTime) -> Option<RateDecision> {
         self.decide(account, limits, now, false)
+    }
+
+    /// Forgets accounts with nothing counted, so memory follows active accounts only.
+    fn forget_idle(&self, now: OffsetDateTime) {
+        self.forget_idle_accounts(now);
     }
 }
 

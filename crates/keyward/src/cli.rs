@@ -29,7 +29,7 @@ pub enum Command {
 /// Where the database is, shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// `sqlite:PATH`, a plain path, or (later) `postgres://…`.
+    /// `sqlite:PATH`, a plain path, or `postgres://…` for the shared PostgreSQL backend.
     #[arg(long, env = "KEYWARD_DATABASE_URL", default_value = "sqlite:keyward.db", value_parser = DatabaseUrl::parse)]
     pub database_url: DatabaseUrl,
 }
@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// The database.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Redis for rate limits shared by every node (`redis://HOST:PORT`); without it each
+    /// node counts on its own.
+    #[arg(long, env = "KEYWARD_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Don't create the `default` account and key on first start.
     #[arg(long, env = "KEYWARD_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,
@@ -170,7 +174,7 @@ impl DatabaseUrl {
         match self {
             Self::Sqlite(path) => format!("sqlite:{}", path.display()),
             Self::Postgres(url) => match (url.find("://"), url.rfind('@')) {
-                (Some(scheme_end), Some(at)) if at > scheme_end => {
+                (Some(scheme_end), Some(at)) if at > scheme_end && url[scheme_end + 3..at].contains(':') => {
                     let userinfo = &url[scheme_end + 3..at];
                     let user = userinfo.split(':').next().unwrap_or_default();
                     format!("{}://{user}:***{}", &url[..scheme_end], &url[at..])
@@ -217,6 +221,8 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://keyward:hunter2@db:5432/keyward").unwrap();
         assert_eq!(url.redacted(), "postgres://keyward:***@db:5432/keyward");
         assert!(!url.redacted().contains("hunter2"));
+        let no_password = DatabaseUrl::parse("postgres://postgres@127.0.0.1/test").unwrap();
+        assert_eq!(no_password.redacted(), "postgres://postgres@127.0.0.1/test");
     }
 
     #[test]

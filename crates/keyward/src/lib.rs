@@ -12,6 +12,7 @@ use keyward_core::{
     timefmt,
 };
 use keyward_store::{Account, AuditContext, NewKey, NewSecret, Store};
+use keyward_store_postgres::PgStore;
 use keyward_store_sqlite::SqliteStore;
 use time::OffsetDateTime;
 
@@ -28,11 +29,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// An open database, of either backend.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded SQLite file.
+    Sqlite(Arc<SqliteStore>),
+    /// The shared PostgreSQL database.
+    Postgres(Arc<PgStore>),
+}
+
+impl Backend {
+    /// The store behind the common trait.
+    #[must_use]
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(s) => s.clone(),
+            Self::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// Closes the pools, waiting for running statements.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+}
+
 /// Opens the database a URL names and runs its migrations.
 ///
 /// # Errors
-/// If the backend is not available or the database can't be opened.
-pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Arc<SqliteStore>> {
+/// If the database can't be opened or migrated; the message names the flag and variable.
+pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Backend> {
     match url {
         DatabaseUrl::Sqlite(path) => {
             let store = SqliteStore::open(path).await.with_context(|| {
@@ -41,11 +70,17 @@ pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Arc<SqliteStore>> {
                     path.display()
                 )
             })?;
-            Ok(Arc::new(store))
+            Ok(Backend::Sqlite(Arc::new(store)))
         }
-        DatabaseUrl::Postgres(_) => bail!(
-            "the PostgreSQL backend is not part of this build yet; use an sqlite: URL (--database-url / KEYWARD_DATABASE_URL)"
-        ),
+        DatabaseUrl::Postgres(raw) => {
+            let store = PgStore::connect(raw).await.with_context(|| {
+                format!(
+                    "cannot open the PostgreSQL database at {} (set by --database-url or KEYWARD_DATABASE_URL)",
+                    url.redacted()
+                )
+            })?;
+            Ok(Backend::Postgres(Arc::new(store)))
+        }
     }
 }
 
@@ -115,8 +150,9 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             if name.trim().is_empty() || name.chars().count() > 200 {
                 bail!("--name must be 1 to 200 characters");
             }
-            let store = open_store(&database.database_url).await?;
-            let created = create_account(store.as_ref(), &name, plan, &KeyPrefix::default(), "cli").await?;
+            let backend = open_store(&database.database_url).await?;
+            let created = create_account(backend.store().as_ref(), &name, plan, &KeyPrefix::default(), "cli").await?;
+            let store = backend;
             store.close().await;
             if json {
                 println!(
@@ -138,8 +174,9 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             }
         }
         AccountsCommand::List { json, database } => {
-            let store = open_store(&database.database_url).await?;
-            let accounts = store.list_accounts().await.context("listing accounts")?;
+            let backend = open_store(&database.database_url).await?;
+            let store = &backend;
+            let accounts = store.store().list_accounts().await.context("listing accounts")?;
             store.close().await;
             let limit = |n: Option<u32>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
             if !json {
@@ -178,6 +215,7 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
         AccountsCommand::SetPlan { account_id, plan, database } => {
             let store = open_store(&database.database_url).await?;
             store
+                .store()
                 .set_plan(&account_id, plan)
                 .await
                 .map_err(|e| not_found_as(e, &account_id))?;
@@ -187,6 +225,7 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
         AccountsCommand::SetLimits { account_id, per_minute, per_day, database } => {
             let store = open_store(&database.database_url).await?;
             let account = store
+                .store()
                 .account(&account_id)
                 .await
                 .context("reading the account")?
@@ -198,6 +237,7 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 );
             }
             store
+                .store()
                 .set_limits(&account_id, Limits::new(per_minute, per_day))
                 .await
                 .map_err(|e| not_found_as(e, &account_id))?;

@@ -9,12 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use keyward_http::{AppStateBuilder, router};
 use keyward_store::Store;
+use keyward_ratelimit_redis::RedisRateLimiter;
+use keyward_store_postgres::KeyChange;
 use keyward_workers::{LocalRateLimiter, Meter, RateLimiter, run_meter, run_retention};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
-use crate::{create_account, open_store};
+use crate::{Backend, create_account, open_store};
 
 /// How often metering is flushed. API.md: `last_used` may lag by at most one second.
 const METER_INTERVAL: Duration = Duration::from_millis(500);
@@ -41,15 +43,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    let store = open_store(&args.database.database_url).await?;
+    let backend = open_store(&args.database.database_url).await?;
     tracing::info!(
         database = %args.database.database_url.redacted(),
         listen = %args.listen,
         key_prefix = %args.key_prefix,
         history_retention_days = args.history_retention_days,
+        shared_rate_limits = args.redis_url.is_some(),
         "starting keyward"
     );
-    let dyn_store: Arc<dyn Store> = store.clone();
+    let dyn_store: Arc<dyn Store> = backend.store();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -69,12 +72,21 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let meter = Arc::new(Meter::new(args.meter_capacity));
-    let limiter = Arc::new(LocalRateLimiter::new());
+    let limiter: Arc<dyn RateLimiter> = match &args.redis_url {
+        // Rate limits held across every node; if Redis is down, each node falls back to
+        // its own counts (fail open) and says so once in the log.
+        Some(url) => Arc::new(
+            RedisRateLimiter::connect(url)
+                .await
+                .context("invalid Redis URL (set by --redis-url or KEYWARD_REDIS_URL)")?,
+        ),
+        None => Arc::new(LocalRateLimiter::new()),
+    };
     let render = {
         let handle = metrics.clone();
         Arc::new(move || handle.render()) as keyward_http::MetricsRender
     };
-    let state = AppStateBuilder::new(dyn_store.clone(), meter.clone(), limiter.clone() as Arc<dyn RateLimiter>)
+    let state = AppStateBuilder::new(dyn_store.clone(), meter.clone(), limiter.clone())
         .prefix(args.key_prefix.clone())
         .body_limit(args.body_limit as usize)
         .key_cache_capacity(args.key_cache_capacity)
@@ -82,6 +94,29 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build();
 
     let cancel = CancellationToken::new();
+    let follower_task = match &backend {
+        // Other nodes change keys too: follow their changes so that a revoke anywhere is
+        // enforced here within the notification's delay (milliseconds), and bypass the
+        // cache whenever the feed is down.
+        Backend::Postgres(pg) => {
+            let cache = state.key_cache().clone();
+            cache.set_coherent(false);
+            let pg = pg.clone();
+            let stop = cancel.clone();
+            Some(tokio::spawn(async move {
+                pg.follow_key_changes(
+                    move |change| match change {
+                        KeyChange::Changed(digests) => cache.invalidate(&digests),
+                        KeyChange::Lost => cache.set_coherent(false),
+                        KeyChange::Resynced => cache.set_coherent(true),
+                    },
+                    stop.cancelled_owned(),
+                )
+                .await;
+            }))
+        }
+        Backend::Sqlite(_) => None,
+    };
     let meter_task = tokio::spawn(run_meter(meter.clone(), dyn_store.clone(), METER_INTERVAL, cancel.clone()));
     let retention_task = tokio::spawn(run_retention(
         dyn_store.clone(),
@@ -114,7 +149,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     tracing::info!("draining done; flushing metering");
     cancel.cancel();
-    for (name, task) in [("metering", meter_task), ("retention", retention_task), ("upkeep", upkeep_task)] {
+    let tasks = [("metering", Some(meter_task)), ("retention", Some(retention_task)), ("upkeep", Some(upkeep_task)), ("key changes", follower_task)];
+    for (name, task) in tasks.into_iter().filter_map(|(n, t)| t.map(|t| (n, t))) {
         if let Err(e) = task.await {
             tracing::error!(task = name, error = %e, "background task ended abnormally");
         }
@@ -122,7 +158,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if meter.pending_rows() > 0 {
         tracing::warn!(rows = meter.pending_rows(), "metering rows left unflushed");
     }
-    store.close().await;
+    backend.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,5 +1,9 @@
 //! Black-box harness: starts the real `keyward` binary on a free port against a fresh
-//! SQLite file, creates accounts through the CLI and speaks HTTP over a real socket.
+//! database, creates accounts through the CLI and speaks HTTP over a real socket.
+//!
+//! The database is a fresh SQLite file, or, with `KEYWARD_TEST_BACKEND=postgres`, a fresh
+//! schema in the PostgreSQL server at `KEYWARD_TEST_PG_URL` (dropped afterwards), so the
+//! same black-box suite runs against both backends.
 
 #![allow(
     dead_code,
@@ -27,6 +31,99 @@ pub struct Server {
     pub stderr: Arc<Mutex<Vec<String>>>,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// The PostgreSQL schema to drop at the end, if any.
+    pg_schema: Option<PgSchema>,
+}
+
+/// A PostgreSQL schema made for one test and dropped with it.
+pub struct PgSchema {
+    admin_url: String,
+    /// The schema's name.
+    pub name: String,
+    /// A database URL whose connections use only this schema.
+    pub url: String,
+}
+
+impl PgSchema {
+    /// A fresh, migrated schema in the server at `KEYWARD_TEST_PG_URL`.
+    pub fn create() -> Self {
+        let admin_url = std::env::var("KEYWARD_TEST_PG_URL")
+            .expect("KEYWARD_TEST_BACKEND=postgres needs KEYWARD_TEST_PG_URL");
+        let name = format!(
+            "kw_bb_{}",
+            ulid::Ulid::generate().to_string().to_ascii_lowercase()
+        );
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options=-c%20search_path%3D{name}");
+        let (admin, schema) = (admin_url.clone(), name.clone());
+        on_own_runtime(async move {
+            let store = keyward_store_postgres::PgStore::connect_with_schema(&admin, &schema)
+                .await
+                .expect("create the test schema");
+            store.close().await;
+        });
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (admin, schema) = (self.admin_url.clone(), self.name.clone());
+        on_own_runtime(async move {
+            use sqlx::Executor as _;
+            if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                let _ = pool
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "drop schema if exists {schema} cascade"
+                    )))
+                    .await;
+                pool.close().await;
+            }
+        });
+    }
+}
+
+/// Runs a future to completion on a runtime of its own thread (callable from sync code
+/// inside a test's runtime, such as `Drop`).
+fn on_own_runtime<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f);
+    })
+    .join()
+    .expect("helper thread");
+}
+
+/// Whether the black-box suite runs against PostgreSQL.
+pub fn postgres_backend() -> bool {
+    std::env::var("KEYWARD_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The store of a server's database, opened directly to check what was persisted.
+pub struct TestStore(keyward::Backend);
+
+impl std::ops::Deref for TestStore {
+    type Target = dyn keyward_store::Store;
+    fn deref(&self) -> &Self::Target {
+        match &self.0 {
+            keyward::Backend::Sqlite(s) => s.as_ref(),
+            keyward::Backend::Postgres(s) => s.as_ref(),
+        }
+    }
+}
+
+impl TestStore {
+    /// Closes the pools.
+    pub async fn close(&self) {
+        self.0.close().await;
+    }
 }
 
 /// An account made by `keyward accounts create --json`.
@@ -46,8 +143,45 @@ impl Server {
     /// A server on a fresh database with extra `serve` arguments.
     pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let database_url = format!("sqlite:{}", dir.path().join("keyward.db").display());
+        let pg_schema = postgres_backend().then(PgSchema::create);
+        let database_url = match &pg_schema {
+            Some(schema) => schema.url.clone(),
+            None => format!("sqlite:{}", dir.path().join("keyward.db").display()),
+        };
+        Self::start_on(database_url, pg_schema, dir, args)
+    }
+
+    /// A server on a fresh PostgreSQL schema whatever `KEYWARD_TEST_BACKEND` says, or
+    /// `None` (after a loud note) when `KEYWARD_TEST_PG_URL` is unset.
+    pub fn start_on_postgres(test: &str, args: &[&str]) -> Option<Self> {
+        if std::env::var("KEYWARD_TEST_PG_URL").is_err() {
+            eprintln!("SKIPPED {test}: KEYWARD_TEST_PG_URL is not set; this PostgreSQL test did not run");
+            return None;
+        }
+        let schema = PgSchema::create();
+        let url = schema.url.clone();
+        Some(Self::start_on(url, Some(schema), tempfile::tempdir().expect("temp dir"), args))
+    }
+
+    /// A server whose database URL is `url` (a proxy, say) but whose schema is `schema`.
+    pub fn start_with_url(url: String, args: &[&str]) -> Self {
+        Self::start_on(url, None, tempfile::tempdir().expect("temp dir"), args)
+    }
+
+    /// Another server (node) on the same database as `self`.
+    pub fn another_node(&self, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_on(self.database_url.clone(), None, dir, args)
+    }
+
+    fn start_on(
+        database_url: String,
+        pg_schema: Option<PgSchema>,
+        dir: tempfile::TempDir,
+        args: &[&str],
+    ) -> Self {
         let mut server = Self {
+            pg_schema,
             child: None,
             base: String::new(),
             database_url,
@@ -158,11 +292,9 @@ impl Server {
     }
 
     /// Opens the server's database directly, to check what was persisted.
-    pub async fn store(&self) -> keyward_store_sqlite::SqliteStore {
-        let path = self.database_url.trim_start_matches("sqlite:");
-        keyward_store_sqlite::SqliteStore::open(std::path::Path::new(path))
-            .await
-            .expect("open store")
+    pub async fn store(&self) -> TestStore {
+        let url = keyward::cli::DatabaseUrl::parse(&self.database_url).expect("database url");
+        TestStore(keyward::open_store(&url).await.expect("open store"))
     }
 }
 
@@ -186,6 +318,8 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The schema (if any) goes only once the server is gone.
+        self.pg_schema.take();
     }
 }
 
