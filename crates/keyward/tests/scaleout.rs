@@ -86,8 +86,8 @@ struct CuttableProxy {
 
 impl CuttableProxy {
     async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = tokio::sync::watch::channel(0_u64);
         let generation = Arc::new(generation);

@@ -5,6 +5,7 @@
 //! schema in the PostgreSQL server at `KEYWARD_TEST_PG_URL` (dropped afterwards), so the
 //! same black-box suite runs against both backends.
 
+#![expect(clippy::unwrap_used, reason = "test harness: a failed unwrap is a failed test")]
 #![allow(
     dead_code,
     reason = "each test file uses a different part of the harness"
@@ -155,12 +156,19 @@ impl Server {
     /// `None` (after a loud note) when `KEYWARD_TEST_PG_URL` is unset.
     pub fn start_on_postgres(test: &str, args: &[&str]) -> Option<Self> {
         if std::env::var("KEYWARD_TEST_PG_URL").is_err() {
-            eprintln!("SKIPPED {test}: KEYWARD_TEST_PG_URL is not set; this PostgreSQL test did not run");
+            eprintln!(
+                "SKIPPED {test}: KEYWARD_TEST_PG_URL is not set; this PostgreSQL test did not run"
+            );
             return None;
         }
         let schema = PgSchema::create();
         let url = schema.url.clone();
-        Some(Self::start_on(url, Some(schema), tempfile::tempdir().expect("temp dir"), args))
+        Some(Self::start_on(
+            url,
+            Some(schema),
+            tempfile::tempdir().expect("temp dir"),
+            args,
+        ))
     }
 
     /// A server whose database URL is `url` (a proxy, say) but whose schema is `schema`.
