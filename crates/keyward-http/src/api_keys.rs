@@ -1,5 +1,7 @@
 //! `/v1/api-keys`: the seed endpoint and the whole key lifecycle (API.md §Endpoints).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -18,7 +20,7 @@ use crate::auth::Caller;
 use crate::dto::{ApiKeyObject, ApiKeyWithSecret, nullable};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyIdSegment, QueryParams};
-use crate::state::AppState;
+use crate::state::{AppState, MAX_CACHED_LISTING};
 
 /// Longest `expires_in` (and farthest `expires_at`): 100 years.
 const MAX_LIFETIME_SECS: i64 = 100 * 365 * 24 * 3600;
@@ -133,6 +135,21 @@ fn ensure_within_caller(caller: &Caller, scopes: &ScopeSet) -> Result<(), ApiErr
     }
 }
 
+/// The caller's whole listing from the cache, or `None` for an account too large to
+/// cache (which is then listed from storage).
+async fn account_listing(state: &AppState, caller: &Caller) -> Result<Option<Arc<Vec<ApiKey>>>, ApiError> {
+    let account = &caller.record.key.account_id;
+    let listing = state
+        .listings
+        .get_or_load(account, || async {
+            let query = KeyQuery { status: None, limit: Some(MAX_CACHED_LISTING), after: None, now: caller.now };
+            let (keys, more) = state.store.list_keys(account, &query).await?;
+            Ok((!more).then(|| Arc::new(keys)))
+        })
+        .await?;
+    Ok(listing)
+}
+
 /// The key in the caller's account, or the `404` a missing one gets.
 async fn load_key(state: &AppState, caller: &Caller, key_id: &KeyId) -> Result<ApiKey, ApiError> {
     state
@@ -198,16 +215,29 @@ pub async fn list_api_keys(State(state): State<AppState>, caller: Caller, mut qu
         .map(|raw| KeyId::parse(&raw).map_err(|_| ApiError::validation("after", "must be a key_id")))
         .transpose()?;
     query.finish()?;
-    let (keys, more) = state
-        .store
-        .list_keys(
-            &caller.record.key.account_id,
-            &KeyQuery { status, limit, after, now: caller.now },
-        )
-        .await?;
-    let body = ApiKeyList {
-        api_keys: keys.iter().map(|k| ApiKeyObject::new(k, caller.now)).collect(),
-        has_more: limit.map(|_| more),
+    let account = &caller.record.key.account_id;
+    let body = match account_listing(&state, &caller).await? {
+        // Small accounts: filter and page the cached listing in memory.
+        Some(all) => {
+            let mut matching = all
+                .iter()
+                .filter(|k| status.is_none_or(|s| k.status_at(caller.now) == s))
+                .filter(|k| after.as_ref().is_none_or(|a| k.key_id > *a));
+            let wanted = limit.map_or(usize::MAX, |l| l as usize);
+            let api_keys: Vec<ApiKeyObject> = matching.by_ref().take(wanted).map(|k| ApiKeyObject::new(k, caller.now)).collect();
+            let more = matching.next().is_some();
+            ApiKeyList { api_keys, has_more: limit.map(|_| more) }
+        }
+        None => {
+            let (keys, more) = state
+                .store
+                .list_keys(account, &KeyQuery { status, limit, after, now: caller.now })
+                .await?;
+            ApiKeyList {
+                api_keys: keys.iter().map(|k| ApiKeyObject::new(k, caller.now)).collect(),
+                has_more: limit.map(|_| more),
+            }
+        }
     };
     Ok(no_store(StatusCode::OK, Json(body)))
 }
@@ -221,8 +251,16 @@ pub async fn list_api_keys(State(state): State<AppState>, caller: Caller, mut qu
 )]
 pub async fn get_api_key(State(state): State<AppState>, caller: Caller, key_id: KeyIdSegment) -> Result<Response, ApiError> {
     caller.require(&state, Scope::READ).await?;
-    let key = load_key(&state, &caller, &key_id.parse()?).await?;
-    Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&key, caller.now))))
+    let key_id = key_id.parse()?;
+    let object = match account_listing(&state, &caller).await? {
+        Some(all) => all
+            .iter()
+            .find(|k| k.key_id == key_id)
+            .map(|k| ApiKeyObject::new(k, caller.now))
+            .ok_or_else(ApiError::key_not_found)?,
+        None => ApiKeyObject::new(&load_key(&state, &caller, &key_id).await?, caller.now),
+    };
+    Ok(no_store(StatusCode::OK, Json(object)))
 }
 
 /// Create an API key; the secret is in this response only.
@@ -270,6 +308,7 @@ pub async fn create_api_key(State(state): State<AppState>, caller: Caller, body:
         "metadata": key.metadata.as_map(),
     });
     let stored = state.store.insert_key(&key, &audit(&caller, changes)).await?;
+    state.listings.invalidate([&stored.account_id]);
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&stored, caller.now),
         api_key: secret.expose().to_owned(),
@@ -363,6 +402,7 @@ pub async fn update_api_key(
         .update_key(&current.account_id, &key_id, current.version, &patch, &audit(&caller, Value::Object(changes)))
         .await?;
     state.keys.invalidate(&changed.stale_digests);
+    state.listings.invalidate([&current.account_id]);
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&key, caller.now))))
 }
@@ -403,6 +443,7 @@ pub async fn rotate_api_key(
         .rotate_key(&current.account_id, &key_id, current.version, &stored_secret, old_end, &audit(&caller, changes))
         .await?;
     state.keys.invalidate(&changed.stale_digests);
+    state.listings.invalidate([&current.account_id]);
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&key, caller.now),
@@ -436,6 +477,7 @@ pub async fn revoke_api_key(State(state): State<AppState>, caller: Caller, key_i
         .revoke_key(&current.account_id, &key_id, current.version, &audit(&caller, changes))
         .await?;
     state.keys.invalidate(&changed.stale_digests);
+    state.listings.invalidate([&current.account_id]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -2,7 +2,6 @@
 //! storage lookup for garbage), lookup by digest, status, expiry; then scope, then rate
 //! limit ([`Caller::require`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use keyward_store::{AuthRecord, Store, StoreResult};
 use keyward_workers::RateDecision;
 use time::OffsetDateTime;
 
+use crate::cache::CoherentCache;
 use crate::error::{ApiError, KeyRejection};
 use crate::state::AppState;
 
@@ -25,13 +25,7 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Keys by digest, in memory, invalidated explicitly whenever a key changes.
 pub struct KeyCache {
     store: Arc<dyn Store>,
-    cache: moka::sync::Cache<KeyDigest, Arc<AuthRecord>>,
-    /// Bumped by every invalidation, so that a lookup that raced with a change never
-    /// leaves the pre-change record behind in the cache.
-    epoch: AtomicU64,
-    /// False while this node may be missing other nodes' change notifications: the
-    /// cache is then bypassed, so a revoked key is never served from memory.
-    coherent: AtomicBool,
+    cache: CoherentCache<KeyDigest, Arc<AuthRecord>>,
 }
 
 impl KeyCache {
@@ -40,30 +34,8 @@ impl KeyCache {
     pub fn new(store: Arc<dyn Store>, capacity: u64) -> Self {
         Self {
             store,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(KEY_CACHE_TTL)
-                .build(),
-            epoch: AtomicU64::new(0),
-            coherent: AtomicBool::new(true),
+            cache: CoherentCache::new(capacity, KEY_CACHE_TTL, "keyward_key_cache_hits_total", "keyward_key_cache_misses_total"),
         }
-    }
-
-    /// Turns the cache on (after a resync) or off (while changes may be missed).
-    pub fn set_coherent(&self, coherent: bool) {
-        if !coherent {
-            self.coherent.store(false, Ordering::Release);
-        }
-        self.invalidate_all();
-        if coherent {
-            self.coherent.store(true, Ordering::Release);
-        }
-    }
-
-    /// Drops every cached key.
-    pub fn invalidate_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
     }
 
     /// The record of a digest, from memory or storage.
@@ -71,35 +43,19 @@ impl KeyCache {
     /// # Errors
     /// The store's error on a miss.
     pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<AuthRecord>>> {
-        if !self.coherent.load(Ordering::Acquire) {
-            metrics::counter!("keyward_key_cache_bypassed_total").increment(1);
-            return Ok(self.store.auth_by_digest(digest).await?.map(Arc::new));
-        }
-        if let Some(hit) = self.cache.get(digest) {
-            metrics::counter!("keyward_key_cache_hits_total").increment(1);
-            return Ok(Some(hit));
-        }
-        metrics::counter!("keyward_key_cache_misses_total").increment(1);
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let Some(record) = self.store.auth_by_digest(digest).await? else {
-            return Ok(None);
-        };
-        let record = Arc::new(record);
-        self.cache.insert(*digest, record.clone());
-        // Checked after the insert: an invalidation that ran since the read either saw
-        // this entry (and removed it) or bumped the epoch before this check.
-        if self.epoch.load(Ordering::Acquire) != epoch {
-            self.cache.invalidate(digest);
-        }
-        Ok(Some(record))
+        self.cache
+            .get_or_load(digest, || async { Ok(self.store.auth_by_digest(digest).await?.map(Arc::new)) })
+            .await
     }
 
     /// Drops these digests; the very next request reads storage.
     pub fn invalidate(&self, digests: &[KeyDigest]) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        for digest in digests {
-            self.cache.invalidate(digest);
-        }
+        self.cache.invalidate(digests);
+    }
+
+    /// Turns the cache on or off; see [`CoherentCache::set_coherent`].
+    pub fn set_coherent(&self, coherent: bool) {
+        self.cache.set_coherent(coherent);
     }
 }
 

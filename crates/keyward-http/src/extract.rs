@@ -18,7 +18,15 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct JsonBody {
     json_type: bool,
-    bytes: Bytes,
+    /// The body, or why it could not be read (over the limit, or broken off). Kept
+    /// until `parse` so that even a `413` comes after the scope and rate-limit checks.
+    bytes: Result<Bytes, BodyReadError>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BodyReadError {
+    TooLarge(usize),
+    Unreadable,
 }
 
 impl FromRequest<AppState> for JsonBody {
@@ -32,11 +40,11 @@ impl FromRequest<AppState> for JsonBody {
             .is_some_and(is_json_content_type);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(state.body_limit)
+                BodyReadError::TooLarge(state.body_limit)
             } else {
-                ApiError::invalid_request("the request body could not be read")
+                BodyReadError::Unreadable
             }
-        })?;
+        });
         Ok(Self { json_type, bytes })
     }
 }
@@ -48,12 +56,21 @@ impl JsonBody {
     /// `INVALID_REQUEST` for a non-JSON body or content type, `VALIDATION_ERROR` for
     /// data that does not fit `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let bytes = self.bytes()?;
         if !self.json_type {
             return Err(ApiError::invalid_request(
                 "the request body must be JSON with content-type application/json",
             ));
         }
-        parse_json(&self.bytes)
+        parse_json(bytes)
+    }
+
+    fn bytes(&self) -> Result<&Bytes, ApiError> {
+        match &self.bytes {
+            Ok(bytes) => Ok(bytes),
+            Err(BodyReadError::TooLarge(limit)) => Err(ApiError::payload_too_large(*limit)),
+            Err(BodyReadError::Unreadable) => Err(ApiError::invalid_request("the request body could not be read")),
+        }
     }
 
     /// Parses an optional JSON body: an empty one, or JSON `null`, is `None`.
@@ -61,7 +78,7 @@ impl JsonBody {
     /// # Errors
     /// As [`JsonBody::parse`] when a body is present.
     pub fn parse_optional<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
-        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+        if self.bytes()?.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
         self.parse::<Option<T>>()

@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod cache;
 pub mod dto;
 pub mod error;
 pub mod extract;

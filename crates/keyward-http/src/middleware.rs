@@ -82,7 +82,13 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     }
 
     let latency = started.elapsed();
-    let endpoint = route.as_deref().map(|r| format!("{method} {r}"));
+    // Only the standard methods name an endpoint: a client inventing methods on a known
+    // path (a 405) must not mint new metric labels.
+    let standard_method = matches!(
+        method,
+        Method::GET | Method::POST | Method::PATCH | Method::DELETE | Method::PUT | Method::HEAD | Method::OPTIONS
+    );
+    let endpoint = route.as_deref().filter(|_| standard_method).map(|r| format!("{method} {r}"));
     if let (Some(caller), Some(endpoint)) = (ctx.caller(), &endpoint) {
         state.meter.record(RequestRecord {
             account_id: caller.key.account_id.clone(),

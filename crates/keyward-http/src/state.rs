@@ -2,12 +2,26 @@
 
 use std::sync::{Arc, Mutex};
 
-use keyward_core::KeyPrefix;
-use keyward_store::Store;
+use keyward_core::{AccountId, KeyDigest, KeyPrefix};
+use keyward_store::{ApiKey, Store};
 use keyward_workers::{Meter, RateLimiter};
 use ulid::Ulid;
 
 use crate::auth::KeyCache;
+use crate::cache::CoherentCache;
+
+/// An account's whole key listing, cached for accounts of at most
+/// [`MAX_CACHED_LISTING`] keys. The short life bounds how late `last_used` shows: a
+/// request's `last_used` is flushed within the meter interval (250 ms) and a listing is
+/// at most this old, so it shows within a second as API.md asks.
+pub type ListingCache = CoherentCache<AccountId, Arc<Vec<ApiKey>>>;
+
+/// Longest an account listing is served from memory.
+pub const LISTING_CACHE_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+/// Most accounts whose listing is cached.
+pub const LISTING_CACHE_ACCOUNTS: u64 = 10_000;
+/// Largest listing cached; bigger accounts are always listed from storage.
+pub const MAX_CACHED_LISTING: u32 = 1_000;
 
 /// Renders the Prometheus text of `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -17,6 +31,7 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: Arc<KeyCache>,
+    pub(crate) listings: Arc<ListingCache>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
     pub(crate) prefix: KeyPrefix,
@@ -96,6 +111,12 @@ impl AppStateBuilder {
     pub fn build(self) -> AppState {
         AppState {
             keys: Arc::new(KeyCache::new(self.store.clone(), self.key_cache_capacity)),
+            listings: Arc::new(CoherentCache::new(
+                LISTING_CACHE_ACCOUNTS,
+                LISTING_CACHE_TTL,
+                "keyward_listing_cache_hits_total",
+                "keyward_listing_cache_misses_total",
+            )),
             store: self.store,
             meter: self.meter,
             limiter: self.limiter,
@@ -124,10 +145,21 @@ impl AppState {
         &self.store
     }
 
-    /// The authentication cache (the server invalidates it on other nodes' changes).
-    #[must_use]
-    pub fn key_cache(&self) -> &Arc<KeyCache> {
-        &self.keys
+    /// Applies a key change announced by another node: its digests and its account's
+    /// listing are dropped from this node's caches.
+    pub fn apply_remote_change(&self, account: Option<&AccountId>, digests: &[KeyDigest]) {
+        self.keys.invalidate(digests);
+        match account {
+            Some(account) => self.listings.invalidate([account]),
+            None => self.listings.invalidate_all(),
+        }
+    }
+
+    /// Turns the caches off while other nodes' changes may be missed, and back on (empty)
+    /// once they can't be.
+    pub fn set_caches_coherent(&self, coherent: bool) {
+        self.keys.set_coherent(coherent);
+        self.listings.set_coherent(coherent);
     }
 
     /// The metering buffer.

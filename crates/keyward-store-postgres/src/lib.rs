@@ -27,15 +27,21 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row, SqlSafeStr, Transaction};
 use time::OffsetDateTime;
 
 /// The migrations, embedded. Their versions and names match the SQLite tree's.
-/// The channel on which every key change is announced (payload: the key's old digests,
-/// hex, comma-separated), so that all nodes drop them from their caches.
+/// The channel on which every key change is announced, so that all nodes drop the key
+/// and its account's listing from their caches. Payload: `<account_id>:<digest hex>,…`
+/// (the key's digests before the change; none for a new key).
 pub const KEY_CHANGES_CHANNEL: &str = "keyward_key_changes";
 
 /// What a node hears from [`PgStore::follow_key_changes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyChange {
-    /// These digests changed: drop them.
-    Changed(Vec<KeyDigest>),
+    /// A key of this account changed; these were its digests before the change.
+    Changed {
+        /// The key's account (`None` if the payload did not carry a valid one).
+        account_id: Option<AccountId>,
+        /// The key's digests before the change.
+        digests: Vec<KeyDigest>,
+    },
     /// The listening connection is gone; changes may be missed until [`KeyChange::Resynced`],
     /// so nothing cached may be trusted meanwhile.
     Lost,
@@ -45,8 +51,29 @@ pub enum KeyChange {
 
 /// Reads a [`KEY_CHANGES_CHANNEL`] payload; malformed entries are skipped.
 #[must_use]
-pub fn decode_key_change(payload: &str) -> Vec<KeyDigest> {
-    payload.split(',').filter_map(KeyDigest::from_hex).collect()
+pub fn decode_key_change(payload: &str) -> KeyChange {
+    let (account, digests) = payload.split_once(':').unwrap_or(("", payload));
+    KeyChange::Changed {
+        account_id: AccountId::parse(account).ok(),
+        digests: digests.split(',').filter_map(KeyDigest::from_hex).collect(),
+    }
+}
+
+/// Announces a change of one of `account_id`'s keys; delivered when the transaction
+/// commits, and only then.
+async fn announce_change(
+    tx: &mut Transaction<'static, Postgres>,
+    account_id: &AccountId,
+    digests: &[KeyDigest],
+) -> StoreResult<()> {
+    let hexes = digests.iter().map(KeyDigest::to_hex).collect::<Vec<_>>().join(",");
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(KEY_CHANGES_CHANNEL)
+        .bind(format!("{account_id}:{hexes}"))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] =
@@ -205,7 +232,7 @@ impl PgStore {
                     () = &mut shutdown => return,
                     message = listener.try_recv() => match message {
                         Ok(Some(notification)) => {
-                            on_change(KeyChange::Changed(decode_key_change(notification.payload())));
+                            on_change(decode_key_change(notification.payload()));
                         }
                         // `None`: the connection was lost; `Err`: it broke. Either way
                         // notifications may have been missed.
@@ -507,13 +534,7 @@ async fn lock_key(
     // Every node drops these digests from its cache. PostgreSQL delivers the
     // notification only if and when this transaction commits, so no node hears of a
     // change that did not happen, and none can miss one while it stays connected.
-    let payload = digests.iter().map(KeyDigest::to_hex).collect::<Vec<_>>().join(",");
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(KEY_CHANGES_CHANNEL)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
+    announce_change(tx, account_id, &digests).await?;
     Ok(digests)
 }
 
@@ -851,6 +872,8 @@ impl Store for PgStore {
         let stored = key_in_tx(&mut tx, &key.account_id, &key.key_id).await?;
         // Durable on return: commit waits for the WAL flush (synchronous_commit defaults
         // to on).
+        // Other nodes' cached listings of this account must show the new key.
+        announce_change(&mut tx, &key.account_id, &[]).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(stored)
     }

@@ -1,7 +1,7 @@
 //! The batch writer of metering: request history rows, `last_used` and monthly usage.
 //!
 //! The request path does one short in-memory update ([`Meter::record`]); a task writes
-//! everything in one transaction every `interval` (500 ms by default) and once more at
+//! everything in one transaction every `interval` (250 ms in `serve`) and once more at
 //! shutdown. Trade-off: a crash (`kill -9`, power loss) loses at most the last interval
 //! of history, usage and `last_used`; keys and accounts are never batched, so they are
 //! never lost. Memory is bounded: past `capacity` pending history rows, new rows are

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::ServeArgs;
 use crate::{Backend, create_account, open_store};
 
-/// How often metering is flushed. API.md: `last_used` may lag by at most one second.
-const METER_INTERVAL: Duration = Duration::from_millis(500);
+/// How often metering is flushed. API.md: `last_used` may lag by at most one second,
+/// and a cached listing may be up to 500 ms old on top of this.
+const METER_INTERVAL: Duration = Duration::from_millis(250);
 /// How often old history is pruned.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -99,16 +100,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // enforced here within the notification's delay (milliseconds), and bypass the
         // cache whenever the feed is down.
         Backend::Postgres(pg) => {
-            let cache = state.key_cache().clone();
-            cache.set_coherent(false);
+            let caches = state.clone();
+            caches.set_caches_coherent(false);
             let pg = pg.clone();
             let stop = cancel.clone();
             Some(tokio::spawn(async move {
                 pg.follow_key_changes(
                     move |change| match change {
-                        KeyChange::Changed(digests) => cache.invalidate(&digests),
-                        KeyChange::Lost => cache.set_coherent(false),
-                        KeyChange::Resynced => cache.set_coherent(true),
+                        KeyChange::Changed { account_id, digests } => {
+                            caches.apply_remote_change(account_id.as_ref(), &digests);
+                        }
+                        KeyChange::Lost => caches.set_caches_coherent(false),
+                        KeyChange::Resynced => caches.set_caches_coherent(true),
                     },
                     stop.cancelled_owned(),
                 )

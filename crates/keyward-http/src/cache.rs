@@ -1,0 +1,145 @@
+//! In-process caches that stay coherent with storage: explicit invalidation on every
+//! change (local, or announced by another node), an epoch check so that a fill racing a
+//! change never leaves the old value behind, and a switch that bypasses the cache while
+//! this node may be missing other nodes' announcements.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use keyward_store::StoreResult;
+
+/// A bounded cache with a time to live, invalidated explicitly.
+pub struct CoherentCache<K, V> {
+    cache: moka::sync::Cache<K, V>,
+    /// Bumped by every invalidation: a fill that read storage before the bump removes
+    /// what it inserted.
+    epoch: AtomicU64,
+    /// False while changes may be missed: every read then goes to storage.
+    coherent: AtomicBool,
+    hits_metric: &'static str,
+    misses_metric: &'static str,
+}
+
+impl<K, V> CoherentCache<K, V>
+where
+    K: Hash + Eq + Send + Sync + Clone + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A cache of at most `capacity` entries, each living at most `ttl`.
+    #[must_use]
+    pub fn new(capacity: u64, ttl: Duration, hits_metric: &'static str, misses_metric: &'static str) -> Self {
+        Self {
+            cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            epoch: AtomicU64::new(0),
+            coherent: AtomicBool::new(true),
+            hits_metric,
+            misses_metric,
+        }
+    }
+
+    /// The cached value, or `load`'s (cached when `Some`).
+    ///
+    /// # Errors
+    /// `load`'s error.
+    pub async fn get_or_load<F, Fut>(&self, key: &K, load: F) -> StoreResult<Option<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = StoreResult<Option<V>>>,
+    {
+        if !self.coherent.load(Ordering::Acquire) {
+            metrics::counter!("keyward_cache_bypassed_total").increment(1);
+            return load().await;
+        }
+        if let Some(hit) = self.cache.get(key) {
+            metrics::counter!(self.hits_metric).increment(1);
+            return Ok(Some(hit));
+        }
+        metrics::counter!(self.misses_metric).increment(1);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let Some(value) = load().await? else {
+            return Ok(None);
+        };
+        self.cache.insert(key.clone(), value.clone());
+        // Checked after the insert: an invalidation since the read either removed this
+        // entry or bumped the epoch before this check.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.cache.invalidate(key);
+        }
+        Ok(Some(value))
+    }
+
+    /// Drops these entries; the next read goes to storage.
+    pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a K>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for key in keys {
+            self.cache.invalidate(key);
+        }
+    }
+
+    /// Drops every entry.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    /// Turns the cache on (after a resync) or off (while changes may be missed); either
+    /// way everything cached so far is dropped.
+    pub fn set_coherent(&self, coherent: bool) {
+        if !coherent {
+            self.coherent.store(false, Ordering::Release);
+        }
+        self.invalidate_all();
+        if coherent {
+            self.coherent.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> CoherentCache<u32, u32> {
+        CoherentCache::new(10, Duration::from_secs(60), "test_hits", "test_misses")
+    }
+
+    #[tokio::test]
+    async fn hits_do_not_load_and_invalidation_reloads() {
+        let c = cache();
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(10)) }).await.unwrap(), Some(10));
+        assert_eq!(c.get_or_load(&1, || async { panic!("loaded on a hit") }).await.unwrap(), Some(10));
+        c.invalidate([&1]);
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(), Some(11));
+        assert_eq!(c.get_or_load(&2, || async { Ok(None) }).await.unwrap(), None);
+        assert_eq!(c.get_or_load(&2, || async { Ok(Some(20)) }).await.unwrap(), Some(20), "None is not cached");
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_a_change_is_not_kept() {
+        let c = cache();
+        // The change lands while the loader is reading storage.
+        let got = c
+            .get_or_load(&1, || async {
+                c.invalidate([&1]);
+                Ok(Some(10))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, Some(10));
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(), Some(11), "the stale fill was dropped");
+    }
+
+    #[tokio::test]
+    async fn an_incoherent_cache_always_reads_storage() {
+        let c = cache();
+        c.get_or_load(&1, || async { Ok(Some(10)) }).await.unwrap();
+        c.set_coherent(false);
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(), Some(11));
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(12)) }).await.unwrap(), Some(12));
+        c.set_coherent(true);
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(13)) }).await.unwrap(), Some(13));
+        assert_eq!(c.get_or_load(&1, || async { Ok(Some(14)) }).await.unwrap(), Some(13));
+    }
+}
