@@ -48,7 +48,7 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     let ctx = Arc::new(RequestContext::new(request_id));
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -57,7 +57,7 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     let mut response = next.run(req).await;
     let status = response.status();
     if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
-        log_error(&error, &ctx.request_id, &method, route.as_deref());
+        log_error(&error, &ctx.request_id, &method, route.as_ref().map(MatchedPath::as_str));
         response = with_json_body(response, &error.body(&ctx.request_id));
     } else if !status.is_success() && !is_json(&response) {
         // Safety net for responses axum builds itself (405 with `allow`, a 404 without a
@@ -88,7 +88,7 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
         method,
         Method::GET | Method::POST | Method::PATCH | Method::DELETE | Method::PUT | Method::HEAD | Method::OPTIONS
     );
-    let endpoint = route.as_deref().filter(|_| standard_method).map(|r| format!("{method} {r}"));
+    let endpoint = route.as_ref().filter(|_| standard_method).map(|r| format!("{method} {}", r.as_str()));
     if let (Some(caller), Some(endpoint)) = (ctx.caller(), &endpoint) {
         state.meter.record(RequestRecord {
             account_id: caller.key.account_id.clone(),

@@ -53,27 +53,16 @@ impl Meter {
     }
 
     /// Records one authenticated request: its history row, its key's `last_used` and its
-    /// month's usage counter.
+    /// month's usage counter. The hot path only pushes the row; usage and `last_used`
+    /// are derived from the rows when the batch is taken (a dropped row still counts).
     pub fn record(&self, request: RequestRecord) {
-        let usage_key = UsageKey {
-            account_id: request.account_id.clone(),
-            month: month_of(request.time),
-            endpoint: request.endpoint.clone(),
-            key_id: request.key_id.clone(),
-        };
         let depth = {
-            let mut pending = self.lock();
-            let last = pending
-                .last_used
-                .entry(request.key_id.clone())
-                .or_insert(request.time);
-            if *last < request.time {
-                *last = request.time;
-            }
-            *pending.usage.entry(usage_key).or_insert(0) += 1;
+            let mut guard = self.lock();
+            let pending = &mut *guard;
             if pending.requests.len() < self.capacity {
                 pending.requests.push(request);
             } else {
+                add_usage(&mut pending.usage, &mut pending.last_used, &request);
                 metrics::counter!("keyward_meter_dropped_rows_total").increment(1);
             }
             pending.requests.len()
@@ -91,8 +80,11 @@ impl Meter {
     /// same order.
     #[must_use]
     pub fn take(&self) -> MeterBatch {
-        let pending = std::mem::take(&mut *self.lock());
+        let mut pending = std::mem::take(&mut *self.lock());
         metrics::gauge!("keyward_meter_queue_depth").set(0.0);
+        for request in &pending.requests {
+            add_usage(&mut pending.usage, &mut pending.last_used, request);
+        }
         let mut last_used: Vec<_> = pending.last_used.into_iter().collect();
         last_used.sort_by(|a, b| a.0.cmp(&b.0));
         let mut usage: Vec<_> = pending.usage.into_iter().collect();
@@ -114,6 +106,25 @@ impl Meter {
         store.write_meter_batch(&batch).await?;
         metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
         Ok(rows)
+    }
+}
+
+/// Counts `request` in the usage counters and moves its key's `last_used` forward.
+fn add_usage(
+    usage: &mut HashMap<UsageKey, u64>,
+    last_used: &mut HashMap<KeyId, OffsetDateTime>,
+    request: &RequestRecord,
+) {
+    let usage_key = UsageKey {
+        account_id: request.account_id.clone(),
+        month: month_of(request.time),
+        endpoint: request.endpoint.clone(),
+        key_id: request.key_id.clone(),
+    };
+    *usage.entry(usage_key).or_insert(0) += 1;
+    let last = last_used.entry(request.key_id.clone()).or_insert(request.time);
+    if *last < request.time {
+        *last = request.time;
     }
 }
 
