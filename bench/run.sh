@@ -3,12 +3,15 @@
 # bare axum server returning the same bytes, measured in the same run with the same wrk
 # settings, so the ratio survives a noisy machine. Loopback only; every run is bounded.
 #
-# Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS]     (default 10 s, 64 connections)
+# Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS] [sqlite|postgres]
+#        (default 10 s, 64 connections, sqlite; postgres uses a fresh schema in
+#        KEYWARD_BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432/test, dropped after)
 # Output: a Markdown table on stdout and everything under bench/out/<timestamp>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-64}"
+backend="${3:-sqlite}"
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --locked --bin keyward --bin bare-server
@@ -17,7 +20,14 @@ out="bench/out/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+pg_url="${KEYWARD_BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+schema="kw_bench_$$"
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ "$backend" = postgres ] && psql -q "$pg_url" -c "drop schema if exists $schema cascade" 2>/dev/null
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 wait_for() { # LOGFILE PATTERN -> prints the base URL
@@ -28,7 +38,12 @@ wait_for() { # LOGFILE PATTERN -> prints the base URL
     echo "server did not start: $(cat "$1")" >&2; exit 1
 }
 
-db="sqlite:$work/keyward.db"
+if [ "$backend" = postgres ]; then
+    psql -q "$pg_url" -c "create schema $schema"
+    db="$pg_url?options=-c%20search_path%3D$schema"
+else
+    db="sqlite:$work/keyward.db"
+fi
 target/release/keyward serve --listen 127.0.0.1:0 --database-url "$db" --no-bootstrap 2> "$work/keyward.log" > /dev/null &
 keyward_pid=$!; pids+=("$keyward_pid")
 keyward="$(wait_for "$work/keyward.log" "keyward listening on")"
@@ -77,5 +92,5 @@ field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")
         echo "| $ep | $b | $k | $ratio | $(field bare-$ep p99_ms) | $(field keyward-$ep p50_ms) / $(field keyward-$ep p99_ms) / $(field keyward-$ep p999_ms) | $(field keyward-$ep errors) |"
     done
     echo
-    echo "keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}"
+    echo "backend: $backend; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}"
 } | tee "$out/results.md"

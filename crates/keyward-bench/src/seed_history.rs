@@ -65,6 +65,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         written += n;
     }
     store.close().await;
-    eprintln!("wrote {rows} history rows in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {rows} history rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -25,7 +25,9 @@ pub const MAX_PREFIX_LEN: usize = 16;
 
 /// Why a configured key prefix is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a key prefix must be 1 to {MAX_PREFIX_LEN} characters of [a-z0-9], starting with a letter")]
+#[error(
+    "a key prefix must be 1 to {MAX_PREFIX_LEN} characters of [a-z0-9], starting with a letter"
+)]
 pub struct KeyPrefixError;
 
 /// The deployment's key prefix (`kw` by default). `_` separates it from the random part,
@@ -286,7 +288,10 @@ mod tests {
             KeyFormatError::WrongPrefix
         );
         for raw in ["", "kw_", "kw", "kw_short", "kw__", "kwx_0123", "KW_abc"] {
-            assert!(KeySecret::parse(raw, &kw()).is_err(), "{raw:?} was accepted");
+            assert!(
+                KeySecret::parse(raw, &kw()).is_err(),
+                "{raw:?} was accepted"
+            );
         }
         let long = format!("{}0", key.expose());
         assert_eq!(
@@ -307,7 +312,8 @@ mod tests {
 
     #[test]
     fn digest_is_sha256_of_the_whole_key() {
-        let key = KeySecret::parse(KeySecret::generate(&kw(), &mut Fixed(9)).expose(), &kw()).unwrap();
+        let key =
+            KeySecret::parse(KeySecret::generate(&kw(), &mut Fixed(9)).expose(), &kw()).unwrap();
         let again = KeySecret::parse(key.expose(), &kw()).unwrap();
         assert!(key.digest().ct_eq(&again.digest()));
         let expected: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
@@ -317,7 +323,11 @@ mod tests {
     #[test]
     fn digests_round_trip_through_hex() {
         let digest = KeySecret::generate(&kw(), &mut OsRandom).digest();
-        assert!(KeyDigest::from_hex(&digest.to_hex()).unwrap().ct_eq(&digest));
+        assert!(
+            KeyDigest::from_hex(&digest.to_hex())
+                .unwrap()
+                .ct_eq(&digest)
+        );
         assert!(KeyDigest::from_hex("zz").is_none());
         assert!(KeyDigest::from_hex(&"g".repeat(64)).is_none());
     }

@@ -66,7 +66,11 @@ macro_rules! ulid_id {
     };
 }
 
-ulid_id!(KeyId, "key_", "Public id of an API key (`key_01J…`), never derived from the secret.");
+ulid_id!(
+    KeyId,
+    "key_",
+    "Public id of an API key (`key_01J…`), never derived from the secret."
+);
 ulid_id!(AccountId, "acct_", "Id of an account (`acct_01J…`).");
 
 /// Longest key name, in characters.
@@ -216,7 +220,10 @@ impl Limits {
     /// Builds limits.
     #[must_use]
     pub const fn new(per_minute: Option<u32>, per_day: Option<u32>) -> Self {
-        Self { per_minute, per_day }
+        Self {
+            per_minute,
+            per_day,
+        }
     }
 
     /// Whether neither window limits anything.
@@ -272,7 +279,11 @@ impl KeyStatus {
     /// Derives the status at `now`. A disabled key shows `inactive` even once expired,
     /// matching the order in which authentication checks status, then expiry.
     #[must_use]
-    pub fn at(stored: StoredStatus, expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Self {
+    pub fn at(
+        stored: StoredStatus,
+        expires_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Self {
         match stored {
             StoredStatus::Inactive => Self::Inactive,
             StoredStatus::Active if expires_at.is_some_and(|t| t <= now) => Self::Expired,
@@ -353,11 +364,26 @@ mod tests {
         let now = datetime!(2026-01-01 0:00 UTC);
         let past = Some(datetime!(2025-01-01 0:00 UTC));
         let future = Some(datetime!(2027-01-01 0:00 UTC));
-        assert_eq!(KeyStatus::at(StoredStatus::Active, future, now), KeyStatus::Active);
-        assert_eq!(KeyStatus::at(StoredStatus::Active, None, now), KeyStatus::Active);
-        assert_eq!(KeyStatus::at(StoredStatus::Active, past, now), KeyStatus::Expired);
-        assert_eq!(KeyStatus::at(StoredStatus::Active, Some(now), now), KeyStatus::Expired);
-        assert_eq!(KeyStatus::at(StoredStatus::Inactive, past, now), KeyStatus::Inactive);
+        assert_eq!(
+            KeyStatus::at(StoredStatus::Active, future, now),
+            KeyStatus::Active
+        );
+        assert_eq!(
+            KeyStatus::at(StoredStatus::Active, None, now),
+            KeyStatus::Active
+        );
+        assert_eq!(
+            KeyStatus::at(StoredStatus::Active, past, now),
+            KeyStatus::Expired
+        );
+        assert_eq!(
+            KeyStatus::at(StoredStatus::Active, Some(now), now),
+            KeyStatus::Expired
+        );
+        assert_eq!(
+            KeyStatus::at(StoredStatus::Inactive, past, now),
+            KeyStatus::Inactive
+        );
     }
 
     #[test]
@@ -365,7 +391,10 @@ mod tests {
         let custom = Limits::new(Some(5), None);
         assert_eq!(Plan::Free.limits(custom), Limits::new(Some(10), Some(100)));
         assert_eq!(Plan::Pro.limits(custom), Limits::new(Some(60), Some(1000)));
-        assert_eq!(Plan::Scale.limits(custom), Limits::new(Some(300), Some(10_000)));
+        assert_eq!(
+            Plan::Scale.limits(custom),
+            Limits::new(Some(300), Some(10_000))
+        );
         assert_eq!(Plan::Enterprise.limits(custom), custom);
         assert!(Plan::Enterprise.limits(Limits::default()).is_unlimited());
         assert_eq!("pro".parse::<Plan>().unwrap(), Plan::Pro);

@@ -46,7 +46,9 @@ impl Scope {
             && bytes.len() <= MAX_SCOPE_LEN
             && bytes[0].is_ascii_lowercase()
             && bytes.iter().all(|&b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b':' | b'-')
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'_' | b'.' | b':' | b'-')
             });
         if ok {
             Ok(Self(raw.to_owned()))
@@ -146,15 +148,32 @@ mod tests {
         for ok in ["read", "a", "billing:read", "x.y_z-1", &"a".repeat(64)] {
             assert!(Scope::parse(ok).is_ok(), "{ok:?} rejected");
         }
-        for bad in ["", "Read", "1read", "_x", "re ad", "réad", "a/b", &"a".repeat(65), "read\n"] {
-            assert_eq!(Scope::parse(bad), Err(ScopeError::BadFormat), "{bad:?} accepted");
+        for bad in [
+            "",
+            "Read",
+            "1read",
+            "_x",
+            "re ad",
+            "réad",
+            "a/b",
+            &"a".repeat(65),
+            "read\n",
+        ] {
+            assert_eq!(
+                Scope::parse(bad),
+                Err(ScopeError::BadFormat),
+                "{bad:?} accepted"
+            );
         }
     }
 
     #[test]
     fn scope_lists_are_checked() {
         assert_eq!(ScopeSet::parse::<&str>(&[]), Err(ScopeError::Empty));
-        assert_eq!(ScopeSet::parse(&["read", "read"]), Err(ScopeError::Duplicate));
+        assert_eq!(
+            ScopeSet::parse(&["read", "read"]),
+            Err(ScopeError::Duplicate)
+        );
         let many: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
         assert_eq!(ScopeSet::parse(&many), Err(ScopeError::TooMany));
         assert!(ScopeSet::parse(&many[..32]).is_ok());

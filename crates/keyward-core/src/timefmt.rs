@@ -39,8 +39,14 @@ mod tests {
 
     #[test]
     fn formats_utc_to_the_second() {
-        assert_eq!(format(datetime!(2024-01-01 0:00:00.999 UTC)), "2024-01-01T00:00:00Z");
-        assert_eq!(format(datetime!(2024-12-31 23:59:59 -01:00)), "2025-01-01T00:59:59Z");
+        assert_eq!(
+            format(datetime!(2024-01-01 0:00:00.999 UTC)),
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            format(datetime!(2024-12-31 23:59:59 -01:00)),
+            "2025-01-01T00:59:59Z"
+        );
     }
 
     #[test]

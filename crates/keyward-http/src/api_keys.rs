@@ -137,12 +137,20 @@ fn ensure_within_caller(caller: &Caller, scopes: &ScopeSet) -> Result<(), ApiErr
 
 /// The caller's whole listing from the cache, or `None` for an account too large to
 /// cache (which is then listed from storage).
-async fn account_listing(state: &AppState, caller: &Caller) -> Result<Option<Arc<Vec<ApiKey>>>, ApiError> {
+async fn account_listing(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<Arc<Vec<ApiKey>>>, ApiError> {
     let account = &caller.record.key.account_id;
     let listing = state
         .listings
         .get_or_load(account, || async {
-            let query = KeyQuery { status: None, limit: Some(MAX_CACHED_LISTING), after: None, now: caller.now };
+            let query = KeyQuery {
+                status: None,
+                limit: Some(MAX_CACHED_LISTING),
+                after: None,
+                now: caller.now,
+            };
             let (keys, more) = state.store.list_keys(account, &query).await?;
             Ok((!more).then(|| Arc::new(keys)))
         })
@@ -167,7 +175,10 @@ fn parse_expiry(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiErr
         return Err(ApiError::validation("expires_at", "must be in the future"));
     }
     if t > now + Duration::seconds(MAX_LIFETIME_SECS) {
-        return Err(ApiError::validation("expires_at", "must be within 100 years"));
+        return Err(ApiError::validation(
+            "expires_at",
+            "must be within 100 years",
+        ));
     }
     Ok(t)
 }
@@ -186,7 +197,10 @@ fn parse_metadata(raw: Value) -> Result<Metadata, ApiError> {
 
 fn new_secret(state: &AppState) -> (KeySecret, NewSecret) {
     let secret = KeySecret::generate(&state.prefix, &mut OsRandom);
-    let stored = NewSecret { digest: secret.digest(), hint: secret.hint() };
+    let stored = NewSecret {
+        digest: secret.digest(),
+        hint: secret.hint(),
+    };
     (secret, stored)
 }
 
@@ -201,18 +215,27 @@ fn new_secret(state: &AppState) -> (KeySecret, NewSecret) {
     responses((status = 200, description = "The account's keys", body = ApiKeyList)),
     security(("api_key" = []))
 )]
-pub async fn list_api_keys(State(state): State<AppState>, caller: Caller, mut query: QueryParams) -> Result<Response, ApiError> {
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::READ).await?;
     let status = query
         .take("status")?
-        .map(|s| s.parse::<KeyStatus>().map_err(|e| ApiError::validation("status", e.0)))
+        .map(|s| {
+            s.parse::<KeyStatus>()
+                .map_err(|e| ApiError::validation("status", e.0))
+        })
         .transpose()?;
     let limit = query
         .take_number("limit", 1, 1000)?
         .map(|n| u32::try_from(n).unwrap_or(1000));
     let after = query
         .take("after")?
-        .map(|raw| KeyId::parse(&raw).map_err(|_| ApiError::validation("after", "must be a key_id")))
+        .map(|raw| {
+            KeyId::parse(&raw).map_err(|_| ApiError::validation("after", "must be a key_id"))
+        })
         .transpose()?;
     query.finish()?;
     let account = &caller.record.key.account_id;
@@ -224,17 +247,35 @@ pub async fn list_api_keys(State(state): State<AppState>, caller: Caller, mut qu
                 .filter(|k| status.is_none_or(|s| k.status_at(caller.now) == s))
                 .filter(|k| after.as_ref().is_none_or(|a| k.key_id > *a));
             let wanted = limit.map_or(usize::MAX, |l| l as usize);
-            let api_keys: Vec<ApiKeyObject> = matching.by_ref().take(wanted).map(|k| ApiKeyObject::new(k, caller.now)).collect();
+            let api_keys: Vec<ApiKeyObject> = matching
+                .by_ref()
+                .take(wanted)
+                .map(|k| ApiKeyObject::new(k, caller.now))
+                .collect();
             let more = matching.next().is_some();
-            ApiKeyList { api_keys, has_more: limit.map(|_| more) }
+            ApiKeyList {
+                api_keys,
+                has_more: limit.map(|_| more),
+            }
         }
         None => {
             let (keys, more) = state
                 .store
-                .list_keys(account, &KeyQuery { status, limit, after, now: caller.now })
+                .list_keys(
+                    account,
+                    &KeyQuery {
+                        status,
+                        limit,
+                        after,
+                        now: caller.now,
+                    },
+                )
                 .await?;
             ApiKeyList {
-                api_keys: keys.iter().map(|k| ApiKeyObject::new(k, caller.now)).collect(),
+                api_keys: keys
+                    .iter()
+                    .map(|k| ApiKeyObject::new(k, caller.now))
+                    .collect(),
                 has_more: limit.map(|_| more),
             }
         }
@@ -249,7 +290,11 @@ pub async fn list_api_keys(State(state): State<AppState>, caller: Caller, mut qu
     responses((status = 200, description = "The key", body = ApiKeyObject)),
     security(("api_key" = []))
 )]
-pub async fn get_api_key(State(state): State<AppState>, caller: Caller, key_id: KeyIdSegment) -> Result<Response, ApiError> {
+pub async fn get_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    key_id: KeyIdSegment,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::READ).await?;
     let key_id = key_id.parse()?;
     let object = match account_listing(&state, &caller).await? {
@@ -270,7 +315,11 @@ pub async fn get_api_key(State(state): State<AppState>, caller: Caller, key_id: 
     responses((status = 201, description = "The new key with its secret", body = ApiKeyWithSecret)),
     security(("api_key" = []))
 )]
-pub async fn create_api_key(State(state): State<AppState>, caller: Caller, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::WRITE).await?;
     let req: CreateApiKeyRequest = body.parse()?;
     let name = req.name.as_deref().map(parse_name).transpose()?;
@@ -278,16 +327,28 @@ pub async fn create_api_key(State(state): State<AppState>, caller: Caller, body:
     let now = timefmt::truncate(caller.now);
     let expires_at = match (req.expires_at.as_deref(), req.expires_in) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::validation("expires_in", "give expires_at or expires_in, not both"));
+            return Err(ApiError::validation(
+                "expires_in",
+                "give expires_at or expires_in, not both",
+            ));
         }
         (Some(raw), None) => Some(parse_expiry(raw, now)?),
-        (None, Some(secs)) if (1..=MAX_LIFETIME_SECS).contains(&secs) => Some(now + Duration::seconds(secs)),
+        (None, Some(secs)) if (1..=MAX_LIFETIME_SECS).contains(&secs) => {
+            Some(now + Duration::seconds(secs))
+        }
         (None, Some(_)) => {
-            return Err(ApiError::validation("expires_in", "must be from 1 to 3153600000 seconds"));
+            return Err(ApiError::validation(
+                "expires_in",
+                "must be from 1 to 3153600000 seconds",
+            ));
         }
         (None, None) => None,
     };
-    let metadata = req.metadata.map(parse_metadata).transpose()?.unwrap_or_default();
+    let metadata = req
+        .metadata
+        .map(parse_metadata)
+        .transpose()?
+        .unwrap_or_default();
     ensure_within_caller(&caller, &scopes)?;
 
     let (secret, stored_secret) = new_secret(&state);
@@ -307,7 +368,10 @@ pub async fn create_api_key(State(state): State<AppState>, caller: Caller, body:
         "expires_at": key.expires_at.map(timefmt::format),
         "metadata": key.metadata.as_map(),
     });
-    let stored = state.store.insert_key(&key, &audit(&caller, changes)).await?;
+    let stored = state
+        .store
+        .insert_key(&key, &audit(&caller, changes))
+        .await?;
     state.listings.invalidate([&stored.account_id]);
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&stored, caller.now),
@@ -341,7 +405,10 @@ pub async fn update_api_key(
     let req: UpdateApiKeyRequest = body.parse()?;
     let now = timefmt::truncate(caller.now);
     let patch = KeyPatch {
-        name: req.name.map(|n| n.as_deref().map(parse_name).transpose()).transpose()?,
+        name: req
+            .name
+            .map(|n| n.as_deref().map(parse_name).transpose())
+            .transpose()?,
         scopes: match req.scopes {
             None => None,
             Some(None) => return Err(ApiError::validation("scopes", "must not be null")),
@@ -361,7 +428,11 @@ pub async fn update_api_key(
             .transpose()?,
         metadata: req
             .metadata
-            .map(|m| m.map(parse_metadata).transpose().map(Option::unwrap_or_default))
+            .map(|m| {
+                m.map(parse_metadata)
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            })
             .transpose()?,
     };
 
@@ -374,37 +445,79 @@ pub async fn update_api_key(
     if own_key && patch.status == Some(StoredStatus::Inactive) {
         return Err(ApiError::conflict("a key cannot disable itself"));
     }
-    if own_key && patch.scopes.as_ref().is_some_and(|s| !s.same_scopes_as(&current.scopes)) {
+    if own_key
+        && patch
+            .scopes
+            .as_ref()
+            .is_some_and(|s| !s.same_scopes_as(&current.scopes))
+    {
         return Err(ApiError::conflict("a key cannot change its own scopes"));
     }
 
     let mut changes = serde_json::Map::new();
     if let Some(name) = &patch.name {
-        change(&mut changes, "name", json!(current.name.as_ref().map(KeyName::as_str)), json!(name.as_ref().map(KeyName::as_str)));
+        change(
+            &mut changes,
+            "name",
+            json!(current.name.as_ref().map(KeyName::as_str)),
+            json!(name.as_ref().map(KeyName::as_str)),
+        );
     }
     if let Some(scopes) = &patch.scopes {
-        change(&mut changes, "scopes", json!(current.scopes.to_strings()), json!(scopes.to_strings()));
+        change(
+            &mut changes,
+            "scopes",
+            json!(current.scopes.to_strings()),
+            json!(scopes.to_strings()),
+        );
     }
     if let Some(status) = patch.status {
-        change(&mut changes, "status", json!(current.status.as_str()), json!(status.as_str()));
+        change(
+            &mut changes,
+            "status",
+            json!(current.status.as_str()),
+            json!(status.as_str()),
+        );
     }
     if let Some(expires_at) = patch.expires_at {
-        change(&mut changes, "expires_at", json!(current.expires_at.map(timefmt::format)), json!(expires_at.map(timefmt::format)));
+        change(
+            &mut changes,
+            "expires_at",
+            json!(current.expires_at.map(timefmt::format)),
+            json!(expires_at.map(timefmt::format)),
+        );
     }
     if let Some(metadata) = &patch.metadata {
-        change(&mut changes, "metadata", json!(current.metadata.as_map()), json!(metadata.as_map()));
+        change(
+            &mut changes,
+            "metadata",
+            json!(current.metadata.as_map()),
+            json!(metadata.as_map()),
+        );
     }
     if changes.is_empty() {
-        return Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&current, caller.now))));
+        return Ok(no_store(
+            StatusCode::OK,
+            Json(ApiKeyObject::new(&current, caller.now)),
+        ));
     }
     let changed = state
         .store
-        .update_key(&current.account_id, &key_id, current.version, &patch, &audit(&caller, Value::Object(changes)))
+        .update_key(
+            &current.account_id,
+            &key_id,
+            current.version,
+            &patch,
+            &audit(&caller, Value::Object(changes)),
+        )
         .await?;
     state.keys.invalidate(&changed.stale_digests);
     state.listings.invalidate([&current.account_id]);
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
-    Ok(no_store(StatusCode::OK, Json(ApiKeyObject::new(&key, caller.now))))
+    Ok(no_store(
+        StatusCode::OK,
+        Json(ApiKeyObject::new(&key, caller.now)),
+    ))
 }
 
 /// Issue a new secret for the same key; the old one works until the grace period ends.
@@ -426,7 +539,10 @@ pub async fn rotate_api_key(
     let req: RotateApiKeyRequest = body.parse_optional()?.unwrap_or_default();
     let grace = req.grace_period_seconds.unwrap_or(0);
     if grace > MAX_GRACE_SECS {
-        return Err(ApiError::validation("grace_period_seconds", "must be from 0 to 604800"));
+        return Err(ApiError::validation(
+            "grace_period_seconds",
+            "must be from 0 to 604800",
+        ));
     }
     let current = load_key(&state, &caller, &key_id).await?;
     ensure_within_caller(&caller, &current.scopes)?;
@@ -440,7 +556,14 @@ pub async fn rotate_api_key(
     });
     let changed = state
         .store
-        .rotate_key(&current.account_id, &key_id, current.version, &stored_secret, old_end, &audit(&caller, changes))
+        .rotate_key(
+            &current.account_id,
+            &key_id,
+            current.version,
+            &stored_secret,
+            old_end,
+            &audit(&caller, changes),
+        )
         .await?;
     state.keys.invalidate(&changed.stale_digests);
     state.listings.invalidate([&current.account_id]);
@@ -459,7 +582,11 @@ pub async fn rotate_api_key(
     responses((status = 204, description = "Revoked")),
     security(("api_key" = []))
 )]
-pub async fn revoke_api_key(State(state): State<AppState>, caller: Caller, key_id: KeyIdSegment) -> Result<Response, ApiError> {
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    key_id: KeyIdSegment,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::WRITE).await?;
     let key_id = key_id.parse()?;
     let current = load_key(&state, &caller, &key_id).await?;
@@ -474,7 +601,12 @@ pub async fn revoke_api_key(State(state): State<AppState>, caller: Caller, key_i
     });
     let changed = state
         .store
-        .revoke_key(&current.account_id, &key_id, current.version, &audit(&caller, changes))
+        .revoke_key(
+            &current.account_id,
+            &key_id,
+            current.version,
+            &audit(&caller, changes),
+        )
         .await?;
     state.keys.invalidate(&changed.stale_digests);
     state.listings.invalidate([&current.account_id]);
@@ -511,12 +643,17 @@ pub struct ValidateResponse {
     responses((status = 200, description = "Whether the key is valid, and what it carries", body = ValidateResponse)),
     security(("api_key" = []))
 )]
-pub async fn validate_api_key(State(state): State<AppState>, attempt: crate::auth::CallerAttempt) -> Result<Response, ApiError> {
+pub async fn validate_api_key(
+    State(state): State<AppState>,
+    attempt: crate::auth::CallerAttempt,
+) -> Result<Response, ApiError> {
     use crate::auth::AuthFailure;
     use crate::error::KeyRejection;
     let caller = match attempt.0 {
         Ok(caller) => caller,
-        Err(AuthFailure::Rejected(reason @ (KeyRejection::NotFound | KeyRejection::Inactive | KeyRejection::Expired))) => {
+        Err(AuthFailure::Rejected(
+            reason @ (KeyRejection::NotFound | KeyRejection::Inactive | KeyRejection::Expired),
+        )) => {
             let body = ValidateResponse {
                 valid: false,
                 reason: Some(reason.as_str().to_owned()),

@@ -34,7 +34,12 @@ impl KeyCache {
     pub fn new(store: Arc<dyn Store>, capacity: u64) -> Self {
         Self {
             store,
-            cache: CoherentCache::new(capacity, KEY_CACHE_TTL, "keyward_key_cache_hits_total", "keyward_key_cache_misses_total"),
+            cache: CoherentCache::new(
+                capacity,
+                KEY_CACHE_TTL,
+                "keyward_key_cache_hits_total",
+                "keyward_key_cache_misses_total",
+            ),
         }
     }
 
@@ -44,7 +49,9 @@ impl KeyCache {
     /// The store's error on a miss.
     pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<AuthRecord>>> {
         self.cache
-            .get_or_load(digest, || async { Ok(self.store.auth_by_digest(digest).await?.map(Arc::new)) })
+            .get_or_load(digest, || async {
+                Ok(self.store.auth_by_digest(digest).await?.map(Arc::new))
+            })
             .await
     }
 
@@ -73,7 +80,11 @@ impl RequestContext {
     /// A context for a request id.
     #[must_use]
     pub fn new(request_id: String) -> Self {
-        Self { request_id, caller: OnceLock::new(), rate: OnceLock::new() }
+        Self {
+            request_id,
+            caller: OnceLock::new(),
+            rate: OnceLock::new(),
+        }
     }
 
     /// The authenticated caller, if any.
@@ -115,7 +126,11 @@ impl From<AuthFailure> for ApiError {
 ///
 /// # Errors
 /// The first check that fails.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap, now: OffsetDateTime) -> Result<Arc<AuthRecord>, AuthFailure> {
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    now: OffsetDateTime,
+) -> Result<Arc<AuthRecord>, AuthFailure> {
     let result = check_key(state, headers, now).await;
     if let Err(AuthFailure::Rejected(reason)) = &result {
         metrics::counter!("keyward_auth_failures_total", "reason" => reason.as_str()).increment(1);
@@ -123,7 +138,11 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, now: OffsetDate
     result
 }
 
-async fn check_key(state: &AppState, headers: &HeaderMap, now: OffsetDateTime) -> Result<Arc<AuthRecord>, AuthFailure> {
+async fn check_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    now: OffsetDateTime,
+) -> Result<Arc<AuthRecord>, AuthFailure> {
     let raw = headers
         .get("x-api-key")
         .ok_or(AuthFailure::Rejected(KeyRejection::Missing))?;
@@ -175,7 +194,11 @@ impl Caller {
     pub async fn require(&self, state: &AppState, scope: &str) -> Result<(), ApiError> {
         let account = &self.record.key.account_id;
         if !self.record.key.scopes.grants(scope) {
-            if let Some(decision) = state.limiter.peek(account, self.record.limits, self.now).await {
+            if let Some(decision) = state
+                .limiter
+                .peek(account, self.record.limits, self.now)
+                .await
+            {
                 let _ = self.ctx.rate.set(decision);
             }
             return Err(ApiError::forbidden(&[scope.to_owned()]));
@@ -189,7 +212,11 @@ impl Caller {
     /// `429 RATE_LIMIT_EXCEEDED`.
     pub async fn count(&self, state: &AppState) -> Result<(), ApiError> {
         let account = &self.record.key.account_id;
-        let Some(decision) = state.limiter.acquire(account, self.record.limits, self.now).await else {
+        let Some(decision) = state
+            .limiter
+            .acquire(account, self.record.limits, self.now)
+            .await
+        else {
             return Ok(());
         };
         let _ = self.ctx.rate.set(decision);
@@ -197,7 +224,9 @@ impl Caller {
             Ok(())
         } else {
             metrics::counter!("keyward_rate_limited_total").increment(1);
-            Err(ApiError::rate_limited(decision.retry_after_secs.unwrap_or(1)))
+            Err(ApiError::rate_limited(
+                decision.retry_after_secs.unwrap_or(1),
+            ))
         }
     }
 }
@@ -214,7 +243,10 @@ pub(crate) fn context(parts: &Parts) -> Arc<RequestContext> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Ok(CallerAttempt(attempt)) = CallerAttempt::from_request_parts(parts, state).await;
         attempt.map_err(ApiError::from)
     }
@@ -228,12 +260,17 @@ pub struct CallerAttempt(pub Result<Caller, AuthFailure>);
 impl FromRequestParts<AppState> for CallerAttempt {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let ctx = context(parts);
         let now = OffsetDateTime::now_utc();
-        Ok(Self(authenticate(state, &parts.headers, now).await.map(|record| {
-            ctx.set_caller(record.clone());
-            Caller { record, now, ctx }
-        })))
+        Ok(Self(authenticate(state, &parts.headers, now).await.map(
+            |record| {
+                ctx.set_caller(record.clone());
+                Caller { record, now, ctx }
+            },
+        )))
     }
 }

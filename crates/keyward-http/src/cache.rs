@@ -29,9 +29,17 @@ where
 {
     /// A cache of at most `capacity` entries, each living at most `ttl`.
     #[must_use]
-    pub fn new(capacity: u64, ttl: Duration, hits_metric: &'static str, misses_metric: &'static str) -> Self {
+    pub fn new(
+        capacity: u64,
+        ttl: Duration,
+        hits_metric: &'static str,
+        misses_metric: &'static str,
+    ) -> Self {
         Self {
-            cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
             epoch: AtomicU64::new(0),
             coherent: AtomicBool::new(true),
             hits_metric,
@@ -108,12 +116,30 @@ mod tests {
     #[tokio::test]
     async fn hits_do_not_load_and_invalidation_reloads() {
         let c = cache();
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(10)) }).await.unwrap(), Some(10));
-        assert_eq!(c.get_or_load(&1, || async { panic!("loaded on a hit") }).await.unwrap(), Some(10));
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(10)) }).await.unwrap(),
+            Some(10)
+        );
+        assert_eq!(
+            c.get_or_load(&1, || async { panic!("loaded on a hit") })
+                .await
+                .unwrap(),
+            Some(10)
+        );
         c.invalidate([&1]);
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(), Some(11));
-        assert_eq!(c.get_or_load(&2, || async { Ok(None) }).await.unwrap(), None);
-        assert_eq!(c.get_or_load(&2, || async { Ok(Some(20)) }).await.unwrap(), Some(20), "None is not cached");
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(),
+            Some(11)
+        );
+        assert_eq!(
+            c.get_or_load(&2, || async { Ok(None) }).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            c.get_or_load(&2, || async { Ok(Some(20)) }).await.unwrap(),
+            Some(20),
+            "None is not cached"
+        );
     }
 
     #[tokio::test]
@@ -128,7 +154,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, Some(10));
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(), Some(11), "the stale fill was dropped");
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(),
+            Some(11),
+            "the stale fill was dropped"
+        );
     }
 
     #[tokio::test]
@@ -136,10 +166,22 @@ mod tests {
         let c = cache();
         c.get_or_load(&1, || async { Ok(Some(10)) }).await.unwrap();
         c.set_coherent(false);
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(), Some(11));
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(12)) }).await.unwrap(), Some(12));
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(),
+            Some(11)
+        );
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(12)) }).await.unwrap(),
+            Some(12)
+        );
         c.set_coherent(true);
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(13)) }).await.unwrap(), Some(13));
-        assert_eq!(c.get_or_load(&1, || async { Ok(Some(14)) }).await.unwrap(), Some(13));
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(13)) }).await.unwrap(),
+            Some(13)
+        );
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(14)) }).await.unwrap(),
+            Some(13)
+        );
     }
 }

@@ -111,6 +111,8 @@ pub fn encode_cursor(seq: i64) -> String {
 #[must_use]
 pub fn decode_cursor(raw: &str) -> Option<i64> {
     raw.strip_prefix("cur_")
-        .filter(|digits| !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|digits| {
+            !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit())
+        })
         .and_then(|digits| digits.parse().ok())
 }

@@ -269,7 +269,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        response.extensions_mut().insert(RenderedError(Arc::new(self)));
+        response
+            .extensions_mut()
+            .insert(RenderedError(Arc::new(self)));
         response
     }
 }

@@ -69,7 +69,9 @@ impl JsonBody {
         match &self.bytes {
             Ok(bytes) => Ok(bytes),
             Err(BodyReadError::TooLarge(limit)) => Err(ApiError::payload_too_large(*limit)),
-            Err(BodyReadError::Unreadable) => Err(ApiError::invalid_request("the request body could not be read")),
+            Err(BodyReadError::Unreadable) => Err(ApiError::invalid_request(
+                "the request body could not be read",
+            )),
         }
     }
 
@@ -86,7 +88,12 @@ impl JsonBody {
 }
 
 fn is_json_content_type(value: &str) -> bool {
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -107,8 +114,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::invalid_request(format!("the request body is not valid JSON: {inner}"))
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::invalid_request(format!("the request body is not valid JSON: {e}")))?;
+    de.end().map_err(|e| {
+        ApiError::invalid_request(format!("the request body is not valid JSON: {e}"))
+    })?;
     Ok(value)
 }
 
@@ -117,7 +125,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn field_of(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let message = e.inner().to_string();
     for marker in ["unknown field `", "missing field `"] {
-        if let Some(name) = message.split(marker).nth(1).and_then(|rest| rest.split('`').next()) {
+        if let Some(name) = message
+            .split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+        {
             return name.to_owned();
         }
     }
@@ -191,7 +203,10 @@ impl QueryParams {
         };
         match raw.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::validation(name, format!("must be a whole number from {min} to {max}"))),
+            _ => Err(ApiError::validation(
+                name,
+                format!("must be a whole number from {min} to {max}"),
+            )),
         }
     }
 
@@ -268,7 +283,10 @@ mod tests {
     }
 
     fn field(e: &ApiError) -> String {
-        e.details.as_ref().unwrap()["field"].as_str().unwrap().to_owned()
+        e.details.as_ref().unwrap()["field"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     #[test]
@@ -276,13 +294,37 @@ mod tests {
         let cases: &[(&str, ErrorCode, Option<&str>)] = &[
             (r#"{"scopes": ["read"]"#, ErrorCode::InvalidRequest, None),
             ("not json", ErrorCode::InvalidRequest, None),
-            (r#"{"scopes": ["read"]} trailing"#, ErrorCode::InvalidRequest, None),
+            (
+                r#"{"scopes": ["read"]} trailing"#,
+                ErrorCode::InvalidRequest,
+                None,
+            ),
             ("", ErrorCode::InvalidRequest, None),
-            (r#"{"name": "x"}"#, ErrorCode::ValidationError, Some("scopes")),
-            (r#"{"scopes": "read"}"#, ErrorCode::ValidationError, Some("scopes")),
-            (r#"{"scopes": [1]}"#, ErrorCode::ValidationError, Some("scopes")),
-            (r#"{"scopes": [], "nam": 1}"#, ErrorCode::ValidationError, Some("nam")),
-            (r#"{"scopes": [], "name": 5}"#, ErrorCode::ValidationError, Some("name")),
+            (
+                r#"{"name": "x"}"#,
+                ErrorCode::ValidationError,
+                Some("scopes"),
+            ),
+            (
+                r#"{"scopes": "read"}"#,
+                ErrorCode::ValidationError,
+                Some("scopes"),
+            ),
+            (
+                r#"{"scopes": [1]}"#,
+                ErrorCode::ValidationError,
+                Some("scopes"),
+            ),
+            (
+                r#"{"scopes": [], "nam": 1}"#,
+                ErrorCode::ValidationError,
+                Some("nam"),
+            ),
+            (
+                r#"{"scopes": [], "name": 5}"#,
+                ErrorCode::ValidationError,
+                Some("name"),
+            ),
             ("[]", ErrorCode::ValidationError, Some("body")),
         ];
         for (raw, code, expected_field) in cases {
@@ -308,7 +350,10 @@ mod tests {
         let mut q = QueryParams(vec![("limit".into(), "5".into()), ("x".into(), "1".into())]);
         assert_eq!(q.take_number("limit", 1, 10).unwrap(), Some(5));
         assert_eq!(field(&q.finish().unwrap_err()), "x");
-        let mut q = QueryParams(vec![("limit".into(), "5".into()), ("limit".into(), "6".into())]);
+        let mut q = QueryParams(vec![
+            ("limit".into(), "5".into()),
+            ("limit".into(), "6".into()),
+        ]);
         assert!(q.take_number("limit", 1, 10).is_err());
         let mut q = QueryParams(vec![("limit".into(), "0".into())]);
         assert!(q.take_number("limit", 1, 10).is_err());

@@ -32,7 +32,10 @@ pub use state::{AppState, AppStateBuilder, MetricsRender};
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
     let v1 = Router::new()
-        .route("/v1/api-keys", get(api_keys::list_api_keys).post(api_keys::create_api_key))
+        .route(
+            "/v1/api-keys",
+            get(api_keys::list_api_keys).post(api_keys::create_api_key),
+        )
         // A static segment wins over `{key_id}`, so `validate` is never taken for an id.
         .route("/v1/api-keys/validate", post(api_keys::validate_api_key))
         .route(
@@ -41,7 +44,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(api_keys::update_api_key)
                 .delete(api_keys::revoke_api_key),
         )
-        .route("/v1/api-keys/{key_id}/rotate", post(api_keys::rotate_api_key))
+        .route(
+            "/v1/api-keys/{key_id}/rotate",
+            post(api_keys::rotate_api_key),
+        )
         .route("/v1/request-history", get(metering::list_request_history))
         .route("/v1/usage", get(metering::get_usage))
         .route("/v1/audit-log", get(metering::list_audit_log))
@@ -53,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::envelope))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::envelope,
+        ))
         .with_state(state)
 }
 

@@ -99,11 +99,16 @@ fn page_query(query: &mut QueryParams) -> Result<PageQuery, ApiError> {
     let limit = query.take_number("limit", 1, 1000)?.unwrap_or(DEFAULT_PAGE);
     let before = query
         .take("before")?
-        .map(|raw| decode_cursor(&raw).ok_or_else(|| ApiError::validation("before", "must be a next_before cursor")))
+        .map(|raw| {
+            decode_cursor(&raw)
+                .ok_or_else(|| ApiError::validation("before", "must be a next_before cursor"))
+        })
         .transpose()?;
     let key_id = query
         .take("key_id")?
-        .map(|raw| KeyId::parse(&raw).map_err(|_| ApiError::validation("key_id", "must be a key_id")))
+        .map(|raw| {
+            KeyId::parse(&raw).map_err(|_| ApiError::validation("key_id", "must be a key_id"))
+        })
         .transpose()?;
     let since = query.take_time("since")?;
     let until = query.take_time("until")?;
@@ -149,18 +154,28 @@ fn trim_page<T>(rows: &mut Vec<T>, limit: u32, seq: impl Fn(&T) -> i64) -> Optio
     responses((status = 200, description = "A page of history", body = RequestHistoryPage)),
     security(("api_key" = []))
 )]
-pub async fn list_request_history(State(state): State<AppState>, caller: Caller, mut query: QueryParams) -> Result<Response, ApiError> {
+pub async fn list_request_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::READ).await?;
     let mut page = page_query(&mut query)?;
     page.endpoint = query.take("endpoint")?;
     if page.endpoint.as_ref().is_some_and(|e| e.len() > 200) {
-        return Err(ApiError::validation("endpoint", "must be at most 200 characters"));
+        return Err(ApiError::validation(
+            "endpoint",
+            "must be at most 200 characters",
+        ));
     }
     page.status = query
         .take_number("status", 100, 599)?
         .map(|n| u16::try_from(n).unwrap_or(599));
     query.finish()?;
-    let mut rows = state.store.request_history(&caller.record.key.account_id, &page).await?;
+    let mut rows = state
+        .store
+        .request_history(&caller.record.key.account_id, &page)
+        .await?;
     let next_before = trim_page(&mut rows, page.limit, |(seq, _)| *seq);
     let requests = rows
         .into_iter()
@@ -175,14 +190,21 @@ pub async fn list_request_history(State(state): State<AppState>, caller: Caller,
             latency_ms: r.latency_ms,
         })
         .collect();
-    Ok(Json(RequestHistoryPage { requests, next_before }).into_response())
+    Ok(Json(RequestHistoryPage {
+        requests,
+        next_before,
+    })
+    .into_response())
 }
 
 fn parse_month(raw: &str) -> Option<String> {
     let (year, month) = raw.split_once('-')?;
     let ok = year.len() == 4
         && month.len() == 2
-        && year.bytes().chain(month.bytes()).all(|b| b.is_ascii_digit())
+        && year
+            .bytes()
+            .chain(month.bytes())
+            .all(|b| b.is_ascii_digit())
         && (1..=12).contains(&month.parse::<u8>().ok()?);
     ok.then(|| raw.to_owned())
 }
@@ -194,15 +216,29 @@ fn parse_month(raw: &str) -> Option<String> {
     responses((status = 200, description = "The month's usage", body = UsageReport)),
     security(("api_key" = []))
 )]
-pub async fn get_usage(State(state): State<AppState>, caller: Caller, mut query: QueryParams) -> Result<Response, ApiError> {
+pub async fn get_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::READ).await?;
     let month = match query.take("month")? {
-        Some(raw) => parse_month(&raw).ok_or_else(|| ApiError::validation("month", "must be YYYY-MM"))?,
+        Some(raw) => {
+            parse_month(&raw).ok_or_else(|| ApiError::validation("month", "must be YYYY-MM"))?
+        }
         None => keyward_workers::month_of(caller.now),
     };
     query.finish()?;
-    let counters = state.store.usage(&caller.record.key.account_id, &month).await?;
-    let mut report = UsageReport { month, requests_this_month: 0, by_endpoint: BTreeMap::new(), by_key: BTreeMap::new() };
+    let counters = state
+        .store
+        .usage(&caller.record.key.account_id, &month)
+        .await?;
+    let mut report = UsageReport {
+        month,
+        requests_this_month: 0,
+        by_endpoint: BTreeMap::new(),
+        by_key: BTreeMap::new(),
+    };
     for (endpoint, key_id, count) in counters {
         report.requests_this_month += count;
         *report.by_endpoint.entry(endpoint).or_default() += count;
@@ -225,19 +261,29 @@ pub async fn get_usage(State(state): State<AppState>, caller: Caller, mut query:
     responses((status = 200, description = "A page of events", body = AuditLogPage)),
     security(("api_key" = []))
 )]
-pub async fn list_audit_log(State(state): State<AppState>, caller: Caller, mut query: QueryParams) -> Result<Response, ApiError> {
+pub async fn list_audit_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
     caller.require(&state, Scope::ADMIN).await?;
     let mut page = page_query(&mut query)?;
     page.action = query
         .take("action")?
         .map(|raw| {
             AuditAction::parse(&raw).ok_or_else(|| {
-                ApiError::validation("action", "must be key.created, key.updated, key.rotated or key.revoked")
+                ApiError::validation(
+                    "action",
+                    "must be key.created, key.updated, key.rotated or key.revoked",
+                )
             })
         })
         .transpose()?;
     query.finish()?;
-    let mut events = state.store.audit_log(&caller.record.key.account_id, &page).await?;
+    let mut events = state
+        .store
+        .audit_log(&caller.record.key.account_id, &page)
+        .await?;
     let next_before = trim_page(&mut events, page.limit, |e| e.seq);
     let events = events
         .into_iter()
@@ -250,7 +296,11 @@ pub async fn list_audit_log(State(state): State<AppState>, caller: Caller, mut q
             request_id: e.request_id,
         })
         .collect();
-    Ok(Json(AuditLogPage { events, next_before }).into_response())
+    Ok(Json(AuditLogPage {
+        events,
+        next_before,
+    })
+    .into_response())
 }
 
 /// `GET /healthz`: the process is alive.
@@ -277,6 +327,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|render| render())
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }

@@ -44,20 +44,28 @@ fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
 pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let arrived = OffsetDateTime::now_utc();
-    let request_id = client_request_id(req.headers().get("x-request-id")).unwrap_or_else(new_request_id);
+    let request_id =
+        client_request_id(req.headers().get("x-request-id")).unwrap_or_else(new_request_id);
     let ctx = Arc::new(RequestContext::new(request_id));
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let user_agent = req
-        .headers()
-        .get(header::USER_AGENT)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(MAX_USER_AGENT_CHARS).collect());
+    let user_agent = req.headers().get(header::USER_AGENT).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(MAX_USER_AGENT_CHARS)
+            .collect()
+    });
 
     let mut response = next.run(req).await;
     let status = response.status();
     if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
-        log_error(&error, &ctx.request_id, &method, route.as_ref().map(MatchedPath::as_str));
+        log_error(
+            &error,
+            &ctx.request_id,
+            &method,
+            route.as_ref().map(MatchedPath::as_str),
+        );
         response = with_json_body(response, &error.body(&ctx.request_id));
     } else if !status.is_success() && !is_json(&response) {
         // Safety net for responses axum builds itself (405 with `allow`, a 404 without a
@@ -86,9 +94,18 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     // path (a 405) must not mint new metric labels.
     let standard_method = matches!(
         method,
-        Method::GET | Method::POST | Method::PATCH | Method::DELETE | Method::PUT | Method::HEAD | Method::OPTIONS
+        Method::GET
+            | Method::POST
+            | Method::PATCH
+            | Method::DELETE
+            | Method::PUT
+            | Method::HEAD
+            | Method::OPTIONS
     );
-    let endpoint = route.as_ref().filter(|_| standard_method).map(|r| format!("{method} {}", r.as_str()));
+    let endpoint = route
+        .as_ref()
+        .filter(|_| standard_method)
+        .map(|r| format!("{method} {}", r.as_str()));
     if let (Some(caller), Some(endpoint)) = (ctx.caller(), &endpoint) {
         state.meter.record(RequestRecord {
             account_id: caller.key.account_id.clone(),
@@ -120,15 +137,18 @@ fn is_json(response: &Response) -> bool {
 
 fn with_json_body(response: Response, body: &serde_json::Value) -> Response {
     let (mut parts, _) = response.into_parts();
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body.to_string()))
 }
 
 fn log_error(error: &ApiError, request_id: &str, method: &Method, route: Option<&str>) {
-    if error.code.status() == StatusCode::INTERNAL_SERVER_ERROR || error.code.status() == StatusCode::SERVICE_UNAVAILABLE {
+    if error.code.status() == StatusCode::INTERNAL_SERVER_ERROR
+        || error.code.status() == StatusCode::SERVICE_UNAVAILABLE
+    {
         let chain = error.source.as_ref().map(|s| error_chain(s.as_ref()));
         tracing::error!(
             request.id = request_id,

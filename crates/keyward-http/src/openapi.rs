@@ -71,16 +71,27 @@ impl Modify for Contract {
                 (&mut item.delete, false),
             ];
             for (operation, has_body) in operations {
-                let Some(operation) = operation.as_mut() else { continue };
+                let Some(operation) = operation.as_mut() else {
+                    continue;
+                };
                 let mut errors = vec![
-                    ("400", "Invalid request or parameter (INVALID_REQUEST, VALIDATION_ERROR)"),
-                    ("401", "Missing, malformed, unknown, inactive or expired key (INVALID_API_KEY)"),
+                    (
+                        "400",
+                        "Invalid request or parameter (INVALID_REQUEST, VALIDATION_ERROR)",
+                    ),
+                    (
+                        "401",
+                        "Missing, malformed, unknown, inactive or expired key (INVALID_API_KEY)",
+                    ),
                     ("403", "The key lacks a scope (INSUFFICIENT_PERMISSIONS)"),
                     ("404", "No such key in this account (RESOURCE_NOT_FOUND)"),
                     ("405", "Wrong method (METHOD_NOT_ALLOWED)"),
                     ("409", "Conflicts with the current state (CONFLICT)"),
                     ("429", "Plan rate limit reached (RATE_LIMIT_EXCEEDED)"),
-                    ("500", "A bug, logged with the request id (PROCESSING_ERROR)"),
+                    (
+                        "500",
+                        "A bug, logged with the request id (PROCESSING_ERROR)",
+                    ),
                     ("503", "Storage unavailable (SERVICE_UNAVAILABLE)"),
                 ];
                 if has_body {

@@ -66,7 +66,11 @@ async fn announce_change(
     account_id: &AccountId,
     digests: &[KeyDigest],
 ) -> StoreResult<()> {
-    let hexes = digests.iter().map(KeyDigest::to_hex).collect::<Vec<_>>().join(",");
+    let hexes = digests
+        .iter()
+        .map(KeyDigest::to_hex)
+        .collect::<Vec<_>>()
+        .join(",");
     sqlx::query("select pg_notify($1, $2)")
         .bind(KEY_CHANGES_CHANNEL)
         .bind(format!("{account_id}:{hexes}"))

@@ -11,28 +11,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet,
-    StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
 };
 use keyward_store::{
     Account, AccountSummary, ApiKey, AuditAction, AuditContext, AuditEvent, AuthRecord, Changed,
-    KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, PageQuery, RequestRecord, Store,
-    StoreError, StoreResult,
+    KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, PageQuery, RequestRecord, Store, StoreError,
+    StoreResult,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqlSafeStr, Transaction};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 /// The migrations, embedded. Their versions and names match the PostgreSQL tree's.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 /// The versions and names of the embedded migrations, for the check that both
 /// backends' trees stay in step.
@@ -315,7 +311,8 @@ async fn key_in_tx(
     account_id: &AccountId,
     key_id: &KeyId,
 ) -> StoreResult<ApiKey> {
-    let sql = format!("select {KEY_COLUMNS} from api_key k where k.key_id = $1 and k.account_id = $2");
+    let sql =
+        format!("select {KEY_COLUMNS} from api_key k where k.key_id = $1 and k.account_id = $2");
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(key_id.as_str())
         .bind(account_id.as_str())
@@ -343,7 +340,12 @@ impl Store for SqliteStore {
         Ok(n.unsigned_abs())
     }
 
-    async fn create_account(&self, account: &Account, first_key: &NewKey, audit: &AuditContext) -> StoreResult<()> {
+    async fn create_account(
+        &self,
+        account: &Account,
+        first_key: &NewKey,
+        audit: &AuditContext,
+    ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
@@ -359,7 +361,14 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?;
         insert_key_rows(&mut tx, first_key).await?;
-        insert_audit(&mut tx, &account.account_id, &first_key.key_id, AuditAction::Created, audit).await?;
+        insert_audit(
+            &mut tx,
+            &account.account_id,
+            &first_key.key_id,
+            AuditAction::Created,
+            audit,
+        )
+        .await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -373,7 +382,9 @@ impl Store for SqliteStore {
         .map_err(map_err)?;
         rows.iter()
             .map(|row| {
-                let key_count: i64 = row.try_get("key_count").map_err(|e| StoreError::Other(Box::new(e)))?;
+                let key_count: i64 = row
+                    .try_get("key_count")
+                    .map_err(|e| StoreError::Other(Box::new(e)))?;
                 Ok(AccountSummary {
                     account: account_from_row(row)?,
                     key_count: key_count.unsigned_abs(),
@@ -405,13 +416,14 @@ impl Store for SqliteStore {
     }
 
     async fn set_limits(&self, account_id: &AccountId, limits: Limits) -> StoreResult<()> {
-        let done = sqlx::query("update account set per_minute = $1, per_day = $2 where account_id = $3")
-            .bind(limits.per_minute.map(i64::from))
-            .bind(limits.per_day.map(i64::from))
-            .bind(account_id.as_str())
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
+        let done =
+            sqlx::query("update account set per_minute = $1, per_day = $2 where account_id = $3")
+                .bind(limits.per_minute.map(i64::from))
+                .bind(limits.per_day.map(i64::from))
+                .bind(account_id.as_str())
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -454,7 +466,9 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         query: &KeyQuery,
     ) -> StoreResult<(Vec<ApiKey>, bool)> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("select {KEY_COLUMNS} from api_key k where k.account_id = "));
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "select {KEY_COLUMNS} from api_key k where k.account_id = "
+        ));
         qb.push_bind(account_id.as_str());
         let now = ts(query.now);
         match query.status {
@@ -479,10 +493,11 @@ impl Store for SqliteStore {
             qb.push(" limit ").push_bind(i64::from(limit) + 1);
         }
         let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
-        let mut keys = rows.iter().map(key_from_row).collect::<StoreResult<Vec<_>>>()?;
-        let more = query
-            .limit
-            .is_some_and(|limit| keys.len() > limit as usize);
+        let mut keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let more = query.limit.is_some_and(|limit| keys.len() > limit as usize);
         if let Some(limit) = query.limit {
             keys.truncate(limit as usize);
         }
@@ -490,7 +505,9 @@ impl Store for SqliteStore {
     }
 
     async fn get_key(&self, account_id: &AccountId, key_id: &KeyId) -> StoreResult<Option<ApiKey>> {
-        let sql = format!("select {KEY_COLUMNS} from api_key k where k.key_id = $1 and k.account_id = $2");
+        let sql = format!(
+            "select {KEY_COLUMNS} from api_key k where k.key_id = $1 and k.account_id = $2"
+        );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(key_id.as_str())
             .bind(account_id.as_str())
@@ -503,7 +520,14 @@ impl Store for SqliteStore {
     async fn insert_key(&self, key: &NewKey, audit: &AuditContext) -> StoreResult<ApiKey> {
         let mut tx = self.begin().await?;
         insert_key_rows(&mut tx, key).await?;
-        insert_audit(&mut tx, &key.account_id, &key.key_id, AuditAction::Created, audit).await?;
+        insert_audit(
+            &mut tx,
+            &key.account_id,
+            &key.key_id,
+            AuditAction::Created,
+            audit,
+        )
+        .await?;
         let stored = key_in_tx(&mut tx, &key.account_id, &key.key_id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(stored)
@@ -521,7 +545,8 @@ impl Store for SqliteStore {
         let stale_digests = lock_key(&mut tx, account_id, key_id, expected_version).await?;
         let mut qb = QueryBuilder::<Sqlite>::new("update api_key set version = version + 1");
         if let Some(name) = &patch.name {
-            qb.push(", name = ").push_bind(name.as_ref().map(|n| n.as_str().to_owned()));
+            qb.push(", name = ")
+                .push_bind(name.as_ref().map(|n| n.as_str().to_owned()));
         }
         if let Some(scopes) = &patch.scopes {
             qb.push(", scopes = ").push_bind(scopes_json(scopes));
@@ -698,7 +723,9 @@ impl Store for SqliteStore {
                 Ok((
                     row.try_get("request_log_id").map_err(get_err)?,
                     RequestRecord {
-                        account_id: AccountId::from_trusted(row.try_get("account_id").map_err(get_err)?),
+                        account_id: AccountId::from_trusted(
+                            row.try_get("account_id").map_err(get_err)?,
+                        ),
                         time: from_ts(row.try_get("time").map_err(get_err)?)?,
                         method: row.try_get("method").map_err(get_err)?,
                         endpoint: row.try_get("endpoint").map_err(get_err)?,
@@ -713,7 +740,11 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn usage(&self, account_id: &AccountId, month: &str) -> StoreResult<Vec<(String, KeyId, u64)>> {
+    async fn usage(
+        &self,
+        account_id: &AccountId,
+        month: &str,
+    ) -> StoreResult<Vec<(String, KeyId, u64)>> {
         let rows = sqlx::query(
             "select endpoint, key_id, count from usage_counter where account_id = $1 and month = $2",
         )
@@ -735,7 +766,11 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn audit_log(&self, account_id: &AccountId, query: &PageQuery) -> StoreResult<Vec<AuditEvent>> {
+    async fn audit_log(
+        &self,
+        account_id: &AccountId,
+        query: &PageQuery,
+    ) -> StoreResult<Vec<AuditEvent>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "select audit_event_id, time, action, actor_key_id, key_id, changes, request_id \
              from audit_event where account_id = ",
@@ -784,10 +819,14 @@ impl Store for SqliteStore {
 
 fn push_page_filters(qb: &mut QueryBuilder<Sqlite>, query: &PageQuery, id_column: &'static str) {
     if let Some(before) = query.before {
-        qb.push(" and ").push(id_column).push(" < ").push_bind(before);
+        qb.push(" and ")
+            .push(id_column)
+            .push(" < ")
+            .push_bind(before);
     }
     if let Some(key_id) = &query.key_id {
-        qb.push(" and key_id = ").push_bind(key_id.as_str().to_owned());
+        qb.push(" and key_id = ")
+            .push_bind(key_id.as_str().to_owned());
     }
     if let Some(since) = query.since {
         qb.push(" and time >= ").push_bind(ts(since));
@@ -803,7 +842,9 @@ mod tests {
 
     async fn fresh() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("test.db")).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap();
         (store, dir)
     }
 
@@ -816,7 +857,9 @@ mod tests {
     async fn reopening_runs_no_migration_twice() {
         let (store, dir) = fresh().await;
         store.close().await;
-        let again = SqliteStore::open(&dir.path().join("test.db")).await.unwrap();
+        let again = SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap();
         assert_eq!(again.account_count().await.unwrap(), 0);
     }
 

@@ -1,7 +1,10 @@
 //! The storage contract: behaviour every [`Store`] backend must show. A backend's tests
 //! call [`run_all`] with a factory of fresh, empty stores.
 
-#![expect(clippy::unwrap_used, reason = "test suite: a failed unwrap is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test suite: a failed unwrap is a failed test"
+)]
 
 use std::future::Future;
 
@@ -36,7 +39,8 @@ where
 
 /// Ids from one monotonic generator, so that creation order is id order as in the service.
 fn next_ulid() -> ulid::Ulid {
-    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
     GENERATOR.lock().unwrap().generate().unwrap()
 }
 
@@ -97,29 +101,49 @@ async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
     assert_eq!(listed[0].account, acct);
     assert_eq!(listed[0].key_count, 1);
 
-    store.set_plan(&acct.account_id, Plan::Enterprise).await.unwrap();
+    store
+        .set_plan(&acct.account_id, Plan::Enterprise)
+        .await
+        .unwrap();
     store
         .set_limits(&acct.account_id, Limits::new(Some(7), None))
         .await
         .unwrap();
-    let auth = store.auth_by_digest(&secret.digest()).await.unwrap().unwrap();
+    let auth = store
+        .auth_by_digest(&secret.digest())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(auth.plan, Plan::Enterprise);
     assert_eq!(auth.limits, Limits::new(Some(7), None));
 
     let missing = AccountId::from_ulid(next_ulid());
-    assert!(matches!(store.set_plan(&missing, Plan::Pro).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.set_plan(&missing, Plan::Pro).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(store.account(&missing).await.unwrap().is_none());
 }
 
 async fn keys_are_isolated_by_account<S: Store>(store: &S) {
     let (a, a_key, _) = seeded(store, Plan::Pro).await;
     let (b, _, _) = seeded(store, Plan::Pro).await;
-    let got = store.get_key(&a.account_id, &a_key.key_id).await.unwrap().unwrap();
+    let got = store
+        .get_key(&a.account_id, &a_key.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.scopes, a_key.scopes);
     assert_eq!(got.status, StoredStatus::Active);
     assert_eq!(got.hint, a_key.secret.hint);
 
-    assert!(store.get_key(&b.account_id, &a_key.key_id).await.unwrap().is_none());
+    assert!(
+        store
+            .get_key(&b.account_id, &a_key.key_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let patch = KeyPatch {
         status: Some(StoredStatus::Inactive),
         ..KeyPatch::default()
@@ -128,15 +152,29 @@ async fn keys_are_isolated_by_account<S: Store>(store: &S) {
         .update_key(&b.account_id, &a_key.key_id, got.version, &patch, &audit())
         .await;
     assert!(matches!(cross, Err(StoreError::NotFound)));
-    let cross = store.revoke_key(&b.account_id, &a_key.key_id, got.version, &audit()).await;
+    let cross = store
+        .revoke_key(&b.account_id, &a_key.key_id, got.version, &audit())
+        .await;
     assert!(matches!(cross, Err(StoreError::NotFound)));
     let (b_keys, _) = store
-        .list_keys(&b.account_id, &KeyQuery { status: None, limit: None, after: None, now: now() })
+        .list_keys(
+            &b.account_id,
+            &KeyQuery {
+                status: None,
+                limit: None,
+                after: None,
+                now: now(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(b_keys.len(), 1);
     assert_ne!(b_keys[0].key_id, a_key.key_id);
-    let unchanged = store.get_key(&a.account_id, &a_key.key_id).await.unwrap().unwrap();
+    let unchanged = store
+        .get_key(&a.account_id, &a_key.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(unchanged, got);
 }
 
@@ -151,28 +189,52 @@ async fn listing_is_oldest_first_filtered_and_paged<S: Store>(store: &S) {
         store.insert_key(&key, &audit()).await.unwrap();
         ids.push(key.key_id);
     }
-    let inactive = store.get_key(&acct.account_id, &ids[2]).await.unwrap().unwrap();
+    let inactive = store
+        .get_key(&acct.account_id, &ids[2])
+        .await
+        .unwrap()
+        .unwrap();
     store
         .update_key(
             &acct.account_id,
             &ids[2],
             inactive.version,
-            &KeyPatch { status: Some(StoredStatus::Inactive), ..KeyPatch::default() },
+            &KeyPatch {
+                status: Some(StoredStatus::Inactive),
+                ..KeyPatch::default()
+            },
             &audit(),
         )
         .await
         .unwrap();
-    let q = |status, limit, after| KeyQuery { status, limit, after, now: now() };
+    let q = |status, limit, after| KeyQuery {
+        status,
+        limit,
+        after,
+        now: now(),
+    };
 
-    let (all, more) = store.list_keys(&acct.account_id, &q(None, None, None)).await.unwrap();
+    let (all, more) = store
+        .list_keys(&acct.account_id, &q(None, None, None))
+        .await
+        .unwrap();
     assert!(!more);
-    assert_eq!(all.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        all.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(),
+        ids
+    );
 
-    let (page, more) = store.list_keys(&acct.account_id, &q(None, Some(2), None)).await.unwrap();
+    let (page, more) = store
+        .list_keys(&acct.account_id, &q(None, Some(2), None))
+        .await
+        .unwrap();
     assert!(more);
     assert_eq!(page.len(), 2);
     let (rest, more) = store
-        .list_keys(&acct.account_id, &q(None, Some(3), Some(page[1].key_id.clone())))
+        .list_keys(
+            &acct.account_id,
+            &q(None, Some(3), Some(page[1].key_id.clone())),
+        )
         .await
         .unwrap();
     assert!(!more);
@@ -182,9 +244,15 @@ async fn listing_is_oldest_first_filtered_and_paged<S: Store>(store: &S) {
     for (status, expected) in [
         (KeyStatus::Expired, vec![ids[3].clone()]),
         (KeyStatus::Inactive, vec![ids[2].clone()]),
-        (KeyStatus::Active, vec![ids[0].clone(), ids[1].clone(), ids[4].clone()]),
+        (
+            KeyStatus::Active,
+            vec![ids[0].clone(), ids[1].clone(), ids[4].clone()],
+        ),
     ] {
-        let (keys, _) = store.list_keys(&acct.account_id, &q(Some(status), None, None)).await.unwrap();
+        let (keys, _) = store
+            .list_keys(&acct.account_id, &q(Some(status), None, None))
+            .await
+            .unwrap();
         let got: Vec<_> = keys.into_iter().map(|k| k.key_id).collect();
         assert_eq!(got, expected, "status filter {status:?}");
     }
@@ -192,7 +260,11 @@ async fn listing_is_oldest_first_filtered_and_paged<S: Store>(store: &S) {
 
 async fn updates_need_the_current_version_and_are_audited<S: Store>(store: &S) {
     let (acct, key, secret) = seeded(store, Plan::Pro).await;
-    let before = store.get_key(&acct.account_id, &key.key_id).await.unwrap().unwrap();
+    let before = store
+        .get_key(&acct.account_id, &key.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     let patch = KeyPatch {
         name: Some(None),
         scopes: Some(ScopeSet::parse(&["read"]).unwrap()),
@@ -201,7 +273,13 @@ async fn updates_need_the_current_version_and_are_audited<S: Store>(store: &S) {
         status: None,
     };
     let changed = store
-        .update_key(&acct.account_id, &key.key_id, before.version, &patch, &audit())
+        .update_key(
+            &acct.account_id,
+            &key.key_id,
+            before.version,
+            &patch,
+            &audit(),
+        )
         .await
         .unwrap();
     let after = changed.key.unwrap();
@@ -211,25 +289,48 @@ async fn updates_need_the_current_version_and_are_audited<S: Store>(store: &S) {
     assert_eq!(changed.stale_digests, vec![secret.digest()]);
 
     let stale = store
-        .update_key(&acct.account_id, &key.key_id, before.version, &patch, &audit())
+        .update_key(
+            &acct.account_id,
+            &key.key_id,
+            before.version,
+            &patch,
+            &audit(),
+        )
         .await;
     assert!(matches!(stale, Err(StoreError::Conflict(_))));
 
     let events = store
-        .audit_log(&acct.account_id, &PageQuery { limit: 10, ..PageQuery::default() })
+        .audit_log(
+            &acct.account_id,
+            &PageQuery {
+                limit: 10,
+                ..PageQuery::default()
+            },
+        )
         .await
         .unwrap();
-    let actions: Vec<_> = events.iter().map(|e| (e.action, e.key_id.clone())).collect();
+    let actions: Vec<_> = events
+        .iter()
+        .map(|e| (e.action, e.key_id.clone()))
+        .collect();
     assert_eq!(
         actions,
-        [(AuditAction::Updated, key.key_id.clone()), (AuditAction::Created, key.key_id.clone())],
+        [
+            (AuditAction::Updated, key.key_id.clone()),
+            (AuditAction::Created, key.key_id.clone())
+        ],
         "newest first; the first key's creation is an event too"
     );
 }
 
 async fn rotation_keeps_old_secrets_only_for_the_grace_period<S: Store>(store: &S) {
     let (acct, key, old) = seeded(store, Plan::Pro).await;
-    let v = store.get_key(&acct.account_id, &key.key_id).await.unwrap().unwrap().version;
+    let v = store
+        .get_key(&acct.account_id, &key.key_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
     let fresh = KeySecret::generate(&KeyPrefix::default(), &mut OsRandom);
     let end = now() + Duration::minutes(5);
     let changed = store
@@ -237,7 +338,10 @@ async fn rotation_keeps_old_secrets_only_for_the_grace_period<S: Store>(store: &
             &acct.account_id,
             &key.key_id,
             v,
-            &NewSecret { digest: fresh.digest(), hint: fresh.hint() },
+            &NewSecret {
+                digest: fresh.digest(),
+                hint: fresh.hint(),
+            },
             end,
             &audit(),
         )
@@ -246,7 +350,11 @@ async fn rotation_keeps_old_secrets_only_for_the_grace_period<S: Store>(store: &
     assert_eq!(changed.key.as_ref().unwrap().hint, fresh.hint());
     let old_auth = store.auth_by_digest(&old.digest()).await.unwrap().unwrap();
     assert_eq!(old_auth.secret_expires_at, Some(end));
-    let new_auth = store.auth_by_digest(&fresh.digest()).await.unwrap().unwrap();
+    let new_auth = store
+        .auth_by_digest(&fresh.digest())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(new_auth.secret_expires_at, None);
     assert_eq!(new_auth.key.key_id, key.key_id);
 
@@ -258,7 +366,10 @@ async fn rotation_keeps_old_secrets_only_for_the_grace_period<S: Store>(store: &
             &acct.account_id,
             &key.key_id,
             v,
-            &NewSecret { digest: third.digest(), hint: third.hint() },
+            &NewSecret {
+                digest: third.digest(),
+                hint: third.hint(),
+            },
             now(),
             &audit(),
         )
@@ -266,8 +377,20 @@ async fn rotation_keeps_old_secrets_only_for_the_grace_period<S: Store>(store: &
         .unwrap();
     assert_eq!(changed.stale_digests.len(), 2);
     assert!(store.auth_by_digest(&old.digest()).await.unwrap().is_none());
-    assert!(store.auth_by_digest(&fresh.digest()).await.unwrap().is_none());
-    assert!(store.auth_by_digest(&third.digest()).await.unwrap().is_some());
+    assert!(
+        store
+            .auth_by_digest(&fresh.digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .auth_by_digest(&third.digest())
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store: &S) {
@@ -279,12 +402,28 @@ async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store: &S)
         .await
         .unwrap();
     assert_eq!(changed.stale_digests, vec![secret.digest()]);
-    assert!(store.get_key(&acct.account_id, &key.key_id).await.unwrap().is_none());
-    assert!(store.auth_by_digest(&secret.digest()).await.unwrap().is_none());
+    assert!(
+        store
+            .get_key(&acct.account_id, &key.key_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .auth_by_digest(&secret.digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let events = store
         .audit_log(
             &acct.account_id,
-            &PageQuery { limit: 10, key_id: Some(key.key_id.clone()), ..PageQuery::default() },
+            &PageQuery {
+                limit: 10,
+                key_id: Some(key.key_id.clone()),
+                ..PageQuery::default()
+            },
         )
         .await
         .unwrap();
@@ -292,7 +431,13 @@ async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store: &S)
     assert_eq!(actions, [AuditAction::Revoked, AuditAction::Created]);
 }
 
-fn record(acct: &AccountId, key: &KeyId, endpoint: &str, status: u16, time: OffsetDateTime) -> RequestRecord {
+fn record(
+    acct: &AccountId,
+    key: &KeyId,
+    endpoint: &str,
+    status: u16,
+    time: OffsetDateTime,
+) -> RequestRecord {
     RequestRecord {
         account_id: acct.clone(),
         time,
@@ -316,7 +461,13 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         key_id: key.key_id.clone(),
     };
     let batch = MeterBatch {
-        requests: vec![record(&acct.account_id, &key.key_id, "GET /v1/api-keys", 200, t)],
+        requests: vec![record(
+            &acct.account_id,
+            &key.key_id,
+            "GET /v1/api-keys",
+            200,
+            t,
+        )],
         last_used: vec![(key.key_id.clone(), t)],
         usage: vec![(usage_key.clone(), 3)],
     };
@@ -328,13 +479,32 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         usage: vec![(usage_key, 2)],
     };
     store.write_meter_batch(&older).await.unwrap();
-    let got = store.get_key(&acct.account_id, &key.key_id).await.unwrap().unwrap();
+    let got = store
+        .get_key(&acct.account_id, &key.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.last_used, Some(t));
     let usage = store.usage(&acct.account_id, "2026-11").await.unwrap();
-    assert_eq!(usage, vec![("GET /v1/api-keys".to_owned(), key.key_id.clone(), 5)]);
-    assert!(store.usage(&acct.account_id, "2026-10").await.unwrap().is_empty());
+    assert_eq!(
+        usage,
+        vec![("GET /v1/api-keys".to_owned(), key.key_id.clone(), 5)]
+    );
+    assert!(
+        store
+            .usage(&acct.account_id, "2026-10")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let history = store
-        .request_history(&acct.account_id, &PageQuery { limit: 10, ..PageQuery::default() })
+        .request_history(
+            &acct.account_id,
+            &PageQuery {
+                limit: 10,
+                ..PageQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(history.len(), 1);
@@ -348,16 +518,39 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
     let mut requests = Vec::new();
     for i in 0..10_i64 {
         let status = if i % 2 == 0 { 200 } else { 404 };
-        requests.push(record(&acct.account_id, &key.key_id, "GET /v1/api-keys", status, t - Duration::days(100 - i)));
+        requests.push(record(
+            &acct.account_id,
+            &key.key_id,
+            "GET /v1/api-keys",
+            status,
+            t - Duration::days(100 - i),
+        ));
     }
-    requests.push(record(&other.account_id, &other_key.key_id, "GET /v1/usage", 200, t));
+    requests.push(record(
+        &other.account_id,
+        &other_key.key_id,
+        "GET /v1/usage",
+        200,
+        t,
+    ));
     store
-        .write_meter_batch(&MeterBatch { requests, ..MeterBatch::default() })
+        .write_meter_batch(&MeterBatch {
+            requests,
+            ..MeterBatch::default()
+        })
         .await
         .unwrap();
 
-    let page = |before, status| PageQuery { limit: 4, before, status, ..PageQuery::default() };
-    let first = store.request_history(&acct.account_id, &page(None, None)).await.unwrap();
+    let page = |before, status| PageQuery {
+        limit: 4,
+        before,
+        status,
+        ..PageQuery::default()
+    };
+    let first = store
+        .request_history(&acct.account_id, &page(None, None))
+        .await
+        .unwrap();
     assert_eq!(first.len(), 4);
     assert!(first.windows(2).all(|w| w[0].0 > w[1].0), "newest first");
     let second = store
@@ -366,11 +559,22 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
         .unwrap();
     assert!(second.iter().all(|(seq, _)| *seq < first[3].0));
     let not_found = store
-        .request_history(&acct.account_id, &PageQuery { limit: 100, status: Some(404), ..PageQuery::default() })
+        .request_history(
+            &acct.account_id,
+            &PageQuery {
+                limit: 100,
+                status: Some(404),
+                ..PageQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(not_found.len(), 5);
-    assert!(not_found.iter().all(|(_, r)| r.status == 404 && r.account_id == acct.account_id));
+    assert!(
+        not_found
+            .iter()
+            .all(|(_, r)| r.status == 404 && r.account_id == acct.account_id)
+    );
 
     let cutoff = t - Duration::days(95);
     let mut pruned = 0;
@@ -383,13 +587,25 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
     }
     assert_eq!(pruned, 5);
     let left = store
-        .request_history(&acct.account_id, &PageQuery { limit: 100, ..PageQuery::default() })
+        .request_history(
+            &acct.account_id,
+            &PageQuery {
+                limit: 100,
+                ..PageQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(left.len(), 5);
     assert!(left.iter().all(|(_, r)| r.time >= cutoff));
     let others = store
-        .request_history(&other.account_id, &PageQuery { limit: 100, ..PageQuery::default() })
+        .request_history(
+            &other.account_id,
+            &PageQuery {
+                limit: 100,
+                ..PageQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(others.len(), 1);

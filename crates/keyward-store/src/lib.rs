@@ -9,8 +9,7 @@
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet,
-    StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
 };
 use time::OffsetDateTime;
 
@@ -338,7 +337,12 @@ pub trait Store: Send + Sync + 'static {
     async fn account_count(&self) -> StoreResult<u64>;
     /// Creates an account and its first key (with its `key.created` event) in one
     /// transaction.
-    async fn create_account(&self, account: &Account, first_key: &NewKey, audit: &AuditContext) -> StoreResult<()>;
+    async fn create_account(
+        &self,
+        account: &Account,
+        first_key: &NewKey,
+        audit: &AuditContext,
+    ) -> StoreResult<()>;
     /// Every account, oldest first.
     async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>>;
     /// One account.
@@ -352,8 +356,11 @@ pub trait Store: Send + Sync + 'static {
     /// period has ended may still be returned; the caller checks `secret_expires_at`.
     async fn auth_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<AuthRecord>>;
     /// Keys of an account, oldest first; the `bool` says whether more follow.
-    async fn list_keys(&self, account_id: &AccountId, query: &KeyQuery)
-    -> StoreResult<(Vec<ApiKey>, bool)>;
+    async fn list_keys(
+        &self,
+        account_id: &AccountId,
+        query: &KeyQuery,
+    ) -> StoreResult<(Vec<ApiKey>, bool)>;
     /// One key of an account.
     async fn get_key(&self, account_id: &AccountId, key_id: &KeyId) -> StoreResult<Option<ApiKey>>;
     /// Inserts a key and its `key.created` event; durable when it returns.
@@ -396,11 +403,17 @@ pub trait Store: Send + Sync + 'static {
         query: &PageQuery,
     ) -> StoreResult<Vec<(i64, RequestRecord)>>;
     /// The account's usage counters of one month: `(endpoint, key_id, count)`.
-    async fn usage(&self, account_id: &AccountId, month: &str)
-    -> StoreResult<Vec<(String, KeyId, u64)>>;
+    async fn usage(
+        &self,
+        account_id: &AccountId,
+        month: &str,
+    ) -> StoreResult<Vec<(String, KeyId, u64)>>;
     /// A page of the account's audit log, newest first.
-    async fn audit_log(&self, account_id: &AccountId, query: &PageQuery)
-    -> StoreResult<Vec<AuditEvent>>;
+    async fn audit_log(
+        &self,
+        account_id: &AccountId,
+        query: &PageQuery,
+    ) -> StoreResult<Vec<AuditEvent>>;
     /// Deletes at most `batch` history rows older than `cutoff`; returns how many.
     async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64>;
 }

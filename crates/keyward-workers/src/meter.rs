@@ -32,7 +32,9 @@ pub struct Meter {
 
 impl std::fmt::Debug for Meter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Meter").field("capacity", &self.capacity).finish_non_exhaustive()
+        f.debug_struct("Meter")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,7 +51,9 @@ impl Meter {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A panic while holding this lock can only come from an allocation failure;
         // the buffer is still consistent, so keep using it.
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records one authenticated request: its history row, its key's `last_used` and its
@@ -122,7 +126,9 @@ fn add_usage(
         key_id: request.key_id.clone(),
     };
     *usage.entry(usage_key).or_insert(0) += 1;
-    let last = last_used.entry(request.key_id.clone()).or_insert(request.time);
+    let last = last_used
+        .entry(request.key_id.clone())
+        .or_insert(request.time);
     if *last < request.time {
         *last = request.time;
     }
@@ -155,13 +161,17 @@ pub async fn run_meter(
                 tracing::warn!(error = %e, rows = batch.requests.len(), "metering batch retry failed");
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 if stopping {
-                    tracing::error!(rows = batch.requests.len(), "metering batch lost at shutdown");
+                    tracing::error!(
+                        rows = batch.requests.len(),
+                        "metering batch lost at shutdown"
+                    );
                     return;
                 }
                 failed = Some(batch);
                 continue;
             }
-            metrics::counter!("keyward_meter_flushed_rows_total").increment(batch.requests.len() as u64);
+            metrics::counter!("keyward_meter_flushed_rows_total")
+                .increment(batch.requests.len() as u64);
             backoff = interval;
         }
         let batch = meter.take();

@@ -35,12 +35,20 @@ pub struct RateDecision {
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     /// Counts one request if every window has room; `None` when nothing is limited.
-    async fn acquire(&self, account: &AccountId, limits: Limits, now: OffsetDateTime)
-    -> Option<RateDecision>;
+    async fn acquire(
+        &self,
+        account: &AccountId,
+        limits: Limits,
+        now: OffsetDateTime,
+    ) -> Option<RateDecision>;
     /// The current state without counting anything (for responses that never reach the
     /// limiter, such as a 403).
-    async fn peek(&self, account: &AccountId, limits: Limits, now: OffsetDateTime)
-    -> Option<RateDecision>;
+    async fn peek(
+        &self,
+        account: &AccountId,
+        limits: Limits,
+        now: OffsetDateTime,
+    ) -> Option<RateDecision>;
 
     /// Frees memory held for accounts with nothing counted; called periodically.
     fn forget_idle(&self, now: OffsetDateTime);
@@ -57,7 +65,12 @@ struct Window {
 
 impl Window {
     fn new(bucket_ms: i64, span: i64) -> Self {
-        Self { bucket_ms, span, buckets: VecDeque::new(), total: 0 }
+        Self {
+            bucket_ms,
+            span,
+            buckets: VecDeque::new(),
+            total: 0,
+        }
     }
 
     fn evict(&mut self, now_ms: i64) -> i64 {
@@ -122,7 +135,10 @@ impl AccountWindows {
     fn decide(&mut self, limits: Limits, now_ms: i64, consume: bool) -> RateDecision {
         let minute_bucket = self.minute.evict(now_ms);
         let day_bucket = self.day.evict(now_ms);
-        let windows = [(&self.minute, limits.per_minute), (&self.day, limits.per_day)];
+        let windows = [
+            (&self.minute, limits.per_minute),
+            (&self.day, limits.per_day),
+        ];
         let allowed = windows
             .iter()
             .all(|(w, limit)| limit.is_none_or(|l| w.total < u64::from(l)));
@@ -147,7 +163,10 @@ impl AccountWindows {
         }
         // The tighter window is the one with fewer requests left; ties go to the minute.
         let mut shown: Option<(u32, u32, u64)> = None;
-        for (w, limit) in [(&self.minute, limits.per_minute), (&self.day, limits.per_day)] {
+        for (w, limit) in [
+            (&self.minute, limits.per_minute),
+            (&self.day, limits.per_day),
+        ] {
             let Some(limit) = limit else { continue };
             let remaining = u32::try_from(u64::from(limit).saturating_sub(w.total)).unwrap_or(0);
             if shown.is_none_or(|(_, r, _)| remaining < r) {
@@ -155,7 +174,13 @@ impl AccountWindows {
             }
         }
         let (limit, remaining, reset_secs) = shown.unwrap_or((0, 0, 0));
-        RateDecision { allowed, limit, remaining, reset_secs, retry_after_secs }
+        RateDecision {
+            allowed,
+            limit,
+            remaining,
+            reset_secs,
+            retry_after_secs,
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -176,22 +201,36 @@ impl LocalRateLimiter {
         Self::default()
     }
 
-    fn decide(&self, account: &AccountId, limits: Limits, now: OffsetDateTime, consume: bool) -> Option<RateDecision> {
+    fn decide(
+        &self,
+        account: &AccountId,
+        limits: Limits,
+        now: OffsetDateTime,
+        consume: bool,
+    ) -> Option<RateDecision> {
         if limits.is_unlimited() {
             return None;
         }
         let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let mut accounts = self.accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !consume && !accounts.contains_key(account) {
             return Some(AccountWindows::new().decide(limits, now_ms, false));
         }
-        let windows = accounts.entry(account.clone()).or_insert_with(AccountWindows::new);
+        let windows = accounts
+            .entry(account.clone())
+            .or_insert_with(AccountWindows::new);
         Some(windows.decide(limits, now_ms, consume))
     }
 
     fn forget_idle_accounts(&self, now: OffsetDateTime) {
         let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let mut accounts = self.accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         accounts.retain(|_, w| {
             w.minute.evict(now_ms);
             w.day.evict(now_ms);
@@ -202,11 +241,21 @@ impl LocalRateLimiter {
 
 #[async_trait]
 impl RateLimiter for LocalRateLimiter {
-    async fn acquire(&self, account: &AccountId, limits: Limits, now: OffsetDateTime) -> Option<RateDecision> {
+    async fn acquire(
+        &self,
+        account: &AccountId,
+        limits: Limits,
+        now: OffsetDateTime,
+    ) -> Option<RateDecision> {
         self.decide(account, limits, now, true)
     }
 
-    async fn peek(&self, account: &AccountId, limits: Limits, now: OffsetDateTime) -> Option<RateDecision> {
+    async fn peek(
+        &self,
+        account: &AccountId,
+        limits: Limits,
+        now: OffsetDateTime,
+    ) -> Option<RateDecision> {
         self.decide(account, limits, now, false)
     }
 
@@ -249,7 +298,13 @@ mod tests {
         let later = t0() + Duration::seconds(i64::try_from(retry).unwrap());
         assert!(limiter.acquire(&a, limits, later).await.unwrap().allowed);
         // Another account is unaffected.
-        assert!(limiter.acquire(&acct(), limits, t0()).await.unwrap().allowed);
+        assert!(
+            limiter
+                .acquire(&acct(), limits, t0())
+                .await
+                .unwrap()
+                .allowed
+        );
     }
 
     #[tokio::test]
@@ -272,7 +327,11 @@ mod tests {
                 .count();
             assert!(in_span <= 5, "{in_span} successes in the 60 s from {start}");
         }
-        assert!(successes.len() >= 10, "the window must roll: {}", successes.len());
+        assert!(
+            successes.len() >= 10,
+            "the window must roll: {}",
+            successes.len()
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,11 @@ pub const PRUNE_BATCH: u32 = 1_000;
 ///
 /// # Errors
 /// The store's error, after which the next run tries again.
-pub async fn prune_once(store: &dyn Store, max_age: Duration, now: OffsetDateTime) -> keyward_store::StoreResult<u64> {
+pub async fn prune_once(
+    store: &dyn Store,
+    max_age: Duration,
+    now: OffsetDateTime,
+) -> keyward_store::StoreResult<u64> {
     let cutoff = now - max_age;
     let mut total = 0;
     loop {
@@ -30,7 +34,12 @@ pub async fn prune_once(store: &dyn Store, max_age: Duration, now: OffsetDateTim
 }
 
 /// Runs [`prune_once`] every `every` until cancelled.
-pub async fn run_retention(store: Arc<dyn Store>, max_age: Duration, every: Duration, cancel: CancellationToken) {
+pub async fn run_retention(
+    store: Arc<dyn Store>,
+    max_age: Duration,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     loop {
         match prune_once(store.as_ref(), max_age, OffsetDateTime::now_utc()).await {
             Ok(0) => {}

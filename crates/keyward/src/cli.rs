@@ -163,7 +163,10 @@ impl DatabaseUrl {
             return Err("the SQLite database path is empty".to_owned());
         }
         if path == ":memory:" {
-            return Err("an in-memory SQLite database would lose every key at exit; give a file path".to_owned());
+            return Err(
+                "an in-memory SQLite database would lose every key at exit; give a file path"
+                    .to_owned(),
+            );
         }
         Ok(Self::Sqlite(PathBuf::from(path)))
     }
@@ -174,7 +177,9 @@ impl DatabaseUrl {
         match self {
             Self::Sqlite(path) => format!("sqlite:{}", path.display()),
             Self::Postgres(url) => match (url.find("://"), url.rfind('@')) {
-                (Some(scheme_end), Some(at)) if at > scheme_end && url[scheme_end + 3..at].contains(':') => {
+                (Some(scheme_end), Some(at))
+                    if at > scheme_end && url[scheme_end + 3..at].contains(':') =>
+                {
                     let userinfo = &url[scheme_end + 3..at];
                     let user = userinfo.split(':').next().unwrap_or_default();
                     format!("{}://{user}:***{}", &url[..scheme_end], &url[at..])
@@ -203,15 +208,32 @@ mod tests {
 
     #[test]
     fn database_urls_pick_their_backend() {
-        assert_eq!(DatabaseUrl::parse("sqlite:keyward.db").unwrap(), DatabaseUrl::Sqlite("keyward.db".into()));
-        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/k.db").unwrap(), DatabaseUrl::Sqlite("/tmp/k.db".into()));
-        assert_eq!(DatabaseUrl::parse("data/k.db").unwrap(), DatabaseUrl::Sqlite("data/k.db".into()));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:keyward.db").unwrap(),
+            DatabaseUrl::Sqlite("keyward.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/k.db").unwrap(),
+            DatabaseUrl::Sqlite("/tmp/k.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("data/k.db").unwrap(),
+            DatabaseUrl::Sqlite("data/k.db".into())
+        );
         assert_eq!(
             DatabaseUrl::parse("sqlite:k.db?mode=rwc").unwrap(),
             DatabaseUrl::Sqlite("k.db".into())
         );
-        assert!(matches!(DatabaseUrl::parse("postgres://u:p@h/db").unwrap(), DatabaseUrl::Postgres(_)));
-        for bad in ["mysql://root@localhost/db", "sqlite:", "", "sqlite::memory:"] {
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://u:p@h/db").unwrap(),
+            DatabaseUrl::Postgres(_)
+        ));
+        for bad in [
+            "mysql://root@localhost/db",
+            "sqlite:",
+            "",
+            "sqlite::memory:",
+        ] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -124,7 +124,10 @@ pub async fn create_account(
         metadata: Metadata::default(),
         expires_at: None,
         created_at: now,
-        secret: NewSecret { digest: secret.digest(), hint: secret.hint() },
+        secret: NewSecret {
+            digest: secret.digest(),
+            hint: secret.hint(),
+        },
     };
     let audit = AuditContext {
         actor_key_id: None,
@@ -141,17 +144,33 @@ pub async fn create_account(
         .create_account(&account, &key, &audit)
         .await
         .context("creating the account")?;
-    Ok(CreatedAccount { account, key_id: key.key_id, secret })
+    Ok(CreatedAccount {
+        account,
+        key_id: key.key_id,
+        secret,
+    })
 }
 
 async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
     match command {
-        AccountsCommand::Create { name, plan, json, database } => {
+        AccountsCommand::Create {
+            name,
+            plan,
+            json,
+            database,
+        } => {
             if name.trim().is_empty() || name.chars().count() > 200 {
                 bail!("--name must be 1 to 200 characters");
             }
             let backend = open_store(&database.database_url).await?;
-            let created = create_account(backend.store().as_ref(), &name, plan, &KeyPrefix::default(), "cli").await?;
+            let created = create_account(
+                backend.store().as_ref(),
+                &name,
+                plan,
+                &KeyPrefix::default(),
+                "cli",
+            )
+            .await?;
             let store = backend;
             store.close().await;
             if json {
@@ -176,11 +195,19 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
         AccountsCommand::List { json, database } => {
             let backend = open_store(&database.database_url).await?;
             let store = &backend;
-            let accounts = store.store().list_accounts().await.context("listing accounts")?;
+            let accounts = store
+                .store()
+                .list_accounts()
+                .await
+                .context("listing accounts")?;
             store.close().await;
-            let limit = |n: Option<u32>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+            let limit =
+                |n: Option<u32>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
             if !json {
-                println!("{:<32} {:<11} {:>10} {:>10} {:>6}  {:<20}  name", "account_id", "plan", "per_min", "per_day", "keys", "created_at");
+                println!(
+                    "{:<32} {:<11} {:>10} {:>10} {:>6}  {:<20}  name",
+                    "account_id", "plan", "per_min", "per_day", "keys", "created_at"
+                );
             }
             for summary in accounts {
                 let a = &summary.account;
@@ -212,7 +239,11 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        AccountsCommand::SetPlan { account_id, plan, database } => {
+        AccountsCommand::SetPlan {
+            account_id,
+            plan,
+            database,
+        } => {
             let store = open_store(&database.database_url).await?;
             store
                 .store()
@@ -222,7 +253,12 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             store.close().await;
             println!("{account_id} is now on plan {plan}");
         }
-        AccountsCommand::SetLimits { account_id, per_minute, per_day, database } => {
+        AccountsCommand::SetLimits {
+            account_id,
+            per_minute,
+            per_day,
+            database,
+        } => {
             let store = open_store(&database.database_url).await?;
             let account = store
                 .store()
@@ -243,7 +279,11 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 .map_err(|e| not_found_as(e, &account_id))?;
             store.close().await;
             let show = |n: Option<u32>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
-            println!("{account_id}: {} per minute, {} per day", show(per_minute), show(per_day));
+            println!(
+                "{account_id}: {} per minute, {} per day",
+                show(per_minute),
+                show(per_day)
+            );
         }
     }
     Ok(())

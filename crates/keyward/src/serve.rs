@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keyward_http::{AppStateBuilder, router};
-use keyward_store::Store;
 use keyward_ratelimit_redis::RedisRateLimiter;
+use keyward_store::Store;
 use keyward_store_postgres::KeyChange;
 use keyward_workers::{LocalRateLimiter, Meter, RateLimiter, run_meter, run_retention};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -27,7 +27,9 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests calling serve twice in one process) keeps the first one.
     let _ = if format == "json" {
         builder.json().try_init()
@@ -39,7 +41,9 @@ fn init_logging(format: &str) {
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let metrics = PrometheusBuilder::new()
-        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ])
         .context("configuring metric buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -57,11 +61,29 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (set by --listen or KEYWARD_LISTEN)", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set by --listen or KEYWARD_LISTEN)",
+                args.listen
+            )
+        })?;
     let local = listener.local_addr().context("reading the bound address")?;
 
-    if !args.no_bootstrap && dyn_store.account_count().await.context("counting accounts")? == 0 {
-        let created = create_account(dyn_store.as_ref(), "default", keyward_core::Plan::Enterprise, &args.key_prefix, "bootstrap").await?;
+    if !args.no_bootstrap
+        && dyn_store
+            .account_count()
+            .await
+            .context("counting accounts")?
+            == 0
+    {
+        let created = create_account(
+            dyn_store.as_ref(),
+            "default",
+            keyward_core::Plan::Enterprise,
+            &args.key_prefix,
+            "bootstrap",
+        )
+        .await?;
         // Printed once, on stderr, and never logged.
         eprintln!(
             "\nkeyward: first start, so it created the account `default` ({}) and its first API key.\n\
@@ -107,7 +129,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(tokio::spawn(async move {
                 pg.follow_key_changes(
                     move |change| match change {
-                        KeyChange::Changed { account_id, digests } => {
+                        KeyChange::Changed {
+                            account_id,
+                            digests,
+                        } => {
                             caches.apply_remote_change(account_id.as_ref(), &digests);
                         }
                         KeyChange::Lost => caches.set_caches_coherent(false),
@@ -120,7 +145,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Backend::Sqlite(_) => None,
     };
-    let meter_task = tokio::spawn(run_meter(meter.clone(), dyn_store.clone(), METER_INTERVAL, cancel.clone()));
+    let meter_task = tokio::spawn(run_meter(
+        meter.clone(),
+        dyn_store.clone(),
+        METER_INTERVAL,
+        cancel.clone(),
+    ));
     let retention_task = tokio::spawn(run_retention(
         dyn_store.clone(),
         Duration::from_secs(u64::from(args.history_retention_days) * 86_400),
@@ -152,7 +182,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     tracing::info!("draining done; flushing metering");
     cancel.cancel();
-    let tasks = [("metering", Some(meter_task)), ("retention", Some(retention_task)), ("upkeep", Some(upkeep_task)), ("key changes", follower_task)];
+    let tasks = [
+        ("metering", Some(meter_task)),
+        ("retention", Some(retention_task)),
+        ("upkeep", Some(upkeep_task)),
+        ("key changes", follower_task),
+    ];
     for (name, task) in tasks.into_iter().filter_map(|(n, t)| t.map(|t| (n, t))) {
         if let Err(e) = task.await {
             tracing::error!(task = name, error = %e, "background task ended abnormally");

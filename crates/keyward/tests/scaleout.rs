@@ -21,7 +21,10 @@ async fn time_until_refused(server: &Server, secret: &str, since: Instant) -> Du
             return since.elapsed();
         }
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(since.elapsed() < Duration::from_secs(5), "still accepted after 5 s");
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still accepted after 5 s"
+        );
     }
 }
 
@@ -41,12 +44,30 @@ async fn a_change_made_through_one_node_is_enforced_by_the_other_within_a_second
         let path = format!("/v1/api-keys/{key_id}");
         let (kind, changed) = match trial % 3 {
             0 => ("revoke", delete(&a, &acct.api_key, &path).await),
-            1 => ("disable", patch(&a, &acct.api_key, &path, &json!({"status": "inactive"})).await),
-            _ => ("rotate", post(&a, &acct.api_key, &format!("{path}/rotate"), &json!({"grace_period_seconds": 0})).await),
+            1 => (
+                "disable",
+                patch(&a, &acct.api_key, &path, &json!({"status": "inactive"})).await,
+            ),
+            _ => (
+                "rotate",
+                post(
+                    &a,
+                    &acct.api_key,
+                    &format!("{path}/rotate"),
+                    &json!({"grace_period_seconds": 0}),
+                )
+                .await,
+            ),
         };
-        assert!(changed.status == 204 || changed.status == 200, "{kind}: {changed:?}");
+        assert!(
+            changed.status == 204 || changed.status == 200,
+            "{kind}: {changed:?}"
+        );
         let delay = time_until_refused(&b, &secret, Instant::now()).await;
-        assert!(delay < Duration::from_secs(1), "{kind} took {delay:?} to reach node B");
+        assert!(
+            delay < Duration::from_secs(1),
+            "{kind} took {delay:?} to reach node B"
+        );
         worst = worst.max(delay);
     }
     eprintln!("worst cross-node enforcement delay over 15 trials: {worst:?}");
@@ -55,10 +76,15 @@ async fn a_change_made_through_one_node_is_enforced_by_the_other_within_a_second
 #[tokio::test]
 async fn redis_holds_the_free_plan_limit_across_two_nodes() {
     let Ok(redis) = std::env::var("KEYWARD_TEST_REDIS_URL") else {
-        eprintln!("SKIPPED shared rate limits: KEYWARD_TEST_REDIS_URL is not set; this Redis test did not run");
+        eprintln!(
+            "SKIPPED shared rate limits: KEYWARD_TEST_REDIS_URL is not set; this Redis test did not run"
+        );
         return;
     };
-    let Some(a) = Server::start_on_postgres("shared rate limits", &["--no-bootstrap", "--redis-url", &redis]) else {
+    let Some(a) = Server::start_on_postgres(
+        "shared rate limits",
+        &["--no-bootstrap", "--redis-url", &redis],
+    ) else {
         return;
     };
     let b = a.another_node(&["--no-bootstrap", "--redis-url", &redis]);
@@ -73,7 +99,10 @@ async fn redis_holds_the_free_plan_limit_across_two_nodes() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!(successes, 10, "exactly the plan's 10 per minute across both nodes");
+    assert_eq!(
+        successes, 10,
+        "exactly the plan's 10 per minute across both nodes"
+    );
     assert_eq!(refused, 20);
 }
 
@@ -86,7 +115,9 @@ struct CuttableProxy {
 
 impl CuttableProxy {
     async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = tokio::sync::watch::channel(0_u64);
@@ -94,7 +125,9 @@ impl CuttableProxy {
         let (up2, gen2) = (up.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 if !up2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -102,7 +135,9 @@ impl CuttableProxy {
                 let mut cut = gen2.subscribe();
                 let target = target.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut.changed() => {}
@@ -110,7 +145,11 @@ impl CuttableProxy {
                 });
             }
         });
-        Self { port, up, generation }
+        Self {
+            port,
+            up,
+            generation,
+        }
     }
 
     fn cut(&self) {
@@ -131,13 +170,23 @@ async fn a_database_outage_gives_503_then_service_resumes_with_nothing_lost() {
     };
     // The node under test reaches the same schema through the proxy.
     let url = direct.database_url.clone();
-    let host_port = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
     let proxy = CuttableProxy::start(host_port.clone()).await;
     let proxied_url = url.replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1);
     let node = Server::start_with_url(proxied_url, &["--no-bootstrap"]);
 
     let acct = direct.create_account("enterprise");
-    let (_, before) = create_key(&node, &acct.api_key, &json!({"scopes": ["read"], "name": "made before the outage"})).await;
+    let (_, before) = create_key(
+        &node,
+        &acct.api_key,
+        &json!({"scopes": ["read"], "name": "made before the outage"}),
+    )
+    .await;
     assert_eq!(get(&node, &before, "/v1/api-keys").await.status, 200);
 
     proxy.cut();
@@ -145,20 +194,38 @@ async fn a_database_outage_gives_503_then_service_resumes_with_nothing_lost() {
     let down = get(&node, &acct.api_key, "/v1/api-keys").await;
     assert_eq!(down.status, 503, "{down:?}");
     assert_eq!(down.error_code(), "SERVICE_UNAVAILABLE");
-    assert!(!down.text.contains("127.0.0.1"), "no internals in the body: {}", down.text);
+    assert!(
+        !down.text.contains("127.0.0.1"),
+        "no internals in the body: {}",
+        down.text
+    );
     let ready = common::send(common::client().get(node.url("/readyz"))).await;
     assert_eq!(ready.status, 503);
-    assert!(started.elapsed() < Duration::from_secs(15), "503s come in bounded time");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "503s come in bounded time"
+    );
 
     proxy.restore();
     let back = common::eventually(Duration::from_secs(15), async || {
         get(&node, &acct.api_key, "/v1/api-keys").await.status == 200
     })
     .await;
-    assert!(back, "the node recovers by itself once the database is back");
+    assert!(
+        back,
+        "the node recovers by itself once the database is back"
+    );
     let list = get(&node, &acct.api_key, "/v1/api-keys").await;
-    let names: Vec<&str> = list.body["api_keys"].as_array().unwrap().iter().filter_map(|k| k["name"].as_str()).collect();
-    assert!(names.contains(&"made before the outage"), "no acknowledged write lost: {names:?}");
+    let names: Vec<&str> = list.body["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"made before the outage"),
+        "no acknowledged write lost: {names:?}"
+    );
     assert_eq!(get(&node, &before, "/v1/api-keys").await.status, 200);
     let ready = common::send(common::client().get(node.url("/readyz"))).await;
     assert_eq!(ready.status, 200);

@@ -5,7 +5,10 @@
 //! schema in the PostgreSQL server at `KEYWARD_TEST_PG_URL` (dropped afterwards), so the
 //! same black-box suite runs against both backends.
 
-#![expect(clippy::unwrap_used, reason = "test harness: a failed unwrap is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test harness: a failed unwrap is a failed test"
+)]
 #![allow(
     dead_code,
     reason = "each test file uses a different part of the harness"
