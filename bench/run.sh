@@ -57,14 +57,17 @@ for i in $(seq 2 10); do
 done
 curl -sf "$keyward/v1/api-keys" -H "x-api-key: $key" > "$out/list.json"
 curl -sf -X POST "$keyward/v1/api-keys/validate" -H "x-api-key: $key" > "$out/validate.json"
+create_body='{"name":"bench","scopes":["read"],"metadata":{"env":"bench"}}'
+curl -sf -X POST "$keyward/v1/api-keys" -H "x-api-key: $key" -H 'content-type: application/json' \
+     -d "$create_body" > "$out/create.json"
 
-target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" 2> "$work/bare.log" &
+target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" "$out/create.json" 2> "$work/bare.log" &
 pids+=("$!")
 bare="$(wait_for "$work/bare.log" "bare-server listening on")"
 
-run() { # NAME URL METHOD
+run() { # NAME URL METHOD [BODY]
     local name="$1" url="$2" method="$3"
-    WRK_KEY="$key" WRK_METHOD="$method" wrk -t2 -c"$connections" -d"${duration}s" \
+    WRK_KEY="$key" WRK_METHOD="$method" WRK_BODY="${4:-}" wrk -t2 -c"$connections" -d"${duration}s" \
         -s bench/wrk/keyward.lua "$url" > "$out/$name.txt" 2>&1
     grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT/$name/"
 }
@@ -74,6 +77,9 @@ run() { # NAME URL METHOD
     run keyward-list "$keyward/v1/api-keys" GET
     run bare-validate "$bare/v1/api-keys/validate" POST
     run keyward-validate "$keyward/v1/api-keys/validate" POST
+    # Creation: every 201 is durable (one fsynced commit each).
+    run bare-create "$bare/v1/api-keys" POST "$create_body"
+    run keyward-create "$keyward/v1/api-keys" POST "$create_body"
 } | tee "$out/results.txt"
 
 sleep 1.5   # let the last metering batch land
@@ -86,7 +92,7 @@ field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")
 {
     echo "| endpoint | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors |"
     echo "|---|---|---|---|---|---|---|"
-    for ep in list validate; do
+    for ep in list validate create; do
         b="$(field bare-$ep rps)"; k="$(field keyward-$ep rps)"
         ratio="$(awk -v k="$k" -v b="$b" 'BEGIN { printf "%.0f %%", 100 * k / b }')"
         echo "| $ep | $b | $k | $ratio | $(field bare-$ep p99_ms) | $(field keyward-$ep p50_ms) / $(field keyward-$ep p99_ms) / $(field keyward-$ep p999_ms) | $(field keyward-$ep errors) |"

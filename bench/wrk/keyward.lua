@@ -6,6 +6,7 @@
 local keys = {}
 local method = os.getenv("WRK_METHOD") or "GET"
 local body = os.getenv("WRK_BODY")
+if body == "" then body = nil end
 local keys_file = os.getenv("WRK_KEYS_FILE")
 local counter = 0
 

@@ -29,9 +29,9 @@ const MAX_GRACE_SECS: u64 = 604_800;
 
 /// Body of `GET /v1/api-keys`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ApiKeyList {
+pub struct ApiKeyList<'a> {
     /// The account's keys, oldest first.
-    pub api_keys: Vec<ApiKeyObject>,
+    pub api_keys: Vec<ApiKeyObject<'a>>,
     /// With `limit`: whether more keys follow the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub has_more: Option<bool>,
@@ -239,7 +239,9 @@ pub async fn list_api_keys(
         .transpose()?;
     query.finish()?;
     let account = &caller.record.key.account_id;
-    let body = match account_listing(&state, &caller).await? {
+    let listing = account_listing(&state, &caller).await?;
+    let from_storage;
+    let body = match &listing {
         // Small accounts: filter and page the cached listing in memory.
         Some(all) => {
             let mut matching = all
@@ -259,7 +261,7 @@ pub async fn list_api_keys(
             }
         }
         None => {
-            let (keys, more) = state
+            from_storage = state
                 .store
                 .list_keys(
                     account,
@@ -271,12 +273,13 @@ pub async fn list_api_keys(
                     },
                 )
                 .await?;
+            let (keys, more) = &from_storage;
             ApiKeyList {
                 api_keys: keys
                     .iter()
                     .map(|k| ApiKeyObject::new(k, caller.now))
                     .collect(),
-                has_more: limit.map(|_| more),
+                has_more: limit.map(|_| *more),
             }
         }
     };
@@ -297,15 +300,22 @@ pub async fn get_api_key(
 ) -> Result<Response, ApiError> {
     caller.require(&state, Scope::READ).await?;
     let key_id = key_id.parse()?;
-    let object = match account_listing(&state, &caller).await? {
+    let listing = account_listing(&state, &caller).await?;
+    let from_storage;
+    let key = match &listing {
         Some(all) => all
             .iter()
             .find(|k| k.key_id == key_id)
-            .map(|k| ApiKeyObject::new(k, caller.now))
             .ok_or_else(ApiError::key_not_found)?,
-        None => ApiKeyObject::new(&load_key(&state, &caller, &key_id).await?, caller.now),
+        None => {
+            from_storage = load_key(&state, &caller, &key_id).await?;
+            &from_storage
+        }
     };
-    Ok(no_store(StatusCode::OK, Json(object)))
+    Ok(no_store(
+        StatusCode::OK,
+        Json(ApiKeyObject::new(key, caller.now)),
+    ))
 }
 
 /// Create an API key; the secret is in this response only.
@@ -375,7 +385,7 @@ pub async fn create_api_key(
     state.listings.invalidate([&stored.account_id]);
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&stored, caller.now),
-        api_key: secret.expose().to_owned(),
+        api_key: secret.expose(),
     };
     Ok(no_store(StatusCode::CREATED, Json(body)))
 }
@@ -570,7 +580,7 @@ pub async fn rotate_api_key(
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&key, caller.now),
-        api_key: secret.expose().to_owned(),
+        api_key: secret.expose(),
     };
     Ok(no_store(StatusCode::OK, Json(body)))
 }
@@ -613,28 +623,38 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Body of `POST /v1/api-keys/validate`.
+/// Body of `POST /v1/api-keys/validate`: what a valid key carries, or why a
+/// well-formed key is not valid.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ValidateResponse {
-    /// Whether the key authenticates.
-    pub valid: bool,
-    /// When not valid: `not_found`, `inactive` or `expired`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// When valid: the key's id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
-    /// When valid: its scopes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scopes: Option<Vec<String>>,
-    /// When valid: its metadata.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Map<String, Value>>,
-    /// When valid: its expiry, or `null`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Option<String>>,
+#[serde(untagged)]
+pub enum ValidateResponse<'a> {
+    /// The key authenticates.
+    Valid {
+        /// Always `true`.
+        valid: bool,
+        /// The key's id.
+        #[schema(value_type = String)]
+        key_id: &'a str,
+        /// Its scopes.
+        #[schema(value_type = Vec<String>)]
+        #[serde(serialize_with = "crate::dto::serialize_scope_set")]
+        scopes: &'a ScopeSet,
+        /// Its metadata.
+        #[schema(value_type = Object)]
+        metadata: &'a serde_json::Map<String, Value>,
+        /// Its expiry, or `null`.
+        #[schema(value_type = Option<String>, format = DateTime)]
+        #[serde(serialize_with = "crate::dto::serialize_optional_time")]
+        expires_at: Option<OffsetDateTime>,
+    },
+    /// The key is well formed but does not authenticate.
+    Invalid {
+        /// Always `false`.
+        valid: bool,
+        /// `not_found`, `inactive` or `expired`.
+        #[schema(value_type = String)]
+        reason: &'static str,
+    },
 }
 
 /// Check the key in `x-api-key` itself (the KonPro validate endpoint).
@@ -654,13 +674,9 @@ pub async fn validate_api_key(
         Err(AuthFailure::Rejected(
             reason @ (KeyRejection::NotFound | KeyRejection::Inactive | KeyRejection::Expired),
         )) => {
-            let body = ValidateResponse {
+            let body = ValidateResponse::Invalid {
                 valid: false,
-                reason: Some(reason.as_str().to_owned()),
-                key_id: None,
-                scopes: None,
-                metadata: None,
-                expires_at: None,
+                reason: reason.as_str(),
             };
             return Ok(no_store(StatusCode::OK, Json(body)));
         }
@@ -668,13 +684,12 @@ pub async fn validate_api_key(
     };
     caller.count(&state).await?;
     let key = &caller.record.key;
-    let body = ValidateResponse {
+    let body = ValidateResponse::Valid {
         valid: true,
-        reason: None,
-        key_id: Some(key.key_id.to_string()),
-        scopes: Some(key.scopes.to_strings()),
-        metadata: Some(key.metadata.as_map().clone()),
-        expires_at: Some(key.expires_at.map(timefmt::format)),
+        key_id: key.key_id.as_str(),
+        scopes: &key.scopes,
+        metadata: key.metadata.as_map(),
+        expires_at: key.expires_at,
     };
     Ok(no_store(StatusCode::OK, Json(body)))
 }

@@ -1,8 +1,8 @@
 //! Wire types shared by several endpoints. Storage records are never serialised directly.
 
-use keyward_core::timefmt;
+use keyward_core::{KeyName, ScopeSet, timefmt};
 use keyward_store::ApiKey;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -29,63 +29,105 @@ impl From<keyward_core::KeyStatus> for KeyStatusDto {
     }
 }
 
-/// The API key object of the seed document, plus `hint` and `metadata`.
+/// The API key object of the seed document, plus `hint` and `metadata`. It borrows the
+/// stored key and is serialised straight from it: no copies of names, scopes or
+/// metadata per response.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ApiKeyObject {
+pub struct ApiKeyObject<'a> {
     /// Unique, opaque id (`key_01J…`).
-    #[schema(example = "key_01JD8X4ZQ5V7W0000000000000")]
-    pub key_id: String,
+    #[schema(value_type = String, example = "key_01JD8X4ZQ5V7W0000000000000")]
+    pub key_id: &'a str,
     /// Optional label.
-    #[schema(example = "Production Key")]
-    pub name: Option<String>,
+    #[schema(value_type = Option<String>, example = "Production Key")]
+    pub name: Option<&'a str>,
     /// Permission scopes, in the order given.
-    pub scopes: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    #[serde(serialize_with = "serialize_scopes")]
+    pub scopes: &'a ScopeSet,
     /// When the key last authenticated (lags by at most a second); `null` if never.
-    #[schema(format = DateTime)]
-    pub last_used: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(serialize_with = "serialize_optional_time")]
+    pub last_used: Option<OffsetDateTime>,
     /// Creation time.
-    #[schema(format = DateTime)]
-    pub created_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "serialize_time")]
+    pub created_at: OffsetDateTime,
     /// When the key expires; `null` if never.
-    #[schema(format = DateTime)]
-    pub expires_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(serialize_with = "serialize_optional_time")]
+    pub expires_at: Option<OffsetDateTime>,
     /// Current status.
     pub status: KeyStatusDto,
     /// Display hint of the current secret: prefix, first 4, last 4.
-    #[schema(example = "kw_AbCd…wxyz")]
-    pub hint: String,
+    #[schema(value_type = String, example = "kw_AbCd…wxyz")]
+    pub hint: &'a str,
     /// Caller-defined object.
     #[schema(value_type = Object)]
-    pub metadata: Map<String, Value>,
+    pub metadata: &'a Map<String, Value>,
 }
 
-impl ApiKeyObject {
+impl<'a> ApiKeyObject<'a> {
     /// The wire form of a key at `now` (which decides `expired`).
     #[must_use]
-    pub fn new(key: &ApiKey, now: OffsetDateTime) -> Self {
+    pub fn new(key: &'a ApiKey, now: OffsetDateTime) -> Self {
         Self {
-            key_id: key.key_id.to_string(),
-            name: key.name.as_ref().map(|n| n.as_str().to_owned()),
-            scopes: key.scopes.to_strings(),
-            last_used: key.last_used.map(timefmt::format),
-            created_at: timefmt::format(key.created_at),
-            expires_at: key.expires_at.map(timefmt::format),
+            key_id: key.key_id.as_str(),
+            name: key.name.as_ref().map(KeyName::as_str),
+            scopes: &key.scopes,
+            last_used: key.last_used,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
             status: key.status_at(now).into(),
-            hint: key.hint.clone(),
-            metadata: key.metadata.as_map().clone(),
+            hint: &key.hint,
+            metadata: key.metadata.as_map(),
         }
     }
 }
 
+/// Serialises a time as API.md §Times asks, without allocating.
+///
+/// # Errors
+/// The serializer's.
+pub fn serialize_time<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    let mut buf = [0u8; 20];
+    s.serialize_str(timefmt::format_into(*t, &mut buf))
+}
+
+/// [`serialize_time`] for an optional time (`null` when absent).
+///
+/// # Errors
+/// The serializer's.
+pub fn serialize_optional_time<S: Serializer>(
+    t: &Option<OffsetDateTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_time(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_scopes<S: Serializer>(scopes: &&ScopeSet, s: S) -> Result<S::Ok, S::Error> {
+    serialize_scope_set(scopes, s)
+}
+
+/// Serialises scopes as a list of strings, in order.
+///
+/// # Errors
+/// The serializer's.
+pub fn serialize_scope_set<S: Serializer>(scopes: &ScopeSet, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(scopes.iter().map(keyward_core::Scope::as_str))
+}
+
 /// A key object with its secret: the one response that shows it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ApiKeyWithSecret {
+pub struct ApiKeyWithSecret<'a> {
     /// The key.
     #[serde(flatten)]
-    pub key: ApiKeyObject,
+    pub key: ApiKeyObject<'a>,
     /// The secret. Shown once; store it now.
     #[schema(example = "kw_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AB")]
-    pub api_key: String,
+    pub api_key: &'a str,
 }
 
 /// For `PATCH` fields where `null` means something: absent is `None`, `null` is

@@ -5,7 +5,8 @@
 //! documented JSON with that id → add `x-request-id` and rate-limit headers → record the
 //! request (history, usage, `last_used`) if its key authenticated → metrics.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -119,13 +120,60 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
             latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
         });
     }
-    let endpoint_label = endpoint.unwrap_or_else(|| "unmatched".to_owned());
-    let status_label = response.status().as_u16().to_string();
-    metrics::counter!("keyward_http_requests_total", "endpoint" => endpoint_label.clone(), "status" => status_label)
+    // Static label strings: no allocation per request for the metrics.
+    let endpoint_label = endpoint.as_deref().map_or("unmatched", intern);
+    let status_label = status_label(response.status());
+    metrics::counter!("keyward_http_requests_total", "endpoint" => endpoint_label, "status" => status_label)
         .increment(1);
     metrics::histogram!("keyward_http_request_duration_seconds", "endpoint" => endpoint_label)
         .record(latency.as_secs_f64());
     response
+}
+
+/// The `'static` copy of an endpoint name. Endpoint names are route templates with a
+/// standard method, so the set is small and fixed by the router: interning leaks a few
+/// dozen short strings once.
+fn intern(endpoint: &str) -> &'static str {
+    static NAMES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(RwLock::default);
+    if let Some(name) = names
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(endpoint)
+    {
+        return name;
+    }
+    let mut names = names.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(name) = names.get(endpoint) {
+        return name;
+    }
+    let name: &'static str = Box::leak(endpoint.to_owned().into_boxed_str());
+    names.insert(name);
+    name
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
 }
 
 fn is_json(response: &Response) -> bool {

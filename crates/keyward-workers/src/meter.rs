@@ -60,18 +60,15 @@ impl Meter {
     /// month's usage counter. The hot path only pushes the row; usage and `last_used`
     /// are derived from the rows when the batch is taken (a dropped row still counts).
     pub fn record(&self, request: RequestRecord) {
-        let depth = {
-            let mut guard = self.lock();
-            let pending = &mut *guard;
-            if pending.requests.len() < self.capacity {
-                pending.requests.push(request);
-            } else {
-                add_usage(&mut pending.usage, &mut pending.last_used, &request);
-                metrics::counter!("keyward_meter_dropped_rows_total").increment(1);
-            }
-            pending.requests.len()
-        };
-        metrics::gauge!("keyward_meter_queue_depth").set(depth as f64);
+        let mut guard = self.lock();
+        let pending = &mut *guard;
+        if pending.requests.len() < self.capacity {
+            pending.requests.push(request);
+        } else {
+            add_usage(&mut pending.usage, &mut pending.last_used, &request);
+            drop(guard);
+            metrics::counter!("keyward_meter_dropped_rows_total").increment(1);
+        }
     }
 
     /// Number of history rows waiting to be written.
@@ -85,7 +82,8 @@ impl Meter {
     #[must_use]
     pub fn take(&self) -> MeterBatch {
         let mut pending = std::mem::take(&mut *self.lock());
-        metrics::gauge!("keyward_meter_queue_depth").set(0.0);
+        // The depth an interval built up, set once per batch rather than per request.
+        metrics::gauge!("keyward_meter_queue_depth").set(pending.requests.len() as f64);
         for request in &pending.requests {
             add_usage(&mut pending.usage, &mut pending.last_used, request);
         }
