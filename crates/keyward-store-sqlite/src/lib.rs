@@ -533,6 +533,22 @@ impl Store for SqliteStore {
         Ok(stored)
     }
 
+    async fn import_keys(&self, keys: &[NewKey], audit: &AuditContext) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        for key in keys {
+            insert_key_rows(&mut tx, key).await?;
+            insert_audit(
+                &mut tx,
+                &key.account_id,
+                &key.key_id,
+                AuditAction::Created,
+                audit,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
     async fn update_key(
         &self,
         account_id: &AccountId,

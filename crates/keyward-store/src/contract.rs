@@ -33,6 +33,7 @@ where
     updates_need_the_current_version_and_are_audited(&make().await.0).await;
     rotation_keeps_old_secrets_only_for_the_grace_period(&make().await.0).await;
     revocation_removes_key_and_secrets_but_keeps_audit(&make().await.0).await;
+    imported_keys_authenticate_and_are_audited(&make().await.0).await;
     meter_batches_record_history_usage_and_last_used(&make().await.0).await;
     history_pages_by_cursor_and_filters_and_prunes(&make().await.0).await;
 }
@@ -429,6 +430,67 @@ async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store: &S)
         .unwrap();
     let actions: Vec<_> = events.iter().map(|e| e.action).collect();
     assert_eq!(actions, [AuditAction::Revoked, AuditAction::Created]);
+}
+
+async fn imported_keys_authenticate_and_are_audited<S: Store>(store: &S) {
+    let (acct, _, _) = seeded(store, Plan::Pro).await;
+    let (keys, secrets): (Vec<_>, Vec<_>) = (0..50)
+        .map(|_| new_key(&acct.account_id, &["read"]))
+        .unzip();
+    store.import_keys(&keys, &audit()).await.unwrap();
+    for (key, secret) in keys.iter().zip(&secrets) {
+        let auth = store
+            .auth_by_digest(&secret.digest())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(auth.key.key_id, key.key_id);
+    }
+    let (listed, _) = store
+        .list_keys(
+            &acct.account_id,
+            &KeyQuery {
+                status: None,
+                limit: None,
+                after: None,
+                now: now(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 51);
+    let events = store
+        .audit_log(
+            &acct.account_id,
+            &PageQuery {
+                limit: 100,
+                action: Some(AuditAction::Created),
+                ..PageQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events.len(),
+        51,
+        "every imported key has its key.created event"
+    );
+    // All or nothing: a batch with a duplicate id stores none of its keys.
+    let (fresh, fresh_secret) = new_key(&acct.account_id, &["read"]);
+    let duplicate = keys[0].clone();
+    assert!(
+        store
+            .import_keys(&[fresh, duplicate], &audit())
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .auth_by_digest(&fresh_secret.digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn record(

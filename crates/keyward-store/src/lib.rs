@@ -365,6 +365,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_key(&self, account_id: &AccountId, key_id: &KeyId) -> StoreResult<Option<ApiKey>>;
     /// Inserts a key and its `key.created` event; durable when it returns.
     async fn insert_key(&self, key: &NewKey, audit: &AuditContext) -> StoreResult<ApiKey>;
+    /// Inserts many keys, each with its `key.created` event, in one transaction: for
+    /// imports and benchmark datasets, where one commit per key would take hours.
+    async fn import_keys(&self, keys: &[NewKey], audit: &AuditContext) -> StoreResult<()>;
     /// Applies a patch if the key still has `expected_version`, with its `key.updated`
     /// event. `Conflict` if the key changed meanwhile, `NotFound` if it is gone.
     async fn update_key(
