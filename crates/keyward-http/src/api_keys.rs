@@ -382,7 +382,7 @@ pub async fn create_api_key(
         .store
         .insert_key(&key, &audit(&caller, changes))
         .await?;
-    state.listings.invalidate([&stored.account_id]);
+    state.forget_changed_key(Some(&stored.account_id), &[]);
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&stored, caller.now),
         api_key: secret.expose(),
@@ -521,8 +521,7 @@ pub async fn update_api_key(
             &audit(&caller, Value::Object(changes)),
         )
         .await?;
-    state.keys.invalidate(&changed.stale_digests);
-    state.listings.invalidate([&current.account_id]);
+    state.forget_changed_key(Some(&current.account_id), &changed.stale_digests);
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     Ok(no_store(
         StatusCode::OK,
@@ -575,8 +574,7 @@ pub async fn rotate_api_key(
             &audit(&caller, changes),
         )
         .await?;
-    state.keys.invalidate(&changed.stale_digests);
-    state.listings.invalidate([&current.account_id]);
+    state.forget_changed_key(Some(&current.account_id), &changed.stale_digests);
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     let body = ApiKeyWithSecret {
         key: ApiKeyObject::new(&key, caller.now),
@@ -618,8 +616,7 @@ pub async fn revoke_api_key(
             &audit(&caller, changes),
         )
         .await?;
-    state.keys.invalidate(&changed.stale_digests);
-    state.listings.invalidate([&current.account_id]);
+    state.forget_changed_key(Some(&current.account_id), &changed.stale_digests);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -162,9 +162,11 @@ impl Shared {
         &self.store
     }
 
-    /// Applies a key change announced by another node: its digests and its account's
-    /// listing are dropped from this node's caches.
-    pub fn apply_remote_change(&self, account: Option<&AccountId>, digests: &[KeyDigest]) {
+    /// Forgets a changed key: its old digests and its account's listing leave this
+    /// node's caches (`None`: every listing, when a change announcement named no valid
+    /// account). Called for local changes before answering, and for other nodes' changes
+    /// as they are announced.
+    pub fn forget_changed_key(&self, account: Option<&AccountId>, digests: &[KeyDigest]) {
         self.keys.invalidate(digests);
         match account {
             Some(account) => self.listings.invalidate([account]),

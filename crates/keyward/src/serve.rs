@@ -133,7 +133,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                             account_id,
                             digests,
                         } => {
-                            caches.apply_remote_change(account_id.as_ref(), &digests);
+                            caches.forget_changed_key(account_id.as_ref(), &digests);
                         }
                         KeyChange::Lost => caches.set_caches_coherent(false),
                         KeyChange::Resynced => caches.set_caches_coherent(true),
