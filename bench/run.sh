@@ -3,15 +3,18 @@
 # bare axum server returning the same bytes, measured in the same run with the same wrk
 # settings, so the ratio survives a noisy machine. Loopback only; every run is bounded.
 #
-# Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS] [sqlite|postgres]
-#        (default 10 s, 64 connections, sqlite; postgres uses a fresh schema in
-#        KEYWARD_BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432/test, dropped after)
+# Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS] [sqlite|postgres] [unlimited|limited]
+#        (default 10 s, 64 connections, sqlite, unlimited; postgres uses a fresh schema in
+#        KEYWARD_BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432/test, dropped after;
+#        limited gives the account limits too high to reach, so every request also goes
+#        through the rate limiter and carries x-ratelimit-* headers)
 # Output: a Markdown table on stdout and everything under bench/out/<timestamp>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-64}"
 backend="${3:-sqlite}"
+limits="${4:-unlimited}"
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --locked --bin keyward --bin bare-server
@@ -49,8 +52,12 @@ keyward_pid=$!; pids+=("$keyward_pid")
 keyward="$(wait_for "$work/keyward.log" "keyward listening on")"
 
 # An enterprise account (no rate limit) with 10 keys, as in the issue.
-key="$(target/release/keyward accounts create --name bench --plan enterprise --json --database-url "$db" \
-      | sed -E 's/.*"api_key":"([^"]+)".*/\1/')"
+created="$(target/release/keyward accounts create --name bench --plan enterprise --json --database-url "$db")"
+key="$(sed -E 's/.*"api_key":"([^"]+)".*/\1/' <<< "$created")"
+if [ "$limits" = limited ]; then
+    target/release/keyward accounts set-limits "$(sed -E 's/.*"account_id":"([^"]+)".*/\1/' <<< "$created")" \
+        --per-minute 1000000000 --per-day 1000000000 --database-url "$db" > /dev/null
+fi
 for i in $(seq 2 10); do
     curl -sf -X POST "$keyward/v1/api-keys" -H "x-api-key: $key" -H 'content-type: application/json' \
          -d "{\"name\":\"bench key $i\",\"scopes\":[\"read\"],\"metadata\":{\"n\":$i}}" > /dev/null
@@ -98,5 +105,5 @@ field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")
         echo "| $ep | $b | $k | $ratio | $(field bare-$ep p99_ms) | $(field keyward-$ep p50_ms) / $(field keyward-$ep p99_ms) / $(field keyward-$ep p999_ms) | $(field keyward-$ep errors) |"
     done
     echo
-    echo "backend: $backend; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}"
+    echo "backend: $backend, $limits; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}"
 } | tee "$out/results.md"

@@ -77,13 +77,18 @@ impl Meter {
         self.lock().requests.len()
     }
 
+    /// Sets the `keyward_meter_queue_depth` gauge to the rows waiting now. Called when
+    /// metrics are scraped rather than on every request, which would cost a metrics
+    /// registry lookup per request.
+    pub fn publish_depth(&self) {
+        metrics::gauge!("keyward_meter_queue_depth").set(self.pending_rows() as f64);
+    }
+
     /// Takes everything pending, sorted so that concurrent writers lock rows in the
     /// same order.
     #[must_use]
     pub fn take(&self) -> MeterBatch {
         let mut pending = std::mem::take(&mut *self.lock());
-        // The depth an interval built up, set once per batch rather than per request.
-        metrics::gauge!("keyward_meter_queue_depth").set(pending.requests.len() as f64);
         for request in &pending.requests {
             add_usage(&mut pending.usage, &mut pending.last_used, request);
         }

@@ -107,7 +107,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let render = {
         let handle = metrics.clone();
-        Arc::new(move || handle.render()) as keyward_http::MetricsRender
+        let meter = meter.clone();
+        Arc::new(move || {
+            meter.publish_depth();
+            handle.render()
+        }) as keyward_http::MetricsRender
     };
     let state = AppStateBuilder::new(dyn_store.clone(), meter.clone(), limiter.clone())
         .prefix(args.key_prefix.clone())
