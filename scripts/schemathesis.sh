@@ -48,7 +48,7 @@ start_server() {
         if grep -q "keyward listening on" "$work/server.log"; then break; fi
         sleep 0.1
     done
-    base="$(grep -o 'keyward listening on http://[0-9.:]*' "$work/server.log" | awk '{print $3}')"
+    base="$(grep -o 'keyward listening on http://[0-9.:]*' "$work/server.log" | awk '{print $NF}')"
     key="$(grep -oE 'kw_[A-Za-z0-9]{38}' "$work/server.log" | head -n 1)"
     if [ -z "$base" ] || [ -z "$key" ]; then
         echo "the server did not start:"; cat "$work/server.log"; exit 1
