@@ -68,7 +68,7 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
             route.as_ref().map(MatchedPath::as_str),
         );
         response = with_json_body(response, &error.body(&ctx.request_id));
-    } else if !status.is_success() && !is_json(&response) {
+    } else if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
         // Safety net for responses axum builds itself (405 with `allow`, a 404 without a
         // route): same envelope, headers kept.
         let code = ErrorCode::for_status(status);

@@ -566,6 +566,16 @@ async fn operational_endpoints_answer_without_a_key() {
     assert_eq!(metrics.status, 200);
     let openapi = send(client().get(server.url("/openapi.json"))).await;
     assert_eq!(openapi.body["openapi"], "3.1.0");
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(server.url("/docs"))
+        .send()
+        .await
+        .unwrap();
+    assert!(redirect.status().is_redirection(), "/docs redirects: {}", redirect.status());
+    assert!(!redirect.text().await.unwrap().contains("PROCESSING_ERROR"), "a redirect is not an error");
     let docs = client().get(server.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(
