@@ -557,7 +557,12 @@ pub async fn rotate_api_key(
     ensure_within_caller(&caller, &current.scopes)?;
 
     let (secret, stored_secret) = new_secret(&state);
-    let old_end = caller.now + Duration::seconds(i64::try_from(grace).unwrap_or(0));
+    // Storage keeps whole seconds: a grace period is rounded up to the next second so
+    // the old secret never stops working before the promised end (0 means at once).
+    let old_end = match i64::try_from(grace).unwrap_or(0) {
+        0 => caller.now,
+        secs => timefmt::truncate(caller.now) + Duration::seconds(secs + 1),
+    };
     let changes = json!({
         "grace_period_seconds": grace,
         "previous_secret_valid_until": timefmt::format(old_end),

@@ -675,6 +675,38 @@ async fn add_usage(
     Ok(())
 }
 
+/// Inserts an account, its first key and that key's `key.created` event.
+async fn insert_account_rows(
+    tx: &mut Transaction<'static, Postgres>,
+    account: &Account,
+    first_key: &NewKey,
+    audit: &AuditContext,
+) -> StoreResult<()> {
+    sqlx::query(
+        "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
+             values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(account.account_id.as_str())
+    .bind(&account.name)
+    .bind(account.plan.as_str())
+    .bind(account.custom_limits.per_minute.map(i64::from))
+    .bind(account.custom_limits.per_day.map(i64::from))
+    .bind(ts(account.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    insert_key_rows(tx, first_key).await?;
+    insert_audit(
+        tx,
+        &account.account_id,
+        &first_key.key_id,
+        AuditAction::Created,
+        audit,
+    )
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -700,29 +732,32 @@ impl Store for PgStore {
         audit: &AuditContext,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(account.account_id.as_str())
-        .bind(&account.name)
-        .bind(account.plan.as_str())
-        .bind(account.custom_limits.per_minute.map(i64::from))
-        .bind(account.custom_limits.per_day.map(i64::from))
-        .bind(ts(account.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        insert_key_rows(&mut tx, first_key).await?;
-        insert_audit(
-            &mut tx,
-            &account.account_id,
-            &first_key.key_id,
-            AuditAction::Created,
-            audit,
-        )
-        .await?;
+        insert_account_rows(&mut tx, account, first_key, audit).await?;
         tx.commit().await.map_err(map_err)
+    }
+
+    async fn bootstrap_account(
+        &self,
+        account: &Account,
+        first_key: &NewKey,
+        audit: &AuditContext,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // Concurrent bootstraps queue here; the second sees the first's account.
+        sqlx::query("lock table account in exclusive mode")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from account)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if exists {
+            return Ok(false);
+        }
+        insert_account_rows(&mut tx, account, first_key, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 
     async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>> {

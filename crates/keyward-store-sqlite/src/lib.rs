@@ -129,7 +129,10 @@ fn map_err(e: sqlx::Error) -> StoreError {
             StoreError::Conflict("unique constraint")
         }
         sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
+            if matches!(
+                db.code().as_deref(),
+                Some("5" | "6" | "261" | "262" | "517" | "773")
+            ) =>
         {
             // SQLITE_BUSY / SQLITE_LOCKED and their extended codes past busy_timeout.
             StoreError::Unavailable(Box::new(e))
@@ -322,6 +325,38 @@ async fn key_in_tx(
     key_from_row(&row)
 }
 
+/// Inserts an account, its first key and that key's `key.created` event.
+async fn insert_account_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    account: &Account,
+    first_key: &NewKey,
+    audit: &AuditContext,
+) -> StoreResult<()> {
+    sqlx::query(
+        "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
+             values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(account.account_id.as_str())
+    .bind(&account.name)
+    .bind(account.plan.as_str())
+    .bind(account.custom_limits.per_minute.map(i64::from))
+    .bind(account.custom_limits.per_day.map(i64::from))
+    .bind(ts(account.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    insert_key_rows(tx, first_key).await?;
+    insert_audit(
+        tx,
+        &account.account_id,
+        &first_key.key_id,
+        AuditAction::Created,
+        audit,
+    )
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -347,29 +382,28 @@ impl Store for SqliteStore {
         audit: &AuditContext,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "insert into account (account_id, name, plan, per_minute, per_day, created_at) \
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(account.account_id.as_str())
-        .bind(&account.name)
-        .bind(account.plan.as_str())
-        .bind(account.custom_limits.per_minute.map(i64::from))
-        .bind(account.custom_limits.per_day.map(i64::from))
-        .bind(ts(account.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        insert_key_rows(&mut tx, first_key).await?;
-        insert_audit(
-            &mut tx,
-            &account.account_id,
-            &first_key.key_id,
-            AuditAction::Created,
-            audit,
-        )
-        .await?;
+        insert_account_rows(&mut tx, account, first_key, audit).await?;
         tx.commit().await.map_err(map_err)
+    }
+
+    async fn bootstrap_account(
+        &self,
+        account: &Account,
+        first_key: &NewKey,
+        audit: &AuditContext,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // `BEGIN IMMEDIATE` holds SQLite's write lock: the check and the insert are one step.
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from account)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if exists {
+            return Ok(false);
+        }
+        insert_account_rows(&mut tx, account, first_key, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 
     async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>> {

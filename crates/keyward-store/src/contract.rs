@@ -28,6 +28,7 @@ where
     Fut: Future<Output = (S, G)>,
 {
     accounts_are_created_listed_and_replanned(&make().await.0).await;
+    only_one_concurrent_bootstrap_creates_an_account(&make().await.0).await;
     keys_are_isolated_by_account(&make().await.0).await;
     listing_is_oldest_first_filtered_and_paged(&make().await.0).await;
     updates_need_the_current_version_and_are_audited(&make().await.0).await;
@@ -124,6 +125,40 @@ async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
         Err(StoreError::NotFound)
     ));
     assert!(store.account(&missing).await.unwrap().is_none());
+}
+
+async fn only_one_concurrent_bootstrap_creates_an_account<S: Store>(store: &S) {
+    let attempts: Vec<_> = (0..4)
+        .map(|_| {
+            let acct = account(Plan::Enterprise);
+            let (key, _) = new_key(&acct.account_id, &["read", "write", "admin"]);
+            (acct, key)
+        })
+        .collect();
+    let context = audit();
+    let results = futures_util::future::join_all(
+        attempts
+            .iter()
+            .map(|(acct, key)| store.bootstrap_account(acct, key, &context)),
+    )
+    .await;
+    let created = results
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|c| *c)
+        .count();
+    assert_eq!(created, 1, "exactly one bootstrap wins");
+    assert_eq!(store.account_count().await.unwrap(), 1);
+    let (late, late_key) = (
+        account(Plan::Free),
+        new_key(&AccountId::from_ulid(next_ulid()), &["read"]).0,
+    );
+    assert!(
+        !store
+            .bootstrap_account(&late, &late_key, &audit())
+            .await
+            .unwrap()
+    );
 }
 
 async fn keys_are_isolated_by_account<S: Store>(store: &S) {

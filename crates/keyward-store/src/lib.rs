@@ -343,6 +343,15 @@ pub trait Store: Send + Sync + 'static {
         first_key: &NewKey,
         audit: &AuditContext,
     ) -> StoreResult<()>;
+    /// Creates the account and its first key only if the database has no account yet,
+    /// atomically, so that nodes starting together on an empty database bootstrap once.
+    /// Returns whether it created them.
+    async fn bootstrap_account(
+        &self,
+        account: &Account,
+        first_key: &NewKey,
+        audit: &AuditContext,
+    ) -> StoreResult<bool>;
     /// Every account, oldest first.
     async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>>;
     /// One account.

@@ -106,6 +106,39 @@ pub async fn create_account(
     prefix: &KeyPrefix,
     actor: &str,
 ) -> anyhow::Result<CreatedAccount> {
+    let (created, key, audit) = new_account(name, plan, prefix, actor)?;
+    store
+        .create_account(&created.account, &key, &audit)
+        .await
+        .context("creating the account")?;
+    Ok(created)
+}
+
+/// Creates the `default` account (enterprise) and its first key if, and only if, the
+/// database has no account yet; `None` when it had one.
+///
+/// # Errors
+/// The store's error.
+pub async fn bootstrap(
+    store: &dyn Store,
+    prefix: &KeyPrefix,
+) -> anyhow::Result<Option<CreatedAccount>> {
+    let (created, key, audit) = new_account("default", Plan::Enterprise, prefix, "bootstrap")?;
+    let made = store
+        .bootstrap_account(&created.account, &key, &audit)
+        .await
+        .context("creating the bootstrap account")?;
+    Ok(made.then_some(created))
+}
+
+/// A new account, its first key (scopes `read`, `write`, `admin`) and the key's
+/// `key.created` event, not yet stored.
+fn new_account(
+    name: &str,
+    plan: Plan,
+    prefix: &KeyPrefix,
+    actor: &str,
+) -> anyhow::Result<(CreatedAccount, NewKey, AuditContext)> {
     let now = timefmt::truncate(OffsetDateTime::now_utc());
     let account = Account {
         account_id: AccountId::from_ulid(ulid::Ulid::generate()),
@@ -140,15 +173,16 @@ pub async fn create_account(
             "metadata": {},
         }),
     };
-    store
-        .create_account(&account, &key, &audit)
-        .await
-        .context("creating the account")?;
-    Ok(CreatedAccount {
-        account,
-        key_id: key.key_id,
-        secret,
-    })
+    let key_id = key.key_id.clone();
+    Ok((
+        CreatedAccount {
+            account,
+            key_id,
+            secret,
+        },
+        key,
+        audit,
+    ))
 }
 
 async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
-use crate::{Backend, create_account, open_store};
+use crate::{Backend, bootstrap, open_store};
 
 /// How often metering is flushed. API.md: `last_used` may lag by at most one second,
 /// and a cached listing may be up to 500 ms old on top of this.
@@ -69,21 +69,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let local = listener.local_addr().context("reading the bound address")?;
 
-    if !args.no_bootstrap
-        && dyn_store
-            .account_count()
-            .await
-            .context("counting accounts")?
-            == 0
-    {
-        let created = create_account(
-            dyn_store.as_ref(),
-            "default",
-            keyward_core::Plan::Enterprise,
-            &args.key_prefix,
-            "bootstrap",
-        )
-        .await?;
+    let bootstrapped = if args.no_bootstrap {
+        None
+    } else {
+        bootstrap(dyn_store.as_ref(), &args.key_prefix).await?
+    };
+    if let Some(created) = bootstrapped {
         // Printed once, on stderr, and never logged.
         eprintln!(
             "\nkeyward: first start, so it created the account `default` ({}) and its first API key.\n\

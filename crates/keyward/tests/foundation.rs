@@ -574,8 +574,15 @@ async fn operational_endpoints_answer_without_a_key() {
         .send()
         .await
         .unwrap();
-    assert!(redirect.status().is_redirection(), "/docs redirects: {}", redirect.status());
-    assert!(!redirect.text().await.unwrap().contains("PROCESSING_ERROR"), "a redirect is not an error");
+    assert!(
+        redirect.status().is_redirection(),
+        "/docs redirects: {}",
+        redirect.status()
+    );
+    assert!(
+        !redirect.text().await.unwrap().contains("PROCESSING_ERROR"),
+        "a redirect is not an error"
+    );
     let docs = client().get(server.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(
