@@ -51,12 +51,8 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let user_agent = req.headers().get(header::USER_AGENT).map(|v| {
-        String::from_utf8_lossy(v.as_bytes())
-            .chars()
-            .take(MAX_USER_AGENT_CHARS)
-            .collect()
-    });
+    // Kept as the header value (a cheap clone); made a string only if it is recorded.
+    let user_agent = req.headers().get(header::USER_AGENT).cloned();
 
     let mut response = next.run(req).await;
     let status = response.status();
@@ -114,7 +110,12 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
             method: method.to_string(),
             endpoint: endpoint.clone(),
             status: response.status().as_u16(),
-            user_agent,
+            user_agent: user_agent.map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(MAX_USER_AGENT_CHARS)
+                    .collect()
+            }),
             key_id: caller.key.key_id.clone(),
             request_id: ctx.request_id.clone(),
             latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
