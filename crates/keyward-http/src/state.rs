@@ -156,12 +156,6 @@ impl Shared {
         generator.generate().unwrap_or_else(|_| Ulid::generate())
     }
 
-    /// The store.
-    #[must_use]
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// Forgets a changed key: its old digests and its account's listing leave this
     /// node's caches (`None`: every listing, when a change announcement named no valid
     /// account). Called for local changes before answering, and for other nodes' changes
@@ -179,11 +173,5 @@ impl Shared {
     pub fn set_caches_coherent(&self, coherent: bool) {
         self.keys.set_coherent(coherent);
         self.listings.set_coherent(coherent);
-    }
-
-    /// The metering buffer.
-    #[must_use]
-    pub fn meter(&self) -> &Arc<Meter> {
-        &self.meter
     }
 }

@@ -5,7 +5,7 @@
 //! a separate read-only pool. Depends on `keyward-core` and `keyward-store` only.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -59,7 +59,6 @@ fn migrator() -> Migrator {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    path: PathBuf,
 }
 
 impl SqliteStore {
@@ -93,17 +92,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self {
-            writer,
-            reader,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The database file.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { writer, reader })
     }
 
     /// Closes both pools, waiting for running statements.

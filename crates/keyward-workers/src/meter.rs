@@ -102,18 +102,6 @@ impl Meter {
             usage,
         }
     }
-
-    /// Writes everything pending now.
-    ///
-    /// # Errors
-    /// The store's error; the batch is then lost, which the caller logs.
-    pub async fn flush(&self, store: &dyn Store) -> keyward_store::StoreResult<usize> {
-        let batch = self.take();
-        let rows = batch.requests.len();
-        store.write_meter_batch(&batch).await?;
-        metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
-        Ok(rows)
-    }
 }
 
 /// Counts `request` in the usage counters and moves its key's `last_used` forward.
@@ -160,42 +148,43 @@ pub async fn run_meter(
             () = tokio::time::sleep(if failed.is_some() { backoff } else { interval }) => false,
         };
         if let Some(batch) = failed.take() {
-            if let Err(e) = store.write_meter_batch(&batch).await {
-                tracing::warn!(error = %e, rows = batch.requests.len(), "metering batch retry failed");
+            if write_batch(store.as_ref(), &batch).await {
+                backoff = interval;
+            } else {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
-                if stopping {
-                    tracing::error!(
-                        rows = batch.requests.len(),
-                        "metering batch lost at shutdown"
-                    );
-                    return;
-                }
                 failed = Some(batch);
-                continue;
             }
-            metrics::counter!("keyward_meter_flushed_rows_total")
-                .increment(batch.requests.len() as u64);
-            backoff = interval;
         }
-        let batch = meter.take();
-        if !batch.is_empty() {
-            let rows = batch.requests.len();
-            match store.write_meter_batch(&batch).await {
-                Ok(()) => {
-                    metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, rows, "metering batch write failed; will retry");
-                    if stopping {
-                        tracing::error!(rows, "metering batch lost at shutdown");
-                        return;
-                    }
-                    failed = Some(batch);
-                }
+        // While an older batch still fails, new rows keep buffering (bounded) behind it.
+        if failed.is_none() {
+            let batch = meter.take();
+            if !batch.is_empty() && !write_batch(store.as_ref(), &batch).await {
+                failed = Some(batch);
             }
         }
         if stopping {
+            if let Some(batch) = failed {
+                tracing::error!(
+                    rows = batch.requests.len(),
+                    "metering batch lost at shutdown"
+                );
+            }
             return;
+        }
+    }
+}
+
+/// Writes one batch; counts its rows when it lands, logs when it does not.
+async fn write_batch(store: &dyn Store, batch: &MeterBatch) -> bool {
+    let rows = batch.requests.len();
+    match store.write_meter_batch(batch).await {
+        Ok(()) => {
+            metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rows, "metering batch write failed; will retry");
+            false
         }
     }
 }
