@@ -1,8 +1,9 @@
 //! `/v1/api-keys`: the seed endpoint and the whole key lifecycle (API.md §Endpoints).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -135,12 +136,77 @@ fn ensure_within_caller(caller: &Caller, scopes: &ScopeSet) -> Result<(), ApiErr
     }
 }
 
+/// An account's whole key listing as cached, with the JSON of its unfiltered page
+/// rendered once: profiling the list endpoint showed serialisation at 11 % of CPU.
+#[derive(Debug)]
+pub struct Listing {
+    keys: Vec<ApiKey>,
+    whole_page: OnceLock<RenderedPage>,
+}
+
+#[derive(Debug)]
+struct RenderedPage {
+    body: Bytes,
+    rendered_at: OffsetDateTime,
+    /// The first instant at which a key of the page shows another status (it expires).
+    stale_from: Option<OffsetDateTime>,
+}
+
+impl Listing {
+    fn new(keys: Vec<ApiKey>) -> Self {
+        Self {
+            keys,
+            whole_page: OnceLock::new(),
+        }
+    }
+
+    /// The body of `GET /v1/api-keys` without parameters at `now`: the rendered bytes
+    /// while every key's status is still the one they show, else a fresh rendering.
+    fn whole_page(&self, now: OffsetDateTime) -> Result<Bytes, ApiError> {
+        if let Some(page) = self.whole_page.get() {
+            if page.rendered_at <= now && page.stale_from.is_none_or(|t| now < t) {
+                return Ok(page.body.clone());
+            }
+            return self.render(now);
+        }
+        let body = self.render(now)?;
+        let stale_from = self
+            .keys
+            .iter()
+            .filter(|k| k.status == StoredStatus::Active)
+            .filter_map(|k| k.expires_at)
+            .filter(|&t| t > now)
+            .min();
+        // A concurrent first rendering may have won; either is correct for its `now`.
+        let _ = self.whole_page.set(RenderedPage {
+            body: body.clone(),
+            rendered_at: now,
+            stale_from,
+        });
+        Ok(body)
+    }
+
+    fn render(&self, now: OffsetDateTime) -> Result<Bytes, ApiError> {
+        let page = ApiKeyList {
+            api_keys: self
+                .keys
+                .iter()
+                .map(|k| ApiKeyObject::new(k, now))
+                .collect(),
+            has_more: None,
+        };
+        let mut body = Vec::with_capacity(320 * self.keys.len() + 16);
+        serde_json::to_writer(&mut body, &page).map_err(ApiError::internal)?;
+        Ok(Bytes::from(body))
+    }
+}
+
 /// The caller's whole listing from the cache, or `None` for an account too large to
 /// cache (which is then listed from storage).
 async fn account_listing(
     state: &AppState,
     caller: &Caller,
-) -> Result<Option<Arc<Vec<ApiKey>>>, ApiError> {
+) -> Result<Option<Arc<Listing>>, ApiError> {
     let account = &caller.record.key.account_id;
     let listing = state
         .listings
@@ -152,7 +218,7 @@ async fn account_listing(
                 now: caller.now,
             };
             let (keys, more) = state.store.list_keys(account, &query).await?;
-            Ok((!more).then(|| Arc::new(keys)))
+            Ok((!more).then(|| Arc::new(Listing::new(keys))))
         })
         .await?;
     Ok(listing)
@@ -240,11 +306,26 @@ pub async fn list_api_keys(
     query.finish()?;
     let account = &caller.record.key.account_id;
     let listing = account_listing(&state, &caller).await?;
+    if let Some(all) = &listing
+        && status.is_none()
+        && limit.is_none()
+        && after.is_none()
+    {
+        let json = [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )];
+        return Ok(no_store(
+            StatusCode::OK,
+            (json, Body::from(all.whole_page(caller.now)?)),
+        ));
+    }
     let from_storage;
     let body = match &listing {
         // Small accounts: filter and page the cached listing in memory.
         Some(all) => {
             let mut matching = all
+                .keys
                 .iter()
                 .filter(|k| status.is_none_or(|s| k.status_at(caller.now) == s))
                 .filter(|k| after.as_ref().is_none_or(|a| k.key_id > *a));
@@ -304,6 +385,7 @@ pub async fn get_api_key(
     let from_storage;
     let key = match &listing {
         Some(all) => all
+            .keys
             .iter()
             .find(|k| k.key_id == key_id)
             .ok_or_else(ApiError::key_not_found)?,
@@ -694,4 +776,63 @@ pub async fn validate_api_key(
         expires_at: key.expires_at,
     };
     Ok(no_store(StatusCode::OK, Json(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::{AccountId, KeyId, Metadata, ScopeSet, StoredStatus};
+    use keyward_store::ApiKey;
+    use time::{Duration, OffsetDateTime};
+    use ulid::Ulid;
+
+    use super::Listing;
+
+    fn key(status: StoredStatus, expires_at: Option<OffsetDateTime>) -> ApiKey {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        ApiKey {
+            key_id: KeyId::from_ulid(Ulid::from_parts(1, 1)),
+            account_id: AccountId::from_ulid(Ulid::from_parts(1, 2)),
+            name: None,
+            scopes: ScopeSet::parse(&["read"]).unwrap(),
+            metadata: Metadata::parse(serde_json::json!({})).unwrap(),
+            status,
+            expires_at,
+            created_at: now,
+            last_used: None,
+            hint: "kw_AbCd…wxyz".to_owned(),
+            version: 1,
+        }
+    }
+
+    fn statuses(page: &[u8]) -> Vec<String> {
+        let page: serde_json::Value = serde_json::from_slice(page).unwrap();
+        page["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["status"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_rendered_page_is_not_served_once_a_key_has_expired() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let listing = Listing::new(vec![
+            key(StoredStatus::Active, Some(now + Duration::seconds(10))),
+            key(StoredStatus::Inactive, Some(now + Duration::seconds(5))),
+            key(StoredStatus::Active, None),
+        ]);
+        let first = listing.whole_page(now).unwrap();
+        assert_eq!(statuses(&first), ["active", "inactive", "active"]);
+        // Still valid: the same bytes.
+        let later = listing.whole_page(now + Duration::seconds(9)).unwrap();
+        assert_eq!(later.as_ptr(), first.as_ptr());
+        // The first key expires at +10 s: a fresh rendering shows it.
+        let expired = listing.whole_page(now + Duration::seconds(10)).unwrap();
+        assert_eq!(statuses(&expired), ["expired", "inactive", "active"]);
+        // A request stamped before the rendering gets its own rendering too.
+        let earlier = listing.whole_page(now - Duration::seconds(1)).unwrap();
+        assert_ne!(earlier.as_ptr(), first.as_ptr());
+        assert_eq!(statuses(&earlier), ["active", "inactive", "active"]);
+    }
 }

@@ -3,10 +3,11 @@
 use std::sync::{Arc, Mutex};
 
 use keyward_core::{AccountId, KeyDigest, KeyPrefix};
-use keyward_store::{ApiKey, Store};
+use keyward_store::Store;
 use keyward_workers::{Meter, RateLimiter};
 use ulid::Ulid;
 
+use crate::api_keys::Listing;
 use crate::auth::KeyCache;
 use crate::cache::CoherentCache;
 
@@ -14,7 +15,7 @@ use crate::cache::CoherentCache;
 /// [`MAX_CACHED_LISTING`] keys. The short life bounds how late `last_used` shows: a
 /// request's `last_used` is flushed within the meter interval (250 ms) and a listing is
 /// at most this old, so it shows within a second as API.md asks.
-pub type ListingCache = CoherentCache<AccountId, Arc<Vec<ApiKey>>>;
+pub type ListingCache = CoherentCache<AccountId, Arc<Listing>>;
 
 /// Longest an account listing is served from memory.
 pub const LISTING_CACHE_TTL: std::time::Duration = std::time::Duration::from_millis(500);
