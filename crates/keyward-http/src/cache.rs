@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use keyward_store::StoreResult;
+use metrics::Counter;
 
 /// A bounded cache with a time to live, invalidated explicitly.
 pub struct CoherentCache<K, V> {
@@ -18,8 +19,10 @@ pub struct CoherentCache<K, V> {
     epoch: AtomicU64,
     /// False while changes may be missed: every read then goes to storage.
     coherent: AtomicBool,
-    hits_metric: &'static str,
-    misses_metric: &'static str,
+    // Handles made once: a `counter!` per lookup costs a metrics registry lookup.
+    hits: Counter,
+    misses: Counter,
+    bypassed: Counter,
 }
 
 impl<K, V> CoherentCache<K, V>
@@ -42,8 +45,9 @@ where
                 .build(),
             epoch: AtomicU64::new(0),
             coherent: AtomicBool::new(true),
-            hits_metric,
-            misses_metric,
+            hits: metrics::counter!(hits_metric),
+            misses: metrics::counter!(misses_metric),
+            bypassed: metrics::counter!("keyward_cache_bypassed_total"),
         }
     }
 
@@ -57,14 +61,14 @@ where
         Fut: Future<Output = StoreResult<Option<V>>>,
     {
         if !self.coherent.load(Ordering::Acquire) {
-            metrics::counter!("keyward_cache_bypassed_total").increment(1);
+            self.bypassed.increment(1);
             return load().await;
         }
         if let Some(hit) = self.cache.get(key) {
-            metrics::counter!(self.hits_metric).increment(1);
+            self.hits.increment(1);
             return Ok(Some(hit));
         }
-        metrics::counter!(self.misses_metric).increment(1);
+        self.misses.increment(1);
         let epoch = self.epoch.load(Ordering::Acquire);
         let Some(value) = load().await? else {
             return Ok(None);

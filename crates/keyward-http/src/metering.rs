@@ -181,8 +181,8 @@ pub async fn list_request_history(
         .into_iter()
         .map(|(_, r)| RequestItem {
             time: timefmt::format(r.time),
-            method: r.method,
-            endpoint: r.endpoint,
+            method: r.method.into_owned(),
+            endpoint: r.endpoint.into_owned(),
             status: r.status,
             user_agent: r.user_agent,
             key_id: r.key_id.to_string(),

@@ -5,7 +5,8 @@
 //! documented JSON with that id → add `x-request-id` and rate-limit headers → record the
 //! request (history, usage, `last_used`) if its key authenticated → metrics.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use keyward_store::RequestRecord;
+use metrics::{Counter, Histogram};
 use time::OffsetDateTime;
 
 use crate::auth::RequestContext;
@@ -87,28 +89,15 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     }
 
     let latency = started.elapsed();
-    // Only the standard methods name an endpoint: a client inventing methods on a known
-    // path (a 405) must not mint new metric labels.
-    let standard_method = matches!(
-        method,
-        Method::GET
-            | Method::POST
-            | Method::PATCH
-            | Method::DELETE
-            | Method::PUT
-            | Method::HEAD
-            | Method::OPTIONS
-    );
     let endpoint = route
         .as_ref()
-        .filter(|_| standard_method)
-        .map(|r| format!("{method} {}", r.as_str()));
-    if let (Some(caller), Some(endpoint)) = (ctx.caller(), &endpoint) {
+        .and_then(|r| Endpoint::of(&method, r.as_str()));
+    if let (Some(caller), Some(endpoint)) = (ctx.caller(), endpoint) {
         state.meter.record(RequestRecord {
             account_id: caller.key.account_id.clone(),
             time: arrived,
-            method: method.to_string(),
-            endpoint: endpoint.clone(),
+            method: Cow::Borrowed(endpoint.method),
+            endpoint: Cow::Borrowed(endpoint.name),
             status: response.status().as_u16(),
             user_agent: user_agent.map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
@@ -121,36 +110,108 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
             latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
         });
     }
-    // Static label strings: no allocation per request for the metrics.
-    let endpoint_label = endpoint.as_deref().map_or("unmatched", intern);
-    let status_label = status_label(response.status());
-    metrics::counter!("keyward_http_requests_total", "endpoint" => endpoint_label, "status" => status_label)
+    let endpoint = endpoint.unwrap_or_else(Endpoint::unmatched);
+    endpoint
+        .requests(status_label(response.status()))
         .increment(1);
-    metrics::histogram!("keyward_http_request_duration_seconds", "endpoint" => endpoint_label)
-        .record(latency.as_secs_f64());
+    endpoint.duration.record(latency.as_secs_f64());
     response
 }
 
-/// The `'static` copy of an endpoint name. Endpoint names are route templates with a
-/// standard method, so the set is small and fixed by the router: interning leaks a few
-/// dozen short strings once.
-fn intern(endpoint: &str) -> &'static str {
-    static NAMES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
-    let names = NAMES.get_or_init(RwLock::default);
-    if let Some(name) = names
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(endpoint)
-    {
-        return name;
+/// A route template with a standard method, e.g. `GET /v1/api-keys/{key_id}`: its name
+/// and its metric handles, made once and kept for the life of the process. The router
+/// fixes the set (a few dozen), so leaking them is bounded; profiling showed the metrics
+/// registry's per-request lookup (label vectors built and hashed) and the formatting of
+/// the name among the middleware's largest costs.
+struct Endpoint {
+    method: &'static str,
+    name: &'static str,
+    duration: Histogram,
+    by_status: RwLock<Vec<(&'static str, Counter)>>,
+}
+
+impl Endpoint {
+    /// The endpoint of a matched route. Only the standard methods name one: a client
+    /// inventing methods on a known path (a 405) must not mint new names or labels.
+    fn of(method: &Method, route: &str) -> Option<&'static Self> {
+        let method = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            Method::PUT => "PUT",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => return None,
+        };
+        type Routes = HashMap<&'static str, Vec<&'static Endpoint>>;
+        static ROUTES: OnceLock<RwLock<Routes>> = OnceLock::new();
+        let routes = ROUTES.get_or_init(RwLock::default);
+        let find = |routes: &Routes| {
+            routes
+                .get(route)
+                .and_then(|endpoints| endpoints.iter().find(|e| e.method == method).copied())
+        };
+        if let Some(endpoint) = find(&routes.read().unwrap_or_else(PoisonError::into_inner)) {
+            return Some(endpoint);
+        }
+        let mut routes = routes.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(endpoint) = find(&routes) {
+            return Some(endpoint);
+        }
+        let name: &'static str = Box::leak(format!("{method} {route}").into_boxed_str());
+        let endpoint: &'static Self = Box::leak(Box::new(Self::named(method, name)));
+        let route: &'static str = &name[method.len() + 1..];
+        routes.entry(route).or_default().push(endpoint);
+        Some(endpoint)
     }
-    let mut names = names.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(name) = names.get(endpoint) {
-        return name;
+
+    /// Requests that matched no route.
+    fn unmatched() -> &'static Self {
+        static UNMATCHED: OnceLock<Endpoint> = OnceLock::new();
+        UNMATCHED.get_or_init(|| Self::named("", "unmatched"))
     }
-    let name: &'static str = Box::leak(endpoint.to_owned().into_boxed_str());
-    names.insert(name);
-    name
+
+    fn named(method: &'static str, name: &'static str) -> Self {
+        Self {
+            method,
+            name,
+            duration: metrics::histogram!(
+                "keyward_http_request_duration_seconds", "endpoint" => name
+            ),
+            by_status: RwLock::default(),
+        }
+    }
+
+    /// The request counter of this endpoint and a status label.
+    fn requests(&self, status: &'static str) -> Counter {
+        let find = |counters: &[(&'static str, Counter)]| {
+            counters
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(counter) = find(
+            &self
+                .by_status
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return counter;
+        }
+        let mut counters = self
+            .by_status
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = find(&counters) {
+            return counter;
+        }
+        let counter = metrics::counter!(
+            "keyward_http_requests_total", "endpoint" => self.name, "status" => status
+        );
+        counters.push((status, counter.clone()));
+        counter
+    }
 }
 
 fn status_label(status: StatusCode) -> &'static str {

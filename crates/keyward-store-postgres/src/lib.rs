@@ -80,8 +80,14 @@ async fn announce_change(
     Ok(())
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "history without time index",
+        include_str!("../migrations/0002_history_without_time_index.sql"),
+    ),
+];
 
 /// Connections per node: enough for the request path's reads beside the batch writers,
 /// small enough that a dozen nodes stay under PostgreSQL's default of 100.
@@ -403,8 +409,8 @@ fn request_from_row(row: &PgRow) -> StoreResult<(i64, RequestRecord)> {
         RequestRecord {
             account_id: AccountId::from_trusted(row.try_get("account_id").map_err(get_err)?),
             time: from_ts(row.try_get("time").map_err(get_err)?)?,
-            method: row.try_get("method").map_err(get_err)?,
-            endpoint: row.try_get("endpoint").map_err(get_err)?,
+            method: Cow::Owned(row.try_get("method").map_err(get_err)?),
+            endpoint: Cow::Owned(row.try_get("endpoint").map_err(get_err)?),
             status: u16::try_from(status).map_err(|_| corrupt("status"))?,
             user_agent: row.try_get("user_agent").map_err(get_err)?,
             key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
@@ -572,8 +578,8 @@ async fn insert_requests(
     }
     let account_ids: Vec<&str> = requests.iter().map(|r| r.account_id.as_str()).collect();
     let times: Vec<i64> = requests.iter().map(|r| ts(r.time)).collect();
-    let methods: Vec<&str> = requests.iter().map(|r| r.method.as_str()).collect();
-    let endpoints: Vec<&str> = requests.iter().map(|r| r.endpoint.as_str()).collect();
+    let methods: Vec<&str> = requests.iter().map(|r| &*r.method).collect();
+    let endpoints: Vec<&str> = requests.iter().map(|r| &*r.endpoint).collect();
     let statuses: Vec<i64> = requests.iter().map(|r| i64::from(r.status)).collect();
     let user_agents: Vec<Option<&str>> = requests.iter().map(|r| r.user_agent.as_deref()).collect();
     let key_ids: Vec<&str> = requests.iter().map(|r| r.key_id.as_str()).collect();
@@ -1130,10 +1136,16 @@ impl Store for PgStore {
     async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64> {
         // `skip locked`: when retention runs on several nodes at once, each deletes rows
         // the others have not claimed instead of queueing behind their locks.
+        // Only the `batch` oldest rows by id are looked at: ids grow with time (nodes'
+        // batches interleave by at most a flush interval), so the rows past the cutoff are
+        // a prefix, and a sweep with nothing to delete reads one batch, not the table
+        // (there is no time index; see migration 2).
         let done = sqlx::query(
             "delete from request_log where request_log_id in \
-             (select request_log_id from request_log where time < $1 limit $2 \
-             for update skip locked)",
+             (select request_log_id from \
+              (select request_log_id, time from request_log order by request_log_id limit $2 \
+               for update skip locked) oldest \
+              where time < $1)",
         )
         .bind(ts(cutoff))
         .bind(i64::from(batch))

@@ -539,7 +539,7 @@ fn record(
         account_id: acct.clone(),
         time,
         method: "GET".into(),
-        endpoint: endpoint.into(),
+        endpoint: endpoint.to_owned().into(),
         status,
         user_agent: Some("contract/1".into()),
         key_id: key.clone(),

@@ -7,6 +7,8 @@
 //!
 //! With the `testing` feature, [`contract`] holds the test suite every backend must pass.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use keyward_core::{
     AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
@@ -244,10 +246,11 @@ pub struct RequestRecord {
     pub account_id: AccountId,
     /// When it arrived.
     pub time: OffsetDateTime,
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method. Both names are borrowed from `'static` strings on the request path
+    /// (no allocation per request) and owned when read back from storage.
+    pub method: Cow<'static, str>,
     /// Route template with method, e.g. `GET /v1/api-keys/{key_id}`.
-    pub endpoint: String,
+    pub endpoint: Cow<'static, str>,
     /// Response status.
     pub status: u16,
     /// The client's `user-agent`, if any (truncated).

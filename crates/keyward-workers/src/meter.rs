@@ -89,8 +89,33 @@ impl Meter {
     #[must_use]
     pub fn take(&self) -> MeterBatch {
         let mut pending = std::mem::take(&mut *self.lock());
+        // Counted under borrowed keys: one owned `UsageKey` per distinct counter rather
+        // than four allocations per row (the rows of a busy flush share a few counters).
+        let mut counts: HashMap<(&str, (i32, u8), &str, &str), (u64, &RequestRecord)> =
+            HashMap::new();
+        let mut latest: HashMap<&KeyId, OffsetDateTime> = HashMap::new();
         for request in &pending.requests {
-            add_usage(&mut pending.usage, &mut pending.last_used, request);
+            let utc = request.time.to_offset(time::UtcOffset::UTC);
+            let counter = (
+                request.account_id.as_str(),
+                (utc.year(), u8::from(utc.month())),
+                &*request.endpoint,
+                request.key_id.as_str(),
+            );
+            counts.entry(counter).or_insert((0, request)).0 += 1;
+            let last = latest.entry(&request.key_id).or_insert(request.time);
+            if *last < request.time {
+                *last = request.time;
+            }
+        }
+        for (n, request) in counts.into_values() {
+            *pending.usage.entry(usage_key(request)).or_insert(0) += n;
+        }
+        for (key_id, at) in latest {
+            let last = pending.last_used.entry(key_id.clone()).or_insert(at);
+            if *last < at {
+                *last = at;
+            }
         }
         let mut last_used: Vec<_> = pending.last_used.into_iter().collect();
         last_used.sort_by(|a, b| a.0.cmp(&b.0));
@@ -104,19 +129,22 @@ impl Meter {
     }
 }
 
+fn usage_key(request: &RequestRecord) -> UsageKey {
+    UsageKey {
+        account_id: request.account_id.clone(),
+        month: month_of(request.time),
+        endpoint: request.endpoint.clone().into_owned(),
+        key_id: request.key_id.clone(),
+    }
+}
+
 /// Counts `request` in the usage counters and moves its key's `last_used` forward.
 fn add_usage(
     usage: &mut HashMap<UsageKey, u64>,
     last_used: &mut HashMap<KeyId, OffsetDateTime>,
     request: &RequestRecord,
 ) {
-    let usage_key = UsageKey {
-        account_id: request.account_id.clone(),
-        month: month_of(request.time),
-        endpoint: request.endpoint.clone(),
-        key_id: request.key_id.clone(),
-    };
-    *usage.entry(usage_key).or_insert(0) += 1;
+    *usage.entry(usage_key(request)).or_insert(0) += 1;
     let last = last_used
         .entry(request.key_id.clone())
         .or_insert(request.time);
