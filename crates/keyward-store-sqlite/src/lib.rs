@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -98,6 +99,48 @@ fn history_insert_sql(rows: usize) -> &'static str {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    creates: Arc<CreateQueue>,
+}
+
+/// Group commit of key creations. Every 201 waits for an fsynced commit, and SQLite has
+/// one writer, so one commit per key caps creation at the disk's fsync rate (about 2,000
+/// per second here). Creations that arrive while a commit is running queue up, and the
+/// next one to take the lead commits them all in one transaction, each in its own
+/// savepoint so that one failing key fails alone.
+#[derive(Default)]
+struct CreateQueue {
+    waiting: std::sync::Mutex<Vec<QueuedCreate>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+struct QueuedCreate {
+    key: NewKey,
+    audit: AuditContext,
+    reply: tokio::sync::oneshot::Sender<StoreResult<ApiKey>>,
+}
+
+impl std::fmt::Debug for CreateQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateQueue").finish_non_exhaustive()
+    }
+}
+
+impl CreateQueue {
+    fn push(&self, create: QueuedCreate) {
+        self.lock().push(create);
+    }
+
+    fn take(&self) -> Vec<QueuedCreate> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<QueuedCreate>> {
+        // Pushing and taking can't leave the vector half-changed: a poisoned lock is
+        // still consistent.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl SqliteStore {
@@ -141,13 +184,63 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            creates: Arc::default(),
+        })
     }
 
     /// Closes both pools, waiting for running statements.
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+    }
+
+    /// Commits queued creations in one transaction and answers each of them.
+    async fn commit_creates(&self, batch: Vec<QueuedCreate>) {
+        let savepoints = batch.len() > 1;
+        let committed = async {
+            let mut tx = self.begin().await?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for create in &batch {
+                if savepoints {
+                    sqlx::query("savepoint one_key")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                let outcome = insert_one_key(&mut tx, &create.key, &create.audit).await;
+                if savepoints {
+                    if outcome.is_err() {
+                        sqlx::query("rollback to one_key")
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    }
+                    sqlx::query("release one_key")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                outcomes.push(outcome);
+            }
+            tx.commit().await.map_err(map_err)?;
+            Ok::<_, StoreError>(outcomes)
+        }
+        .await;
+        match committed {
+            Ok(outcomes) => {
+                for (create, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = create.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                for create in batch {
+                    let _ = create.reply.send(Err(same_error(&e)));
+                }
+            }
+        }
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -266,6 +359,33 @@ async fn insert_key_rows(tx: &mut Transaction<'static, Sqlite>, key: &NewKey) ->
     .await
     .map_err(map_err)?;
     insert_secret(tx, &key.key_id, &key.secret, key.created_at).await
+}
+
+async fn insert_one_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    key: &NewKey,
+    audit: &AuditContext,
+) -> StoreResult<ApiKey> {
+    insert_key_rows(tx, key).await?;
+    insert_audit(
+        tx,
+        &key.account_id,
+        &key.key_id,
+        AuditAction::Created,
+        audit,
+    )
+    .await?;
+    key_in_tx(tx, &key.account_id, &key.key_id).await
+}
+
+/// The same failure for each key of a batch whose commit failed.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Conflict(rule) => StoreError::Conflict(rule),
+        StoreError::Unavailable(source) => StoreError::Unavailable(source.to_string().into()),
+        StoreError::Other(source) => StoreError::Other(source.to_string().into()),
+    }
 }
 
 async fn insert_secret(
@@ -590,19 +710,26 @@ impl Store for SqliteStore {
     }
 
     async fn insert_key(&self, key: &NewKey, audit: &AuditContext) -> StoreResult<ApiKey> {
-        let mut tx = self.begin().await?;
-        insert_key_rows(&mut tx, key).await?;
-        insert_audit(
-            &mut tx,
-            &key.account_id,
-            &key.key_id,
-            AuditAction::Created,
-            audit,
-        )
-        .await?;
-        let stored = key_in_tx(&mut tx, &key.account_id, &key.key_id).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(stored)
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.creates.push(QueuedCreate {
+            key: key.clone(),
+            audit: audit.clone(),
+            reply,
+        });
+        {
+            let _leader = self.creates.leader.lock().await;
+            // Empty when an earlier leader already committed this key with its batch.
+            let batch = self.creates.take();
+            if !batch.is_empty() {
+                // Spawned so that the batch completes and every waiter hears back even if
+                // this request goes away mid-commit.
+                let store = self.clone();
+                let _ = tokio::spawn(async move { store.commit_creates(batch).await }).await;
+            }
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Other("the key creation was abandoned".into())))
     }
 
     async fn import_keys(&self, keys: &[NewKey], audit: &AuditContext) -> StoreResult<()> {

@@ -37,6 +37,7 @@ where
     imported_keys_authenticate_and_are_audited(&make().await.0).await;
     meter_batches_record_history_usage_and_last_used(&make().await.0).await;
     history_pages_by_cursor_and_filters_and_prunes(&make().await.0).await;
+    concurrent_creations_each_commit_and_fail_alone(&make().await.0).await;
 }
 
 /// Ids from one monotonic generator, so that creation order is id order as in the service.
@@ -706,4 +707,69 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(others.len(), 1);
+}
+
+/// Creations arriving together (which a backend may commit in one transaction) each get
+/// their own answer: a key that can't be inserted fails alone, the others are stored.
+async fn concurrent_creations_each_commit_and_fail_alone<S: Store>(store: &S) {
+    let (acct, first, _) = seeded(store, Plan::Pro).await;
+    let mut keys: Vec<NewKey> = (0..40)
+        .map(|_| new_key(&acct.account_id, &["read"]).0)
+        .collect();
+    // The secret of an existing key: refused by the unique constraint on digests after
+    // its key row went in, which must then be gone too.
+    let mut duplicate = new_key(&acct.account_id, &["read"]).0;
+    duplicate.secret = first.secret.clone();
+    keys.insert(20, duplicate);
+    let audit = audit();
+    let outcomes =
+        futures_util::future::join_all(keys.iter().map(|k| store.insert_key(k, &audit))).await;
+    for (i, (key, outcome)) in keys.iter().zip(&outcomes).enumerate() {
+        if i == 20 {
+            assert!(
+                matches!(outcome, Err(StoreError::Conflict(_))),
+                "duplicate: {outcome:?}"
+            );
+        } else {
+            assert_eq!(outcome.as_ref().unwrap().key_id, key.key_id);
+        }
+    }
+    let query = KeyQuery {
+        status: None,
+        limit: None,
+        after: None,
+        now: now(),
+    };
+    let (listed, _) = store.list_keys(&acct.account_id, &query).await.unwrap();
+    assert_eq!(listed.len(), 41, "the first key and the 40 new ones");
+    assert!(listed.iter().all(|k| k.key_id != keys[20].key_id));
+    for key in keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 20)
+        .map(|(_, k)| k)
+    {
+        assert!(
+            store
+                .auth_by_digest(&key.secret.digest)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    let log = store
+        .audit_log(
+            &acct.account_id,
+            &PageQuery {
+                limit: 100,
+                ..PageQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        log.len(),
+        41,
+        "one audit event per stored key, none for the refused one"
+    );
 }
