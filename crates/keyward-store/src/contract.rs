@@ -713,8 +713,15 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
 /// their own answer: a key that can't be inserted fails alone, the others are stored.
 async fn concurrent_creations_each_commit_and_fail_alone<S: Store>(store: &S) {
     let (acct, first, _) = seeded(store, Plan::Pro).await;
-    let mut keys: Vec<NewKey> = (0..40)
-        .map(|_| new_key(&acct.account_id, &["read"]).0)
+    let mut keys: Vec<NewKey> = (0..40_u32)
+        .map(|i| {
+            let mut key = new_key(&acct.account_id, &["read"]).0;
+            if i % 3 == 0 {
+                key.name = None;
+                key.expires_at = Some(now() + Duration::days(30));
+            }
+            key
+        })
         .collect();
     // The secret of an existing key: refused by the unique constraint on digests after
     // its key row went in, which must then be gone too.
@@ -731,7 +738,13 @@ async fn concurrent_creations_each_commit_and_fail_alone<S: Store>(store: &S) {
                 "duplicate: {outcome:?}"
             );
         } else {
-            assert_eq!(outcome.as_ref().unwrap().key_id, key.key_id);
+            // What insert_key answers is what storage holds.
+            let stored = store
+                .get_key(&acct.account_id, &key.key_id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(outcome.as_ref().unwrap(), &stored);
         }
     }
     let query = KeyQuery {

@@ -91,8 +91,7 @@ impl Meter {
         let mut pending = std::mem::take(&mut *self.lock());
         // Counted under borrowed keys: one owned `UsageKey` per distinct counter rather
         // than four allocations per row (the rows of a busy flush share a few counters).
-        let mut counts: HashMap<(&str, (i32, u8), &str, &str), (u64, &RequestRecord)> =
-            HashMap::new();
+        let mut counts: HashMap<BorrowedUsageKey<'_>, (u64, &RequestRecord)> = HashMap::new();
         let mut latest: HashMap<&KeyId, OffsetDateTime> = HashMap::new();
         for request in &pending.requests {
             let utc = request.time.to_offset(time::UtcOffset::UTC);
@@ -128,6 +127,9 @@ impl Meter {
         }
     }
 }
+
+/// Account, (year, month), endpoint and key of a usage counter, borrowed from a row.
+type BorrowedUsageKey<'a> = (&'a str, (i32, u8), &'a str, &'a str);
 
 fn usage_key(request: &RequestRecord) -> UsageKey {
     UsageKey {
