@@ -1,109 +1,177 @@
 #!/usr/bin/env bash
-# keyward's load benchmark: the real server (release build, SQLite, metering on) against a
-# bare axum server returning the same bytes, measured in the same run with the same wrk
-# settings, so the ratio survives a noisy machine. Loopback only; every run is bounded.
+# keyward's load benchmark in one command. On a release build it seeds a database
+# (ACCOUNTS enterprise accounts with 10 keys each, request history to match), starts
+# keyward on it (metering on), and drives it with wrk over five scenarios. Each scenario
+# also runs, in the same run and with the same wrk settings, against bare-server: a bare
+# axum server answering the same paths with the same bytes (captured from keyward), the
+# ceiling; so the ratio survives a noisy machine. Loopback only; every step is bounded.
 #
-# Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS] [sqlite|postgres] [unlimited|limited]
-#        (default 10 s, 64 connections, sqlite, unlimited; postgres uses a fresh schema in
-#        KEYWARD_BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432/test, dropped after;
-#        limited gives the account limits too high to reach, so every request also goes
-#        through the rate limiter and carries x-ratelimit-* headers)
-# Output: a Markdown table on stdout and everything under bench/out/<timestamp>/.
+# Usage: bench/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [sqlite|postgres] [unlimited|limited] [ACCOUNTS=100000]
+#
+# Dataset: ACCOUNTS x 10 keys (default 1,000,000), created through the store by seed-keys;
+#   then ACCOUNTS x 10 request-history rows (KEYWARD_BENCH_HISTORY_ROWS overrides) written
+#   through the store's metering batch writer by seed-history, spread over the sampled
+#   accounts, the ones that get traffic.
+# Callers: the first keys of KEYWARD_BENCH_SAMPLE (default 1,000) accounts spread over the
+#   dataset, each with 10 keys; wrk cycles through them. Creates use as many other accounts
+#   (or, with fewer than twice that many accounts, half of them each), so the listed
+#   accounts keep exactly 10 keys and answer the bytes the bare server answers.
+# Scenarios, each `wrk -t2 -cCONNECTIONS -dDURATION_SECONDS s`, bare-server then keyward:
+#   list      GET /v1/api-keys (an account with 10 keys)
+#   validate  POST /v1/api-keys/validate
+#   get       GET /v1/api-keys/{key_id}, the caller's own key
+#   create    POST /v1/api-keys with a JSON body; every 201 is a durable commit
+#   mix       per request, by fixed weights: 70 % validate, 15 % list, 10 % get, 5 % create
+#             (the order is in bench/wrk/keyward.lua)
+# postgres: a fresh schema in KEYWARD_BENCH_PG_URL (default
+#   postgres://postgres@127.0.0.1:5432/test), dropped on exit.
+# limited: every account gets limits too high to reach (10^9 per minute and per day), so
+#   every request also goes through the rate limiter and carries x-ratelimit-* headers.
+# Output: a Markdown table on stdout and in bench/out/<timestamp>/results.md (the directory
+#   is KEYWARD_BENCH_OUT if set), beside the raw wrk output and the captured bodies;
+#   progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+usage="usage: bench/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [sqlite|postgres] [unlimited|limited] [ACCOUNTS=100000]"
 duration="${1:-10}"
 connections="${2:-64}"
 backend="${3:-sqlite}"
 limits="${4:-unlimited}"
+accounts="${5:-100000}"
+sample="${KEYWARD_BENCH_SAMPLE:-1000}"
+history_rows="${KEYWARD_BENCH_HISTORY_ROWS:-$((accounts * 10))}"
+die() { echo "$*" >&2; exit 2; }
+[ $# -le 5 ] || die "$usage"
+for n in "$duration" "$connections" "$accounts" "$sample" "$history_rows"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || die "$usage (not a whole number: $n)"
+done
+[ "$duration" -ge 1 ] || die "DURATION_SECONDS must be at least 1"
+# wrk needs at least one connection per thread.
+[ "$connections" -ge 2 ] || die "CONNECTIONS must be at least 2"
+[ "$accounts" -ge 2 ] || die "ACCOUNTS must be at least 2 (listed accounts and accounts that get the creates)"
+[ "$sample" -ge 1 ] || die "KEYWARD_BENCH_SAMPLE must be at least 1"
+case "$backend" in sqlite | postgres) ;; *) die "$usage" ;; esac
+case "$limits" in unlimited | limited) ;; *) die "$usage" ;; esac
+callers=$((accounts / 2 < sample ? accounts / 2 : sample))
+keys_stored=$((accounts * 10))
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build --release --locked --bin keyward --bin bare-server
+cargo build --release --locked --bin keyward --bin bare-server --bin seed-keys --bin seed-history
 
-out="bench/out/$(date -u +%Y%m%dT%H%M%SZ)"
+out="${KEYWARD_BENCH_OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out"
 work="$(mktemp -d)"
 pids=()
 pg_url="${KEYWARD_BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 schema="kw_bench_$$"
+schema_made=""
+export PGCONNECT_TIMEOUT=10
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [ "$backend" = postgres ] && psql -q "$pg_url" -c "drop schema if exists $schema cascade" 2>/dev/null
+    if [ -n "$schema_made" ]; then
+        psql -q "$pg_url" -c "drop schema if exists $schema cascade" >/dev/null 2>&1 || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 wait_for() { # LOGFILE PATTERN -> prints the base URL
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 300); do
         if grep -q "$2" "$1"; then grep -o "$2 http://[0-9.:]*" "$1" | awk '{print $NF}'; return; fi
         sleep 0.1
     done
-    echo "server did not start: $(cat "$1")" >&2; exit 1
+    echo "server did not start within 30 s: $(cat "$1")" >&2
+    exit 1
 }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 if [ "$backend" = postgres ]; then
-    psql -q "$pg_url" -c "create schema $schema"
-    db="$pg_url?options=-c%20search_path%3D$schema"
+    psql -q -v ON_ERROR_STOP=1 "$pg_url" -c "create schema $schema"
+    schema_made=1
+    case "$pg_url" in *\?*) sep='&' ;; *) sep='?' ;; esac
+    db="$pg_url${sep}options=-c%20search_path%3D$schema"
 else
     db="sqlite:$work/keyward.db"
 fi
+
+echo "seeding $accounts accounts x 10 keys and $history_rows history rows ($backend)" >&2
+limit_args=()
+if [ "$limits" = limited ]; then limit_args=(--limits 1000000000); fi
+seed_started="$(now_ms)"
+target/release/seed-keys "$db" "$accounts" 10 "$work/sample.txt" $((2 * callers)) "${limit_args[@]}"
+target/release/seed-history "$db" "$work/sample.txt" "$history_rows"
+seed_ms=$(($(now_ms) - seed_started))
+# Alternate lines, so both sets are spread over the whole dataset.
+awk 'NR % 2 == 1' "$work/sample.txt" > "$work/callers.txt"
+awk 'NR % 2 == 0' "$work/sample.txt" > "$work/creators.txt"
+
 target/release/keyward serve --listen 127.0.0.1:0 --database-url "$db" --no-bootstrap 2> "$work/keyward.log" > /dev/null &
-keyward_pid=$!; pids+=("$keyward_pid")
+keyward_pid=$!
+pids+=("$keyward_pid")
 keyward="$(wait_for "$work/keyward.log" "keyward listening on")"
 
-# An enterprise account (no rate limit) with 10 keys, as in the issue.
-created="$(target/release/keyward accounts create --name bench --plan enterprise --json --database-url "$db")"
-key="$(sed -E 's/.*"api_key":"([^"]+)".*/\1/' <<< "$created")"
-if [ "$limits" = limited ]; then
-    target/release/keyward accounts set-limits "$(sed -E 's/.*"account_id":"([^"]+)".*/\1/' <<< "$created")" \
-        --per-minute 1000000000 --per-day 1000000000 --database-url "$db" > /dev/null
-fi
-for i in $(seq 2 10); do
-    curl -sf -X POST "$keyward/v1/api-keys" -H "x-api-key: $key" -H 'content-type: application/json' \
-         -d "{\"name\":\"bench key $i\",\"scopes\":[\"read\"],\"metadata\":{\"n\":$i}}" > /dev/null
-done
-curl -sf "$keyward/v1/api-keys" -H "x-api-key: $key" > "$out/list.json"
-curl -sf -X POST "$keyward/v1/api-keys/validate" -H "x-api-key: $key" > "$out/validate.json"
+# The bare server's bodies are keyward's own answers to the first caller, taken once its
+# key's last_used has been flushed (at most a second), as it is during the runs.
+read -r key key_id _ < "$work/callers.txt"
+read -r creator _ < "$work/creators.txt"
 create_body='{"name":"bench","scopes":["read"],"metadata":{"env":"bench"}}'
-curl -sf -X POST "$keyward/v1/api-keys" -H "x-api-key: $key" -H 'content-type: application/json' \
-     -d "$create_body" > "$out/create.json"
+fetch() { curl -sf --max-time 10 "$@"; }
+fetch -X POST "$keyward/v1/api-keys/validate" -H "x-api-key: $key" -D "$out/validate.headers" > "$out/validate.json"
+if [ "$limits" = limited ] && ! grep -qi '^x-ratelimit-limit' "$out/validate.headers"; then
+    echo "limited, but keyward sent no x-ratelimit-* headers: the limits did not apply" >&2
+    exit 1
+fi
+sleep 1.5
+fetch "$keyward/v1/api-keys" -H "x-api-key: $key" > "$out/list.json"
+fetch "$keyward/v1/api-keys/$key_id" -H "x-api-key: $key" > "$out/get.json"
+fetch -X POST "$keyward/v1/api-keys" -H "x-api-key: $creator" -H 'content-type: application/json' \
+    -d "$create_body" > "$out/create.json"
+listed="$(grep -o '"key_id"' "$out/list.json" | wc -l)"
+[ "$listed" -eq 10 ] || { echo "expected 10 keys in the list body, got $listed" >&2; exit 1; }
 
-target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" "$out/create.json" 2> "$work/bare.log" &
+target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" "$out/create.json" "$out/get.json" \
+    2> "$work/bare.log" &
 pids+=("$!")
 bare="$(wait_for "$work/bare.log" "bare-server listening on")"
 
-run() { # NAME URL METHOD [BODY]
-    local name="$1" url="$2" method="$3"
-    WRK_KEY="$key" WRK_METHOD="$method" WRK_BODY="${4:-}" wrk -t2 -c"$connections" -d"${duration}s" \
-        -s bench/wrk/keyward.lua "$url" > "$out/$name.txt" 2>&1
+run() { # TARGET SCENARIO BASE_URL -> one line: TARGET-SCENARIO rps=... (wrk's RESULT line)
+    local name="$1-$2"
+    echo "wrk: $name" >&2
+    if ! WRK_SCENARIO="$2" WRK_KEYS_FILE="$work/callers.txt" WRK_CREATE_KEYS_FILE="$work/creators.txt" \
+        WRK_BODY="$create_body" timeout $((duration + 60)) \
+        wrk -t2 -c"$connections" -d"${duration}s" -s bench/wrk/keyward.lua "$3/" > "$out/$name.txt" 2>&1 ||
+        ! grep -q '^RESULT' "$out/$name.txt"; then
+        echo "wrk failed ($name): $(cat "$out/$name.txt")" >&2
+        exit 1
+    fi
     grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT/$name/"
 }
 
-{
-    run bare-list "$bare/v1/api-keys" GET
-    run keyward-list "$keyward/v1/api-keys" GET
-    run bare-validate "$bare/v1/api-keys/validate" POST
-    run keyward-validate "$keyward/v1/api-keys/validate" POST
-    # Creation: every 201 is durable (one fsynced commit each).
-    run bare-create "$bare/v1/api-keys" POST "$create_body"
-    run keyward-create "$keyward/v1/api-keys" POST "$create_body"
-} | tee "$out/results.txt"
+scenarios=(list validate get create mix)
+for s in "${scenarios[@]}"; do
+    run bare "$s" "$bare"
+    run keyward "$s" "$keyward"
+done > "$out/results.txt"
 
-sleep 1.5   # let the last metering batch land
-curl -sf "$keyward/metrics" > "$out/metrics.txt"
+sleep 1.5 # let the last metering batch land
+fetch "$keyward/metrics" > "$out/metrics.txt"
 rss_kib="$(awk '/VmHWM/ {print $2}' "/proc/$keyward_pid/status")"
 dropped="$(awk '/^keyward_meter_dropped_rows_total/ {print $2}' "$out/metrics.txt")"
 flushed="$(awk '/^keyward_meter_flushed_rows_total/ {print $2}' "$out/metrics.txt")"
 
 field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")"; }
 {
-    echo "| endpoint | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors |"
+    echo "| scenario | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors |"
     echo "|---|---|---|---|---|---|---|"
-    for ep in list validate create; do
-        b="$(field bare-$ep rps)"; k="$(field keyward-$ep rps)"
-        ratio="$(awk -v k="$k" -v b="$b" 'BEGIN { printf "%.0f %%", 100 * k / b }')"
-        echo "| $ep | $b | $k | $ratio | $(field bare-$ep p99_ms) | $(field keyward-$ep p50_ms) / $(field keyward-$ep p99_ms) / $(field keyward-$ep p999_ms) | $(field keyward-$ep errors) |"
+    for s in "${scenarios[@]}"; do
+        b="$(field "bare-$s" rps)"
+        k="$(field "keyward-$s" rps)"
+        ratio="$(awk -v k="$k" -v b="$b" 'BEGIN { if (b > 0) printf "%.0f %%", 100 * k / b; else print "-" }')"
+        echo "| $s | $b | $k | $ratio | $(field "bare-$s" p99_ms) | $(field "keyward-$s" p50_ms) / $(field "keyward-$s" p99_ms) / $(field "keyward-$s" p999_ms) | $(field "keyward-$s" errors) |"
+        bare_errors="$(field "bare-$s" errors)"
+        [ "$bare_errors" = 0 ] || echo "bare-server had $bare_errors errors in $s" >&2
     done
     echo
-    echo "backend: $backend, $limits; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}"
+    echo "$backend, $limits; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates)"
 } | tee "$out/results.md"

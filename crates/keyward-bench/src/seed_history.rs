@@ -1,14 +1,16 @@
-//! Fills an account's request history and usage counters with `ROWS` generated rows, the
-//! way the metering batch writer would have, to measure history and usage queries on a
-//! large account.
+//! Fills request history and usage counters with `ROWS` generated rows, the way the
+//! metering batch writer would have, either for one account (to measure history and usage
+//! queries on a large account) or spread round-robin over the callers of a `seed-keys`
+//! sample file (lines `SECRET KEY_ID ACCOUNT_ID`), to give a load-test dataset history
+//! rows to match its keys.
 //!
-//! Usage: `seed-history DATABASE_PATH ACCOUNT_ID KEY_ID ROWS`
-
-use std::path::Path;
+//! Usage: `seed-history DATABASE_URL ACCOUNT_ID KEY_ID ROWS`
+//!    or: `seed-history DATABASE_URL SAMPLE_FILE ROWS`
+//!
+//! `DATABASE_URL` is anything `keyward --database-url` takes, a plain SQLite path included.
 
 use keyward_core::{AccountId, KeyId};
-use keyward_store::{MeterBatch, RequestRecord, Store, UsageKey};
-use keyward_store_sqlite::SqliteStore;
+use keyward_store::{MeterBatch, RequestRecord, UsageKey};
 use time::{Duration, OffsetDateTime};
 
 const ENDPOINTS: [&str; 4] = [
@@ -18,16 +20,45 @@ const ENDPOINTS: [&str; 4] = [
     "GET /v1/usage",
 ];
 
+const USAGE: &str = "usage: seed-history DATABASE_URL ACCOUNT_ID KEY_ID ROWS\n   or: seed-history DATABASE_URL SAMPLE_FILE ROWS";
+
+fn callers_from(file: &str) -> Result<Vec<(AccountId, KeyId)>, Box<dyn std::error::Error>> {
+    let mut callers = Vec::new();
+    for line in std::fs::read_to_string(file)?.lines() {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(key), Some(account)) = (fields.next(), fields.next()) else {
+            return Err(format!("{file}: expected `SECRET KEY_ID ACCOUNT_ID` lines").into());
+        };
+        callers.push((
+            AccountId::parse(account).map_err(|_| "bad account id")?,
+            KeyId::parse(key).map_err(|_| "bad key id")?,
+        ));
+    }
+    if callers.is_empty() {
+        return Err(format!("{file} has no callers").into());
+    }
+    Ok(callers)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [path, account, key, rows] = args.as_slice() else {
-        return Err("usage: seed-history DATABASE_PATH ACCOUNT_ID KEY_ID ROWS".into());
+    let (url, callers, rows) = match args.as_slice() {
+        [url, account, key, rows] => (
+            url,
+            vec![(
+                AccountId::parse(account).map_err(|_| "bad account id")?,
+                KeyId::parse(key).map_err(|_| "bad key id")?,
+            )],
+            rows,
+        ),
+        [url, file, rows] => (url, callers_from(file)?, rows),
+        _ => return Err(USAGE.into()),
     };
-    let account = AccountId::parse(account).map_err(|_| "bad account id")?;
-    let key = KeyId::parse(key).map_err(|_| "bad key id")?;
     let rows: u64 = rows.parse()?;
-    let store = SqliteStore::open(Path::new(path)).await?;
+    let url = keyward::cli::DatabaseUrl::parse(url)?;
+    let backend = keyward::open_store(&url).await?;
+    let store = backend.store();
     let now = OffsetDateTime::now_utc();
     let started = std::time::Instant::now();
     let mut written = 0;
@@ -40,13 +71,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Oldest first, spread over the last 20 days: the newest rows are this month's.
             let age = Duration::seconds(i64::try_from((rows - seq) * 20 * 86_400 / rows)?);
             let time = now - age;
-            let endpoint = ENDPOINTS[usize::try_from(seq % 4)?];
+            let (account, key) = &callers[usize::try_from(seq)? % callers.len()];
+            // Counted per caller, so each account gets every endpoint and status mix.
+            let nth = seq / u64::try_from(callers.len())?;
+            let endpoint = ENDPOINTS[usize::try_from(nth % 4)?];
             batch.requests.push(RequestRecord {
                 account_id: account.clone(),
                 time,
-                method: endpoint.split(' ').next().unwrap_or("GET").to_owned(),
-                endpoint: endpoint.to_owned(),
-                status: if seq % 10 == 0 { 404 } else { 200 },
+                method: endpoint.split(' ').next().unwrap_or("GET").into(),
+                endpoint: (*endpoint).into(),
+                status: if nth % 10 == 0 { 404 } else { 200 },
                 user_agent: Some("seed-history/1".to_owned()),
                 key_id: key.clone(),
                 request_id: format!("req_seed{seq:012}"),
@@ -64,9 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.write_meter_batch(&batch).await?;
         written += n;
     }
-    store.close().await;
+    backend.close().await;
     eprintln!(
-        "wrote {rows} history rows in {:.1} s",
+        "wrote {rows} history rows over {} account(s) in {:.1} s",
+        callers.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

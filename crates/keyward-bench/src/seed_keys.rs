@@ -1,43 +1,61 @@
 //! Builds a large benchmark dataset: `ACCOUNTS` enterprise accounts with
 //! `KEYS_PER_ACCOUNT` keys each (created through the store, with audit events), and
-//! writes the secrets of up to `SAMPLE` keys, one per line and one per account, to
-//! `SECRETS_FILE` for wrk to cycle through.
+//! writes up to `SAMPLE` (default 1,000) callers for wrk to cycle through to
+//! `SAMPLE_FILE`, one line per account: `SECRET KEY_ID ACCOUNT_ID` of the account's first
+//! key (scopes read, write, admin). The sampled accounts are spread evenly over the
+//! dataset rather than taken from its start, so requests touch the whole key table.
 //!
-//! Usage: `seed-keys DATABASE_URL ACCOUNTS KEYS_PER_ACCOUNT SECRETS_FILE [SAMPLE]`
+//! `--limits N` gives every account custom limits of N requests per minute and per day,
+//! stored with the account itself, so a "limited" dataset costs no extra commit.
+//!
+//! Usage: `seed-keys DATABASE_URL ACCOUNTS KEYS_PER_ACCOUNT SAMPLE_FILE [SAMPLE] [--limits N]`
 
 use std::io::Write as _;
 
 use keyward_core::{
-    KeyId, KeyName, KeyPrefix, KeySecret, Metadata, OsRandom, Plan, ScopeSet, timefmt,
+    AccountId, KeyId, KeyName, KeyPrefix, KeySecret, Limits, Metadata, OsRandom, Plan, ScopeSet,
+    timefmt,
 };
-use keyward_store::{AuditContext, NewKey, NewSecret};
+use keyward_store::{Account, AuditContext, NewKey, NewSecret};
 use time::OffsetDateTime;
+
+const USAGE: &str =
+    "usage: seed-keys DATABASE_URL ACCOUNTS KEYS_PER_ACCOUNT SAMPLE_FILE [SAMPLE] [--limits N]";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let limits = match args.iter().position(|a| a == "--limits") {
+        Some(i) => {
+            let n: u32 = args.get(i + 1).ok_or(USAGE)?.parse()?;
+            args.drain(i..=i + 1);
+            Limits::new(Some(n), Some(n))
+        }
+        None => Limits::default(),
+    };
     let (url, accounts, per_account, out) = match args.as_slice() {
-        [url, accounts, per_account, out, ..] => (
+        [url, accounts, per_account, out, ..] if args.len() <= 5 => (
             url,
             accounts.parse::<usize>()?,
             per_account.parse::<usize>()?,
             out,
         ),
-        _ => {
-            return Err(
-                "usage: seed-keys DATABASE_URL ACCOUNTS KEYS_PER_ACCOUNT SECRETS_FILE [SAMPLE]"
-                    .into(),
-            );
-        }
+        _ => return Err(USAGE.into()),
     };
-    let sample: usize = args.get(4).map_or(Ok(10_000), |s| s.parse())?;
+    if per_account == 0 {
+        return Err("KEYS_PER_ACCOUNT must be at least 1 (the account's first key)".into());
+    }
+    let sample: usize = args.get(4).map_or(Ok(1_000), |s| s.parse())?;
+    let stride = (accounts / sample.max(1)).max(1);
     let url = keyward::cli::DatabaseUrl::parse(url)?;
     let backend = keyward::open_store(&url).await?;
     let store = backend.store();
     let prefix = KeyPrefix::default();
     let scopes = ScopeSet::parse(&["read", "write"])?;
+    let first_scopes = ScopeSet::parse(&["read", "write", "admin"])?;
+    let first_name = KeyName::parse("First key")?;
     let started = std::time::Instant::now();
-    let mut secrets = std::fs::File::create(out)?;
+    let mut sampled = std::io::BufWriter::new(std::fs::File::create(out)?);
     let mut written = 0;
     let mut batch = Vec::new();
     let audit = AuditContext {
@@ -47,24 +65,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         changes: serde_json::json!({ "seeded": true }),
     };
     let mut generator = ulid::Generator::new();
+    let mut next_ulid = || generator.generate().map_err(|_| "ULID overflow");
     for a in 0..accounts {
-        let created = keyward::create_account(
-            store.as_ref(),
-            &format!("bench-{a}"),
-            Plan::Enterprise,
-            &prefix,
-            "seed-keys",
-        )
-        .await?;
-        if written < sample {
-            writeln!(secrets, "{}", created.secret.expose())?;
+        let account = Account {
+            account_id: AccountId::from_ulid(next_ulid()?),
+            name: format!("bench-{a}"),
+            plan: Plan::Enterprise,
+            custom_limits: limits,
+            created_at: audit.time,
+        };
+        let secret = KeySecret::generate(&prefix, &mut OsRandom);
+        let first = NewKey {
+            key_id: KeyId::from_ulid(next_ulid()?),
+            account_id: account.account_id.clone(),
+            name: Some(first_name.clone()),
+            scopes: first_scopes.clone(),
+            metadata: Metadata::default(),
+            expires_at: None,
+            created_at: audit.time,
+            secret: NewSecret {
+                digest: secret.digest(),
+                hint: secret.hint(),
+            },
+        };
+        store.create_account(&account, &first, &audit).await?;
+        if a % stride == 0 && written < sample {
+            writeln!(
+                sampled,
+                "{} {} {}",
+                secret.expose(),
+                first.key_id.as_str(),
+                account.account_id.as_str()
+            )?;
             written += 1;
         }
         for k in 1..per_account {
             let secret = KeySecret::generate(&prefix, &mut OsRandom);
             batch.push(NewKey {
-                key_id: KeyId::from_ulid(generator.generate().map_err(|_| "ULID overflow")?),
-                account_id: created.account.account_id.clone(),
+                key_id: KeyId::from_ulid(next_ulid()?),
+                account_id: account.account_id.clone(),
                 name: Some(KeyName::parse(&format!("bench key {k}"))?),
                 scopes: scopes.clone(),
                 metadata: Metadata::parse(serde_json::json!({ "n": k }))?,
@@ -76,14 +115,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
             });
         }
-        if batch.len() >= 10_000 || a + 1 == accounts {
+        if batch.len() >= 10_000 || (a + 1 == accounts && !batch.is_empty()) {
             store.import_keys(&batch, &audit).await?;
             batch.clear();
         }
     }
+    sampled.flush()?;
     backend.close().await;
     eprintln!(
-        "seeded {accounts} accounts x {per_account} keys in {:.1} s; {written} secrets in the file",
+        "seeded {accounts} accounts x {per_account} keys in {:.1} s; {written} sampled callers in the file",
         started.elapsed().as_secs_f64()
     );
     Ok(())
