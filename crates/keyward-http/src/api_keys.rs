@@ -1,6 +1,7 @@
 //! `/v1/api-keys`: the seed endpoint and the whole key lifecycle (API.md §Endpoints).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -137,39 +138,92 @@ fn ensure_within_caller(caller: &Caller, scopes: &ScopeSet) -> Result<(), ApiErr
 }
 
 /// An account's whole key listing as cached, with the JSON of its unfiltered page
-/// rendered once: profiling the list endpoint showed serialisation at 11 % of CPU.
+/// rendered once per state of the listing: profiling the list endpoint showed
+/// serialisation at 11 % of CPU.
 #[derive(Debug)]
 pub struct Listing {
     keys: Vec<ApiKey>,
-    whole_page: OnceLock<RenderedPage>,
+    /// Each key's `last_used` in unix seconds (`i64::MIN`: never), moved forward as
+    /// metering batches are stored, so that the listing can live longer than the one
+    /// second within which a use must show.
+    last_used: Vec<AtomicI64>,
+    /// Bumped whenever one of `last_used` moves: a rendered page is good for one value.
+    uses: AtomicU64,
+    whole_page: RwLock<Option<RenderedPage>>,
 }
 
 #[derive(Debug)]
 struct RenderedPage {
     body: Bytes,
+    uses: u64,
     rendered_at: OffsetDateTime,
     /// The first instant at which a key of the page shows another status (it expires).
     stale_from: Option<OffsetDateTime>,
 }
 
+const NEVER_USED: i64 = i64::MIN;
+
 impl Listing {
     fn new(keys: Vec<ApiKey>) -> Self {
+        let last_used = keys
+            .iter()
+            .map(|k| AtomicI64::new(k.last_used.map_or(NEVER_USED, |t| t.unix_timestamp())))
+            .collect();
         Self {
             keys,
-            whole_page: OnceLock::new(),
+            last_used,
+            uses: AtomicU64::new(0),
+            whole_page: RwLock::new(None),
+        }
+    }
+
+    /// Moves a key's `last_used` forward to `at` (whole seconds, as stored).
+    pub(crate) fn note_use(&self, key_id: &KeyId, at: OffsetDateTime) {
+        let Some(i) = self.keys.iter().position(|k| k.key_id == *key_id) else {
+            return;
+        };
+        let at = at.unix_timestamp();
+        if self.last_used[i].fetch_max(at, Ordering::AcqRel) < at {
+            self.uses.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The wire object of the `i`-th key at `now`.
+    fn object(&self, i: usize, now: OffsetDateTime) -> ApiKeyObject<'_> {
+        let last_used = match self.last_used[i].load(Ordering::Acquire) {
+            NEVER_USED => None,
+            secs => OffsetDateTime::from_unix_timestamp(secs).ok(),
+        };
+        ApiKeyObject {
+            last_used,
+            ..ApiKeyObject::new(&self.keys[i], now)
         }
     }
 
     /// The body of `GET /v1/api-keys` without parameters at `now`: the rendered bytes
-    /// while every key's status is still the one they show, else a fresh rendering.
+    /// while no `last_used` has moved and every key still shows the status it showed,
+    /// else a fresh rendering (kept for the next requests).
     fn whole_page(&self, now: OffsetDateTime) -> Result<Bytes, ApiError> {
-        if let Some(page) = self.whole_page.get() {
-            if page.rendered_at <= now && page.stale_from.is_none_or(|t| now < t) {
-                return Ok(page.body.clone());
-            }
-            return self.render(now);
+        let uses = self.uses.load(Ordering::Acquire);
+        if let Some(page) = &*self
+            .whole_page
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            && page.uses == uses
+            && page.rendered_at <= now
+            && page.stale_from.is_none_or(|t| now < t)
+        {
+            return Ok(page.body.clone());
         }
-        let body = self.render(now)?;
+        // `uses` was read first: a use noted while rendering makes the next request
+        // render again.
+        let page = ApiKeyList {
+            api_keys: (0..self.keys.len()).map(|i| self.object(i, now)).collect(),
+            has_more: None,
+        };
+        let mut body = Vec::with_capacity(320 * self.keys.len() + 16);
+        serde_json::to_writer(&mut body, &page).map_err(ApiError::internal)?;
+        let body = Bytes::from(body);
         let stale_from = self
             .keys
             .iter()
@@ -177,27 +231,16 @@ impl Listing {
             .filter_map(|k| k.expires_at)
             .filter(|&t| t > now)
             .min();
-        // A concurrent first rendering may have won; either is correct for its `now`.
-        let _ = self.whole_page.set(RenderedPage {
+        *self
+            .whole_page
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(RenderedPage {
             body: body.clone(),
+            uses,
             rendered_at: now,
             stale_from,
         });
         Ok(body)
-    }
-
-    fn render(&self, now: OffsetDateTime) -> Result<Bytes, ApiError> {
-        let page = ApiKeyList {
-            api_keys: self
-                .keys
-                .iter()
-                .map(|k| ApiKeyObject::new(k, now))
-                .collect(),
-            has_more: None,
-        };
-        let mut body = Vec::with_capacity(320 * self.keys.len() + 16);
-        serde_json::to_writer(&mut body, &page).map_err(ApiError::internal)?;
-        Ok(Bytes::from(body))
     }
 }
 
@@ -327,13 +370,14 @@ pub async fn list_api_keys(
             let mut matching = all
                 .keys
                 .iter()
-                .filter(|k| status.is_none_or(|s| k.status_at(caller.now) == s))
-                .filter(|k| after.as_ref().is_none_or(|a| k.key_id > *a));
+                .enumerate()
+                .filter(|(_, k)| status.is_none_or(|s| k.status_at(caller.now) == s))
+                .filter(|(_, k)| after.as_ref().is_none_or(|a| k.key_id > *a));
             let wanted = limit.map_or(usize::MAX, |l| l as usize);
             let api_keys: Vec<ApiKeyObject> = matching
                 .by_ref()
                 .take(wanted)
-                .map(|k| ApiKeyObject::new(k, caller.now))
+                .map(|(i, _)| all.object(i, caller.now))
                 .collect();
             let more = matching.next().is_some();
             ApiKeyList {
@@ -384,20 +428,20 @@ pub async fn get_api_key(
     let listing = account_listing(&state, &caller).await?;
     let from_storage;
     let key = match &listing {
-        Some(all) => all
-            .keys
-            .iter()
-            .find(|k| k.key_id == key_id)
-            .ok_or_else(ApiError::key_not_found)?,
+        Some(all) => {
+            let i = all
+                .keys
+                .iter()
+                .position(|k| k.key_id == key_id)
+                .ok_or_else(ApiError::key_not_found)?;
+            all.object(i, caller.now)
+        }
         None => {
             from_storage = load_key(&state, &caller, &key_id).await?;
-            &from_storage
+            ApiKeyObject::new(&from_storage, caller.now)
         }
     };
-    Ok(no_store(
-        StatusCode::OK,
-        Json(ApiKeyObject::new(key, caller.now)),
-    ))
+    Ok(no_store(StatusCode::OK, Json(key)))
 }
 
 /// Create an API key; the secret is in this response only.
@@ -790,7 +834,7 @@ mod tests {
     fn key(status: StoredStatus, expires_at: Option<OffsetDateTime>) -> ApiKey {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         ApiKey {
-            key_id: KeyId::from_ulid(Ulid::from_parts(1, 1)),
+            key_id: KeyId::from_ulid(Ulid::generate()),
             account_id: AccountId::from_ulid(Ulid::from_parts(1, 2)),
             name: None,
             scopes: ScopeSet::parse(&["read"]).unwrap(),
@@ -812,6 +856,53 @@ mod tests {
             .iter()
             .map(|k| k["status"].as_str().unwrap().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn noted_uses_move_last_used_forward_in_the_rendered_page() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut used = key(StoredStatus::Active, None);
+        used.last_used = Some(now - Duration::seconds(60));
+        let listing = Listing::new(vec![used.clone(), key(StoredStatus::Active, None)]);
+        let last_used = |page: &[u8]| -> Vec<serde_json::Value> {
+            let page: serde_json::Value = serde_json::from_slice(page).unwrap();
+            page["api_keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["last_used"].clone())
+                .collect()
+        };
+        let first = listing.whole_page(now).unwrap();
+        assert_eq!(
+            last_used(&first),
+            [
+                serde_json::json!("2027-01-15T07:59:00Z"),
+                serde_json::Value::Null
+            ]
+        );
+        listing.note_use(&used.key_id, now + Duration::milliseconds(1500));
+        let after_use = listing.whole_page(now + Duration::seconds(2)).unwrap();
+        assert_eq!(
+            last_used(&after_use),
+            [
+                serde_json::json!("2027-01-15T08:00:01Z"),
+                serde_json::Value::Null
+            ]
+        );
+        // An older use (a late batch) does not move it back, and the page stays rendered.
+        listing.note_use(&used.key_id, now);
+        let again = listing.whole_page(now + Duration::seconds(3)).unwrap();
+        assert_eq!(again.as_ptr(), after_use.as_ptr());
+        // A key not in the listing changes nothing.
+        listing.note_use(&KeyId::from_ulid(Ulid::from_parts(9, 9)), now);
+        assert_eq!(
+            listing
+                .whole_page(now + Duration::seconds(3))
+                .unwrap()
+                .as_ptr(),
+            after_use.as_ptr()
+        );
     }
 
     #[test]

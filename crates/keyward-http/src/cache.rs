@@ -82,6 +82,15 @@ where
         Ok(Some(value))
     }
 
+    /// The cached value, if any, without loading or counting a hit or miss.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        if self.coherent.load(Ordering::Acquire) {
+            self.cache.get(key)
+        } else {
+            None
+        }
+    }
+
     /// Drops these entries; the next read goes to storage.
     pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a K>) {
         self.epoch.fetch_add(1, Ordering::AcqRel);

@@ -21,7 +21,8 @@ use axum::routing::{get, post};
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use state::{AppState, AppStateBuilder, MetricsRender};
+pub use auth::KEY_CACHE_TTL;
+pub use state::{AppState, AppStateBuilder, MetricsRender, SHARED_LISTING_TTL};
 
 /// The whole application.
 ///

@@ -163,12 +163,14 @@ pub fn month_of(t: OffsetDateTime) -> String {
 }
 
 /// Flushes `meter` every `interval` until `cancel`, then a last time. A failed batch is
-/// retried with capped backoff while new rows keep buffering.
+/// retried with capped backoff while new rows keep buffering. `written` sees every batch
+/// once it is stored (the HTTP layer moves `last_used` forward in cached listings).
 pub async fn run_meter(
     meter: Arc<Meter>,
     store: Arc<dyn Store>,
     interval: Duration,
     cancel: CancellationToken,
+    written: impl Fn(&MeterBatch) + Send + 'static,
 ) {
     let mut failed: Option<MeterBatch> = None;
     let mut backoff = interval;
@@ -179,6 +181,7 @@ pub async fn run_meter(
         };
         if let Some(batch) = failed.take() {
             if write_batch(store.as_ref(), &batch).await {
+                written(&batch);
                 backoff = interval;
             } else {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -188,8 +191,12 @@ pub async fn run_meter(
         // While an older batch still fails, new rows keep buffering (bounded) behind it.
         if failed.is_none() {
             let batch = meter.take();
-            if !batch.is_empty() && !write_batch(store.as_ref(), &batch).await {
-                failed = Some(batch);
+            if !batch.is_empty() {
+                if write_batch(store.as_ref(), &batch).await {
+                    written(&batch);
+                } else {
+                    failed = Some(batch);
+                }
             }
         }
         if stopping {

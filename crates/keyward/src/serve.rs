@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::ServeArgs;
 use crate::{Backend, bootstrap, open_store};
 
-/// How often metering is flushed. API.md: `last_used` may lag by at most one second,
-/// and a cached listing may be up to 500 ms old on top of this.
+/// How often metering is flushed. API.md: `last_used` may lag by at most one second:
+/// a flushed batch also moves `last_used` forward in this node's cached listings, and
+/// with several nodes (PostgreSQL) a listing lives at most 500 ms, for the other nodes'
+/// uses.
 const METER_INTERVAL: Duration = Duration::from_millis(250);
 /// How often old history is pruned.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -109,6 +111,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .body_limit(args.body_limit as usize)
         .key_cache_capacity(args.key_cache_capacity)
         .metrics(render)
+        .listing_ttl(match &backend {
+            // One node sees every use of its keys: listings live as long as keys do.
+            Backend::Sqlite(_) => keyward_http::KEY_CACHE_TTL,
+            Backend::Postgres(_) => keyward_http::SHARED_LISTING_TTL,
+        })
         .build();
 
     let cancel = CancellationToken::new();
@@ -145,6 +152,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dyn_store.clone(),
         METER_INTERVAL,
         cancel.clone(),
+        {
+            let state = state.clone();
+            move |batch| state.note_stored_uses(batch)
+        },
     ));
     let retention_task = tokio::spawn(run_retention(
         dyn_store.clone(),
