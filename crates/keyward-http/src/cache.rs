@@ -4,19 +4,26 @@
 //! this node may be missing other nodes' announcements.
 
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use keyward_store::StoreResult;
 use metrics::Counter;
 
+/// Shards of the invalidation epoch.
+const EPOCH_SHARDS: usize = 64;
+
 /// A bounded cache with a time to live, invalidated explicitly.
 pub struct CoherentCache<K, V> {
     cache: moka::sync::Cache<K, V>,
-    /// Bumped by every invalidation: a fill that read storage before the bump removes
-    /// what it inserted.
-    epoch: AtomicU64,
+    /// Bumped by every invalidation of a key of the shard: a fill that read storage
+    /// before the bump removes what it inserted. Sharded because one epoch for the whole
+    /// cache made every fill that overlapped any change (a key created anywhere) throw
+    /// its value away: under a mix with creations, listings were read from storage again
+    /// and again.
+    epochs: [AtomicU64; EPOCH_SHARDS],
+    shard_hasher: RandomState,
     /// False while changes may be missed: every read then goes to storage.
     coherent: AtomicBool,
     // Handles made once: a `counter!` per lookup costs a metrics registry lookup.
@@ -43,7 +50,8 @@ where
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            epoch: AtomicU64::new(0),
+            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+            shard_hasher: RandomState::new(),
             coherent: AtomicBool::new(true),
             hits: metrics::counter!(hits_metric),
             misses: metrics::counter!(misses_metric),
@@ -69,14 +77,15 @@ where
             return Ok(Some(hit));
         }
         self.misses.increment(1);
-        let epoch = self.epoch.load(Ordering::Acquire);
+        let shard = self.epoch_of(key);
+        let epoch = shard.load(Ordering::Acquire);
         let Some(value) = load().await? else {
             return Ok(None);
         };
         self.cache.insert(key.clone(), value.clone());
         // Checked after the insert: an invalidation since the read either removed this
         // entry or bumped the epoch before this check.
-        if self.epoch.load(Ordering::Acquire) != epoch {
+        if shard.load(Ordering::Acquire) != epoch {
             self.cache.invalidate(key);
         }
         Ok(Some(value))
@@ -93,16 +102,25 @@ where
 
     /// Drops these entries; the next read goes to storage.
     pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a K>) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         for key in keys {
+            self.epoch_of(key).fetch_add(1, Ordering::AcqRel);
             self.cache.invalidate(key);
         }
     }
 
     /// Drops every entry.
     pub fn invalidate_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.cache.invalidate_all();
+    }
+
+    fn epoch_of(&self, key: &K) -> &AtomicU64 {
+        let hash = self.shard_hasher.hash_one(key);
+        // The remainder is below EPOCH_SHARDS, so it fits any usize.
+        #[expect(clippy::cast_possible_truncation, reason = "remainder < EPOCH_SHARDS")]
+        &self.epochs[(hash % EPOCH_SHARDS as u64) as usize]
     }
 
     /// Turns the cache on (after a resync) or off (while changes may be missed); either
@@ -171,6 +189,28 @@ mod tests {
             c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(),
             Some(11),
             "the stale fill was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fill_is_kept_when_another_key_changed() {
+        let c = cache();
+        let other = (2..)
+            .find(|k| !std::ptr::eq(c.epoch_of(k), c.epoch_of(&1)))
+            .unwrap();
+        let got = c
+            .get_or_load(&1, || async {
+                c.invalidate([&other]);
+                Ok(Some(10))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, Some(10));
+        assert_eq!(
+            c.get_or_load(&1, || async { panic!("the fill was dropped") })
+                .await
+                .unwrap(),
+            Some(10)
         );
     }
 
