@@ -61,38 +61,74 @@ fn migrator() -> Migrator {
     )
 }
 
-/// Rows per history insert statement. Every statement shape (1 to this many rows) is
-/// prepared once and kept in the writer's statement cache (capacity below): with one
-/// statement per batch size, a profile showed SQLite re-parsing a new multi-row insert
-/// on nearly every flush.
-const ROWS_PER_HISTORY_INSERT: usize = 64;
-const WRITER_STATEMENT_CACHE: usize = 2 * ROWS_PER_HISTORY_INSERT;
+/// Rows per multi-row statement of the metering flush. Every statement shape (1 to this
+/// many rows) is prepared once and kept in the writer's statement cache (capacity below):
+/// with one statement per batch size, a profile showed SQLite re-parsing a new multi-row
+/// insert on nearly every flush; and with one statement per row, each a round trip to the
+/// writer's thread, a flush of a thousand keys' `last_used` and usage held the writer
+/// (and every key creation behind it) for a quarter of a second.
+const ROWS_PER_STATEMENT: usize = 64;
+const WRITER_STATEMENT_CACHE: usize = 4 * ROWS_PER_STATEMENT;
 /// The writer connection's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
-/// The text of an insert of `rows` history rows (at most [`ROWS_PER_HISTORY_INSERT`]),
-/// built once per shape.
-fn history_insert_sql(rows: usize) -> &'static str {
-    static SHAPES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let shapes = SHAPES.get_or_init(|| {
-        (0..=ROWS_PER_HISTORY_INSERT)
-            .map(|n| {
-                let mut sql = String::from(
-                    "insert into request_log (account_id, time, method, endpoint, status, \
-                     user_agent, key_id, request_id, latency_ms) values ",
-                );
-                for i in 0..n {
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str("(?,?,?,?,?,?,?,?,?)");
-                }
-                sql
-            })
-            .collect()
-    });
-    &shapes[rows]
+/// A statement whose text depends only on its number of rows, built once per count.
+struct Shapes {
+    head: &'static str,
+    row: &'static str,
+    tail: &'static str,
+    built: std::sync::OnceLock<Vec<String>>,
 }
+
+impl Shapes {
+    const fn new(head: &'static str, row: &'static str, tail: &'static str) -> Self {
+        Self {
+            head,
+            row,
+            tail,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The text for `rows` rows (1 to [`ROWS_PER_STATEMENT`]).
+    fn sql(&'static self, rows: usize) -> AssertSqlSafe<&'static str> {
+        let built = self.built.get_or_init(|| {
+            (0..=ROWS_PER_STATEMENT)
+                .map(|n| {
+                    let mut sql = String::from(self.head);
+                    for i in 0..n {
+                        if i > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str(self.row);
+                    }
+                    sql.push_str(self.tail);
+                    sql
+                })
+                .collect()
+        });
+        AssertSqlSafe(&built[rows])
+    }
+}
+
+static HISTORY_INSERT: Shapes = Shapes::new(
+    "insert into request_log (account_id, time, method, endpoint, status, user_agent, \
+     key_id, request_id, latency_ms) values ",
+    "(?,?,?,?,?,?,?,?,?)",
+    "",
+);
+/// `last_used` only moves forward.
+static LAST_USED_UPDATE: Shapes = Shapes::new(
+    "update api_key set last_used = max(coalesce(last_used, used.column2), used.column2) \
+     from (values ",
+    "(?,?)",
+    ") as used where api_key.key_id = used.column1",
+);
+static USAGE_UPSERT: Shapes = Shapes::new(
+    "insert into usage_counter (account_id, month, endpoint, key_id, count) values ",
+    "(?,?,?,?,?)",
+    " on conflict (account_id, month, endpoint, key_id) do update set count = count + excluded.count",
+);
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -886,8 +922,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for chunk in batch.requests.chunks(ROWS_PER_HISTORY_INSERT) {
-            let mut insert = sqlx::query(AssertSqlSafe(history_insert_sql(chunk.len())));
+        for chunk in batch.requests.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::query(HISTORY_INSERT.sql(chunk.len()));
             for r in chunk {
                 insert = insert
                     .bind(r.account_id.as_str())
@@ -902,30 +938,24 @@ impl Store for SqliteStore {
             }
             insert.execute(&mut *tx).await.map_err(map_err)?;
         }
-        for (key_id, at) in &batch.last_used {
-            sqlx::query(
-                "update api_key set last_used = max(coalesce(last_used, $1), $1) where key_id = $2",
-            )
-            .bind(ts(*at))
-            .bind(key_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        for chunk in batch.last_used.chunks(ROWS_PER_STATEMENT) {
+            let mut update = sqlx::query(LAST_USED_UPDATE.sql(chunk.len()));
+            for (key_id, at) in chunk {
+                update = update.bind(key_id.as_str()).bind(ts(*at));
+            }
+            update.execute(&mut *tx).await.map_err(map_err)?;
         }
-        for (usage, count) in &batch.usage {
-            sqlx::query(
-                "insert into usage_counter (account_id, month, endpoint, key_id, count) \
-                 values ($1, $2, $3, $4, $5) on conflict (account_id, month, endpoint, key_id) \
-                 do update set count = count + excluded.count",
-            )
-            .bind(usage.account_id.as_str())
-            .bind(usage.month.as_str())
-            .bind(usage.endpoint.as_str())
-            .bind(usage.key_id.as_str())
-            .bind(i64::try_from(*count).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        for chunk in batch.usage.chunks(ROWS_PER_STATEMENT) {
+            let mut upsert = sqlx::query(USAGE_UPSERT.sql(chunk.len()));
+            for (usage, count) in chunk {
+                upsert = upsert
+                    .bind(usage.account_id.as_str())
+                    .bind(usage.month.as_str())
+                    .bind(usage.endpoint.as_str())
+                    .bind(usage.key_id.as_str())
+                    .bind(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+            upsert.execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }
