@@ -214,8 +214,12 @@ pub async fn run_meter(
 /// Writes one batch; counts its rows when it lands, logs when it does not.
 async fn write_batch(store: &dyn Store, batch: &MeterBatch) -> bool {
     let rows = batch.requests.len();
+    let started = std::time::Instant::now();
     match store.write_meter_batch(batch).await {
         Ok(()) => {
+            // How long the batch held the store's writer (on SQLite, key changes wait).
+            metrics::histogram!("keyward_meter_flush_seconds")
+                .record(started.elapsed().as_secs_f64());
             metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
             true
         }
