@@ -69,6 +69,8 @@ fn migrator() -> Migrator {
 /// (and every key creation behind it) for a quarter of a second.
 const ROWS_PER_STATEMENT: usize = 64;
 const WRITER_STATEMENT_CACHE: usize = 4 * ROWS_PER_STATEMENT;
+/// Keys per insert statement of a group commit (8 parameters each).
+const CREATES_PER_STATEMENT: usize = 512;
 /// The writer connection's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
@@ -259,49 +261,53 @@ impl SqliteStore {
     /// thread, and that round trip, not the fsync, bounded creation before.
     async fn insert_keys(&self, creates: &[QueuedCreate]) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let mut keys = QueryBuilder::<Sqlite>::new(
-            "insert into api_key (key_id, account_id, name, scopes, metadata, status, \
+        // However many queued up, each statement stays far below SQLite's 32,766
+        // parameters.
+        for creates in creates.chunks(CREATES_PER_STATEMENT) {
+            let mut keys = QueryBuilder::<Sqlite>::new(
+                "insert into api_key (key_id, account_id, name, scopes, metadata, status, \
              expires_at, created_at, last_used, hint, version) ",
-        );
-        keys.push_values(creates, |mut row, c| {
-            let key = &c.key;
-            row.push_bind(key.key_id.as_str())
-                .push_bind(key.account_id.as_str())
-                .push_bind(key.name.as_ref().map(KeyName::as_str))
-                .push_bind(scopes_json(&key.scopes))
-                .push_bind(key.metadata.to_json())
-                .push("'active'")
-                .push_bind(key.expires_at.map(ts))
-                .push_bind(ts(key.created_at))
-                .push("null")
-                .push_bind(key.secret.hint.as_str())
-                .push("1");
-        });
-        keys.build().execute(&mut *tx).await.map_err(map_err)?;
-        let mut secrets = QueryBuilder::<Sqlite>::new(
-            "insert into key_secret (digest, key_id, expires_at, created_at) ",
-        );
-        secrets.push_values(creates, |mut row, c| {
-            row.push_bind(c.key.secret.digest.0.to_vec())
-                .push_bind(c.key.key_id.as_str())
-                .push("null")
-                .push_bind(ts(c.key.created_at));
-        });
-        secrets.build().execute(&mut *tx).await.map_err(map_err)?;
-        let mut events = QueryBuilder::<Sqlite>::new(
-            "insert into audit_event (account_id, time, action, actor_key_id, key_id, changes, \
+            );
+            keys.push_values(creates, |mut row, c| {
+                let key = &c.key;
+                row.push_bind(key.key_id.as_str())
+                    .push_bind(key.account_id.as_str())
+                    .push_bind(key.name.as_ref().map(KeyName::as_str))
+                    .push_bind(scopes_json(&key.scopes))
+                    .push_bind(key.metadata.to_json())
+                    .push("'active'")
+                    .push_bind(key.expires_at.map(ts))
+                    .push_bind(ts(key.created_at))
+                    .push("null")
+                    .push_bind(key.secret.hint.as_str())
+                    .push("1");
+            });
+            keys.build().execute(&mut *tx).await.map_err(map_err)?;
+            let mut secrets = QueryBuilder::<Sqlite>::new(
+                "insert into key_secret (digest, key_id, expires_at, created_at) ",
+            );
+            secrets.push_values(creates, |mut row, c| {
+                row.push_bind(c.key.secret.digest.0.to_vec())
+                    .push_bind(c.key.key_id.as_str())
+                    .push("null")
+                    .push_bind(ts(c.key.created_at));
+            });
+            secrets.build().execute(&mut *tx).await.map_err(map_err)?;
+            let mut events = QueryBuilder::<Sqlite>::new(
+                "insert into audit_event (account_id, time, action, actor_key_id, key_id, changes, \
              request_id) ",
-        );
-        events.push_values(creates, |mut row, c| {
-            row.push_bind(c.key.account_id.as_str())
-                .push_bind(ts(c.audit.time))
-                .push_bind(AuditAction::Created.as_str())
-                .push_bind(c.audit.actor_key_id.as_ref().map(KeyId::as_str))
-                .push_bind(c.key.key_id.as_str())
-                .push_bind(c.audit.changes.to_string())
-                .push_bind(c.audit.request_id.as_str());
-        });
-        events.build().execute(&mut *tx).await.map_err(map_err)?;
+            );
+            events.push_values(creates, |mut row, c| {
+                row.push_bind(c.key.account_id.as_str())
+                    .push_bind(ts(c.audit.time))
+                    .push_bind(AuditAction::Created.as_str())
+                    .push_bind(c.audit.actor_key_id.as_ref().map(KeyId::as_str))
+                    .push_bind(c.key.key_id.as_str())
+                    .push_bind(c.audit.changes.to_string())
+                    .push_bind(c.audit.request_id.as_str());
+            });
+            events.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
         tx.commit().await.map_err(map_err)
     }
 
