@@ -13,10 +13,9 @@
 use std::io::Write as _;
 
 use keyward_core::{
-    AccountId, KeyId, KeyName, KeyPrefix, KeySecret, Limits, Metadata, OsRandom, Plan, ScopeSet,
-    timefmt,
+    KeyId, KeyName, KeyPrefix, KeySecret, Limits, Metadata, OsRandom, Plan, ScopeSet, timefmt,
 };
-use keyward_store::{Account, AuditContext, NewKey, NewSecret};
+use keyward_store::{AuditContext, NewKey, NewSecret};
 use time::OffsetDateTime;
 
 const USAGE: &str =
@@ -52,8 +51,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = backend.store();
     let prefix = KeyPrefix::default();
     let scopes = ScopeSet::parse(&["read", "write"])?;
-    let first_scopes = ScopeSet::parse(&["read", "write", "admin"])?;
-    let first_name = KeyName::parse("First key")?;
     let started = std::time::Instant::now();
     let mut sampled = std::io::BufWriter::new(std::fs::File::create(out)?);
     let mut written = 0;
@@ -67,28 +64,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut generator = ulid::Generator::new();
     let mut next_ulid = || generator.generate().map_err(|_| "ULID overflow");
     for a in 0..accounts {
-        let account = Account {
-            account_id: AccountId::from_ulid(next_ulid()?),
-            name: format!("bench-{a}"),
-            plan: Plan::Enterprise,
-            custom_limits: limits,
-            created_at: audit.time,
-        };
-        let secret = KeySecret::generate(&prefix, &mut OsRandom);
-        let first = NewKey {
-            key_id: KeyId::from_ulid(next_ulid()?),
-            account_id: account.account_id.clone(),
-            name: Some(first_name.clone()),
-            scopes: first_scopes.clone(),
-            metadata: Metadata::default(),
-            expires_at: None,
-            created_at: audit.time,
-            secret: NewSecret {
-                digest: secret.digest(),
-                hint: secret.hint(),
-            },
-        };
-        store.create_account(&account, &first, &audit).await?;
+        // The same account and first key as `keyward accounts create`, with the limits
+        // stored in the same commit.
+        let (mut created, first, first_audit) = keyward::new_account(
+            &format!("bench-{a}"),
+            Plan::Enterprise,
+            &prefix,
+            "seed-keys",
+        )?;
+        created.account.custom_limits = limits;
+        store
+            .create_account(&created.account, &first, &first_audit)
+            .await?;
+        let account = &created.account;
+        let secret = &created.secret;
         if a % stride == 0 && written < sample {
             writeln!(
                 sampled,

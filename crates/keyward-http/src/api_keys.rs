@@ -179,13 +179,17 @@ impl Listing {
 
     /// Moves a key's `last_used` forward to `at` (whole seconds, as stored).
     pub(crate) fn note_use(&self, key_id: &KeyId, at: OffsetDateTime) {
-        let Some(i) = self.keys.iter().position(|k| k.key_id == *key_id) else {
+        let Some(i) = self.index_of(key_id) else {
             return;
         };
         let at = at.unix_timestamp();
         if self.last_used[i].fetch_max(at, Ordering::AcqRel) < at {
             self.uses.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    fn index_of(&self, key_id: &KeyId) -> Option<usize> {
+        self.keys.iter().position(|k| k.key_id == *key_id)
     }
 
     /// The wire object of the `i`-th key at `now`.
@@ -429,11 +433,7 @@ pub async fn get_api_key(
     let from_storage;
     let key = match &listing {
         Some(all) => {
-            let i = all
-                .keys
-                .iter()
-                .position(|k| k.key_id == key_id)
-                .ok_or_else(ApiError::key_not_found)?;
+            let i = all.index_of(&key_id).ok_or_else(ApiError::key_not_found)?;
             all.object(i, caller.now)
         }
         None => {

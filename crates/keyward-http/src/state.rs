@@ -44,8 +44,8 @@ impl std::ops::Deref for AppState {
 /// The contents of [`AppState`].
 pub struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) keys: Arc<KeyCache>,
-    pub(crate) listings: Arc<ListingCache>,
+    pub(crate) keys: KeyCache,
+    pub(crate) listings: ListingCache,
     pub(crate) meter: Arc<Meter>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
     pub(crate) prefix: KeyPrefix,
@@ -134,13 +134,13 @@ impl AppStateBuilder {
     #[must_use]
     pub fn build(self) -> AppState {
         AppState(Arc::new(Shared {
-            keys: Arc::new(KeyCache::new(self.store.clone(), self.key_cache_capacity)),
-            listings: Arc::new(CoherentCache::new(
+            keys: KeyCache::new(self.store.clone(), self.key_cache_capacity),
+            listings: CoherentCache::new(
                 LISTING_CACHE_ACCOUNTS,
                 self.listing_ttl,
                 "keyward_listing_cache_hits_total",
                 "keyward_listing_cache_misses_total",
-            )),
+            ),
             store: self.store,
             meter: self.meter,
             limiter: self.limiter,

@@ -256,58 +256,11 @@ impl SqliteStore {
         }
     }
 
-    /// Inserts keys, their secrets and their audit events in one transaction, one
-    /// statement per table: the writer connection answers each statement on its own
-    /// thread, and that round trip, not the fsync, bounded creation before.
+    /// Inserts a batch of keys in one transaction.
     async fn insert_keys(&self, creates: &[QueuedCreate]) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        // However many queued up, each statement stays far below SQLite's 32,766
-        // parameters.
-        for creates in creates.chunks(CREATES_PER_STATEMENT) {
-            let mut keys = QueryBuilder::<Sqlite>::new(
-                "insert into api_key (key_id, account_id, name, scopes, metadata, status, \
-             expires_at, created_at, last_used, hint, version) ",
-            );
-            keys.push_values(creates, |mut row, c| {
-                let key = &c.key;
-                row.push_bind(key.key_id.as_str())
-                    .push_bind(key.account_id.as_str())
-                    .push_bind(key.name.as_ref().map(KeyName::as_str))
-                    .push_bind(scopes_json(&key.scopes))
-                    .push_bind(key.metadata.to_json())
-                    .push("'active'")
-                    .push_bind(key.expires_at.map(ts))
-                    .push_bind(ts(key.created_at))
-                    .push("null")
-                    .push_bind(key.secret.hint.as_str())
-                    .push("1");
-            });
-            keys.build().execute(&mut *tx).await.map_err(map_err)?;
-            let mut secrets = QueryBuilder::<Sqlite>::new(
-                "insert into key_secret (digest, key_id, expires_at, created_at) ",
-            );
-            secrets.push_values(creates, |mut row, c| {
-                row.push_bind(c.key.secret.digest.0.to_vec())
-                    .push_bind(c.key.key_id.as_str())
-                    .push("null")
-                    .push_bind(ts(c.key.created_at));
-            });
-            secrets.build().execute(&mut *tx).await.map_err(map_err)?;
-            let mut events = QueryBuilder::<Sqlite>::new(
-                "insert into audit_event (account_id, time, action, actor_key_id, key_id, changes, \
-             request_id) ",
-            );
-            events.push_values(creates, |mut row, c| {
-                row.push_bind(c.key.account_id.as_str())
-                    .push_bind(ts(c.audit.time))
-                    .push_bind(AuditAction::Created.as_str())
-                    .push_bind(c.audit.actor_key_id.as_ref().map(KeyId::as_str))
-                    .push_bind(c.key.key_id.as_str())
-                    .push_bind(c.audit.changes.to_string())
-                    .push_bind(c.audit.request_id.as_str());
-            });
-            events.build().execute(&mut *tx).await.map_err(map_err)?;
-        }
+        let keys: Vec<_> = creates.iter().map(|c| (&c.key, &c.audit)).collect();
+        insert_new_keys(&mut tx, &keys).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -410,23 +363,60 @@ fn account_from_row(row: &SqliteRow) -> StoreResult<Account> {
     })
 }
 
-async fn insert_key_rows(tx: &mut Transaction<'static, Sqlite>, key: &NewKey) -> StoreResult<()> {
-    sqlx::query(
-        "insert into api_key (key_id, account_id, name, scopes, metadata, status, expires_at, \
-         created_at, last_used, hint, version) values ($1, $2, $3, $4, $5, 'active', $6, $7, null, $8, 1)",
-    )
-    .bind(key.key_id.as_str())
-    .bind(key.account_id.as_str())
-    .bind(key.name.as_ref().map(KeyName::as_str))
-    .bind(scopes_json(&key.scopes))
-    .bind(key.metadata.to_json())
-    .bind(key.expires_at.map(ts))
-    .bind(ts(key.created_at))
-    .bind(&key.secret.hint)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    insert_secret(tx, &key.key_id, &key.secret, key.created_at).await
+/// Inserts new keys, their secrets and their `key.created` events, one statement per
+/// table for up to [`CREATES_PER_STATEMENT`] keys: the writer connection answers each
+/// statement on its own thread, and those round trips, not the fsync, bounded key
+/// creation when each key took five statements.
+async fn insert_new_keys(
+    tx: &mut Transaction<'static, Sqlite>,
+    keys: &[(&NewKey, &AuditContext)],
+) -> StoreResult<()> {
+    // However many queued up, each statement stays far below SQLite's 32,766 parameters.
+    for chunk in keys.chunks(CREATES_PER_STATEMENT) {
+        let mut rows = QueryBuilder::<Sqlite>::new(
+            "insert into api_key (key_id, account_id, name, scopes, metadata, status, \
+             expires_at, created_at, last_used, hint, version) ",
+        );
+        rows.push_values(chunk, |mut row, (key, _)| {
+            row.push_bind(key.key_id.as_str())
+                .push_bind(key.account_id.as_str())
+                .push_bind(key.name.as_ref().map(KeyName::as_str))
+                .push_bind(scopes_json(&key.scopes))
+                .push_bind(key.metadata.to_json())
+                .push("'active'")
+                .push_bind(key.expires_at.map(ts))
+                .push_bind(ts(key.created_at))
+                .push("null")
+                .push_bind(key.secret.hint.as_str())
+                .push("1");
+        });
+        rows.build().execute(&mut **tx).await.map_err(map_err)?;
+        let mut secrets = QueryBuilder::<Sqlite>::new(
+            "insert into key_secret (digest, key_id, expires_at, created_at) ",
+        );
+        secrets.push_values(chunk, |mut row, (key, _)| {
+            row.push_bind(key.secret.digest.0.to_vec())
+                .push_bind(key.key_id.as_str())
+                .push("null")
+                .push_bind(ts(key.created_at));
+        });
+        secrets.build().execute(&mut **tx).await.map_err(map_err)?;
+        let mut events = QueryBuilder::<Sqlite>::new(
+            "insert into audit_event (account_id, time, action, actor_key_id, key_id, \
+             changes, request_id) ",
+        );
+        events.push_values(chunk, |mut row, (key, audit)| {
+            row.push_bind(key.account_id.as_str())
+                .push_bind(ts(audit.time))
+                .push_bind(AuditAction::Created.as_str())
+                .push_bind(audit.actor_key_id.as_ref().map(KeyId::as_str))
+                .push_bind(key.key_id.as_str())
+                .push_bind(audit.changes.to_string())
+                .push_bind(audit.request_id.as_str());
+        });
+        events.build().execute(&mut **tx).await.map_err(map_err)?;
+    }
+    Ok(())
 }
 
 fn abandoned() -> StoreError {
@@ -566,16 +556,7 @@ async fn insert_account_rows(
     .execute(&mut **tx)
     .await
     .map_err(map_err)?;
-    insert_key_rows(tx, first_key).await?;
-    insert_audit(
-        tx,
-        &account.account_id,
-        &first_key.key_id,
-        AuditAction::Created,
-        audit,
-    )
-    .await?;
-    Ok(())
+    insert_new_keys(tx, &[(first_key, audit)]).await
 }
 
 #[async_trait]
@@ -799,17 +780,8 @@ impl Store for SqliteStore {
 
     async fn import_keys(&self, keys: &[NewKey], audit: &AuditContext) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        for key in keys {
-            insert_key_rows(&mut tx, key).await?;
-            insert_audit(
-                &mut tx,
-                &key.account_id,
-                &key.key_id,
-                AuditAction::Created,
-                audit,
-            )
-            .await?;
-        }
+        let keys: Vec<_> = keys.iter().map(|key| (key, audit)).collect();
+        insert_new_keys(&mut tx, &keys).await?;
         tx.commit().await.map_err(map_err)
     }
 

@@ -89,11 +89,15 @@ impl Meter {
     #[must_use]
     pub fn take(&self) -> MeterBatch {
         let mut pending = std::mem::take(&mut *self.lock());
+        let Pending {
+            requests,
+            last_used,
+            usage,
+        } = &mut pending;
         // Counted under borrowed keys: one owned `UsageKey` per distinct counter rather
         // than four allocations per row (the rows of a busy flush share a few counters).
         let mut counts: HashMap<BorrowedUsageKey<'_>, (u64, &RequestRecord)> = HashMap::new();
-        let mut latest: HashMap<&KeyId, OffsetDateTime> = HashMap::new();
-        for request in &pending.requests {
+        for request in requests.iter() {
             let utc = request.time.to_offset(time::UtcOffset::UTC);
             let counter = (
                 request.account_id.as_str(),
@@ -102,19 +106,10 @@ impl Meter {
                 request.key_id.as_str(),
             );
             counts.entry(counter).or_insert((0, request)).0 += 1;
-            let last = latest.entry(&request.key_id).or_insert(request.time);
-            if *last < request.time {
-                *last = request.time;
-            }
+            move_forward(last_used, &request.key_id, request.time);
         }
         for (n, request) in counts.into_values() {
-            *pending.usage.entry(usage_key(request)).or_insert(0) += n;
-        }
-        for (key_id, at) in latest {
-            let last = pending.last_used.entry(key_id.clone()).or_insert(at);
-            if *last < at {
-                *last = at;
-            }
+            *usage.entry(usage_key(request)).or_insert(0) += n;
         }
         let mut last_used: Vec<_> = pending.last_used.into_iter().collect();
         last_used.sort_by(|a, b| a.0.cmp(&b.0));
@@ -147,11 +142,21 @@ fn add_usage(
     request: &RequestRecord,
 ) {
     *usage.entry(usage_key(request)).or_insert(0) += 1;
-    let last = last_used
-        .entry(request.key_id.clone())
-        .or_insert(request.time);
-    if *last < request.time {
-        *last = request.time;
+    move_forward(last_used, &request.key_id, request.time);
+}
+
+/// `last_used` only moves forward; the key is cloned only the first time it is seen.
+fn move_forward(
+    last_used: &mut HashMap<KeyId, OffsetDateTime>,
+    key_id: &KeyId,
+    at: OffsetDateTime,
+) {
+    match last_used.get_mut(key_id) {
+        Some(last) if *last < at => *last = at,
+        Some(_) => {}
+        None => {
+            last_used.insert(key_id.clone(), at);
+        }
     }
 }
 

@@ -133,7 +133,10 @@ pub async fn bootstrap(
 
 /// A new account, its first key (scopes `read`, `write`, `admin`) and the key's
 /// `key.created` event, not yet stored.
-fn new_account(
+///
+/// # Errors
+/// None in practice: the built-in first key's scopes and name are valid.
+pub fn new_account(
     name: &str,
     plan: Plan,
     prefix: &KeyPrefix,
