@@ -51,7 +51,9 @@ fn now() -> OffsetDateTime {
     keyward_core::timefmt::truncate(OffsetDateTime::now_utc())
 }
 
-fn account(plan: Plan) -> Account {
+/// A new account on `plan` (not stored).
+#[must_use]
+pub fn account(plan: Plan) -> Account {
     Account {
         account_id: AccountId::from_ulid(next_ulid()),
         name: "acme".into(),
@@ -61,7 +63,9 @@ fn account(plan: Plan) -> Account {
     }
 }
 
-fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
+/// A new key of `account_id` with `scopes` (not stored), and its secret.
+#[must_use]
+pub fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
     let secret = KeySecret::generate(&KeyPrefix::default(), &mut OsRandom);
     let key = NewKey {
         key_id: KeyId::from_ulid(next_ulid()),
@@ -79,7 +83,9 @@ fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
     (key, secret)
 }
 
-fn audit() -> AuditContext {
+/// The audit context of a test change.
+#[must_use]
+pub fn audit() -> AuditContext {
     AuditContext {
         actor_key_id: None,
         request_id: "req_test".into(),
@@ -529,7 +535,9 @@ async fn imported_keys_authenticate_and_are_audited<S: Store>(store: &S) {
     );
 }
 
-fn record(
+/// A request history row.
+#[must_use]
+pub fn record(
     acct: &AccountId,
     key: &KeyId,
     endpoint: &str,
@@ -558,7 +566,7 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         endpoint: "GET /v1/api-keys".into(),
         key_id: key.key_id.clone(),
     };
-    let batch = MeterBatch {
+    let mut batch = MeterBatch {
         requests: vec![record(
             &acct.account_id,
             &key.key_id,
@@ -569,14 +577,14 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         last_used: vec![(key.key_id.clone(), t)],
         usage: vec![(usage_key.clone(), 3)],
     };
-    store.write_meter_batch(&batch).await.unwrap();
+    store.write_meter_batch(&mut batch).await.unwrap();
     // An older last_used never moves it back; counts add up.
-    let older = MeterBatch {
+    let mut older = MeterBatch {
         requests: vec![],
         last_used: vec![(key.key_id.clone(), t - Duration::hours(1))],
         usage: vec![(usage_key, 2)],
     };
-    store.write_meter_batch(&older).await.unwrap();
+    store.write_meter_batch(&mut older).await.unwrap();
     let got = store
         .get_key(&acct.account_id, &key.key_id)
         .await
@@ -632,7 +640,7 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
         t,
     ));
     store
-        .write_meter_batch(&MeterBatch {
+        .write_meter_batch(&mut MeterBatch {
             requests,
             ..MeterBatch::default()
         })

@@ -184,8 +184,8 @@ pub async fn run_meter(
             () = cancel.cancelled() => true,
             () = tokio::time::sleep(if failed.is_some() { backoff } else { interval }) => false,
         };
-        if let Some(batch) = failed.take() {
-            if write_batch(store.as_ref(), &batch).await {
+        if let Some(mut batch) = failed.take() {
+            if write_batch(store.as_ref(), &mut batch).await {
                 written(&batch);
                 backoff = interval;
             } else {
@@ -195,9 +195,9 @@ pub async fn run_meter(
         }
         // While an older batch still fails, new rows keep buffering (bounded) behind it.
         if failed.is_none() {
-            let batch = meter.take();
+            let mut batch = meter.take();
             if !batch.is_empty() {
-                if write_batch(store.as_ref(), &batch).await {
+                if write_batch(store.as_ref(), &mut batch).await {
                     written(&batch);
                 } else {
                     failed = Some(batch);
@@ -216,8 +216,9 @@ pub async fn run_meter(
     }
 }
 
-/// Writes one batch; counts its rows when it lands, logs when it does not.
-async fn write_batch(store: &dyn Store, batch: &MeterBatch) -> bool {
+/// Writes one batch; counts its rows as they land, logs when it does not. A failed
+/// batch keeps only what is left to write.
+async fn write_batch(store: &dyn Store, batch: &mut MeterBatch) -> bool {
     let rows = batch.requests.len();
     let started = std::time::Instant::now();
     match store.write_meter_batch(batch).await {
@@ -229,7 +230,9 @@ async fn write_batch(store: &dyn Store, batch: &MeterBatch) -> bool {
             true
         }
         Err(e) => {
-            tracing::warn!(error = %e, rows, "metering batch write failed; will retry");
+            let stored = rows - batch.requests.len();
+            metrics::counter!("keyward_meter_flushed_rows_total").increment(stored as u64);
+            tracing::warn!(error = %e, rows, stored, "metering batch write failed; will retry");
             false
         }
     }
