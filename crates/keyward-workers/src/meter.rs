@@ -24,10 +24,15 @@ struct Pending {
     usage: HashMap<UsageKey, u64>,
 }
 
+/// Rows of a written batch's buffer that are kept for the next batch (about 6 MB).
+const MAX_RECYCLED_ROWS: usize = 32 * 1024;
+
 /// Buffers metering until the next flush.
 pub struct Meter {
     pending: Mutex<Pending>,
     capacity: usize,
+    /// The emptied row buffer of the last written batch (see [`Meter::recycle`]).
+    spare: Mutex<Vec<RequestRecord>>,
 }
 
 impl std::fmt::Debug for Meter {
@@ -45,6 +50,7 @@ impl Meter {
         Self {
             pending: Mutex::new(Pending::default()),
             capacity,
+            spare: Mutex::default(),
         }
     }
 
@@ -54,6 +60,22 @@ impl Meter {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_spare(&self) -> MutexGuard<'_, Vec<RequestRecord>> {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes back a written batch's row buffer for the next batch. Without it every
+    /// batch grew from empty by doubling, copying its rows each time, on the request
+    /// path: 2 % of the CPU of a validate benchmark.
+    pub fn recycle(&self, batch: MeterBatch) {
+        let mut rows = batch.requests;
+        rows.clear();
+        rows.shrink_to(MAX_RECYCLED_ROWS);
+        *self.lock_spare() = rows;
     }
 
     /// Records one authenticated request: its history row, its key's `last_used` and its
@@ -88,7 +110,14 @@ impl Meter {
     /// same order.
     #[must_use]
     pub fn take(&self) -> MeterBatch {
-        let mut pending = std::mem::take(&mut *self.lock());
+        let spare = std::mem::take(&mut *self.lock_spare());
+        let mut pending = std::mem::replace(
+            &mut *self.lock(),
+            Pending {
+                requests: spare,
+                ..Pending::default()
+            },
+        );
         let Pending {
             requests,
             last_used,
@@ -187,6 +216,7 @@ pub async fn run_meter(
         if let Some(mut batch) = failed.take() {
             if write_batch(store.as_ref(), &mut batch).await {
                 written(&batch);
+                meter.recycle(batch);
                 backoff = interval;
             } else {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -199,6 +229,7 @@ pub async fn run_meter(
             if !batch.is_empty() {
                 if write_batch(store.as_ref(), &mut batch).await {
                     written(&batch);
+                    meter.recycle(batch);
                 } else {
                     failed = Some(batch);
                 }
@@ -281,6 +312,28 @@ mod tests {
         meter.record(request(&key, t));
         meter.record(request(&key, t - time::Duration::seconds(5)));
         assert_eq!(meter.take().last_used, vec![(key, t)]);
+    }
+
+    #[test]
+    fn a_recycled_buffer_serves_the_next_batch_empty() {
+        let meter = Meter::new(10);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let t = OffsetDateTime::now_utc();
+        for _ in 0..3 {
+            meter.record(request(&key, t));
+        }
+        let batch = meter.take();
+        let buffer = batch.requests.as_ptr();
+        meter.recycle(batch);
+        assert!(meter.take().is_empty(), "the recycled rows are gone");
+        meter.record(request(&key, t));
+        let next = meter.take();
+        assert_eq!(next.requests.len(), 1);
+        assert_eq!(
+            next.requests.as_ptr(),
+            buffer,
+            "the same buffer, not a new one"
+        );
     }
 
     #[test]
