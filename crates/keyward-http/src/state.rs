@@ -1,11 +1,11 @@
 //! Shared state of the HTTP layer.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use keyward_core::{AccountId, KeyDigest, KeyId, KeyPrefix};
 use keyward_store::{MeterBatch, Store};
 use keyward_workers::{Meter, RateLimiter};
+use time::OffsetDateTime;
 use ulid::Ulid;
 
 use crate::api_keys::Listing;
@@ -185,17 +185,22 @@ impl Shared {
     /// batch used. Called after the batch is stored, so a listing loaded from storage
     /// before or after this sees the uses either way.
     pub fn note_stored_uses(&self, batch: &MeterBatch) {
-        let accounts: HashMap<&KeyId, &AccountId> = batch
-            .usage
-            .iter()
-            .map(|(usage, _)| (&usage.key_id, &usage.account_id))
-            .collect();
-        for (key_id, at) in &batch.last_used {
-            if let Some(listing) = accounts
-                .get(key_id)
-                .and_then(|account| self.listings.peek(account))
-            {
-                listing.note_use(key_id, *at);
+        self.note_uses(batch.uses());
+    }
+
+    /// Moves `last_used` forward in cached listings: this node's stored uses, or (on
+    /// PostgreSQL) those another node announced once it had stored them. An account
+    /// without a cached listing still has its invalidation epoch bumped, so that a
+    /// listing being loaded from storage right now, perhaps read before these uses were
+    /// stored, is not kept (it would hide them for a listing's whole life).
+    pub fn note_uses<'a>(
+        &self,
+        uses: impl IntoIterator<Item = (&'a AccountId, &'a KeyId, OffsetDateTime)>,
+    ) {
+        for (account_id, key_id, at) in uses {
+            match self.listings.peek(account_id) {
+                Some(listing) => listing.note_use(key_id, at),
+                None => self.listings.invalidate([account_id]),
             }
         }
     }

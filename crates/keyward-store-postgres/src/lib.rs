@@ -32,6 +32,14 @@ use time::OffsetDateTime;
 /// (the key's digests before the change; none for a new key).
 pub const KEY_CHANGES_CHANNEL: &str = "keyward_key_changes";
 
+/// The channel on which each node announces the uses of keys it has just stored, so
+/// that the others move `last_used` forward in their cached listings, which can then
+/// live as long as a cached key. Payload: `<account_id> <key_id> <unix seconds>,…`.
+pub const KEY_USES_CHANNEL: &str = "keyward_key_uses";
+
+/// The longest payload sent on [`KEY_USES_CHANNEL`] (PostgreSQL refuses 8,000 bytes).
+const MAX_USES_PAYLOAD: usize = 7_000;
+
 /// What a node hears from [`PgStore::follow_key_changes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyChange {
@@ -42,6 +50,8 @@ pub enum KeyChange {
         /// The key's digests before the change.
         digests: Vec<KeyDigest>,
     },
+    /// Keys used through some node: account, key, latest use.
+    Used(Vec<(AccountId, KeyId, OffsetDateTime)>),
     /// The listening connection is gone; changes may be missed until [`KeyChange::Resynced`],
     /// so nothing cached may be trusted meanwhile.
     Lost,
@@ -57,6 +67,55 @@ pub fn decode_key_change(payload: &str) -> KeyChange {
         account_id: AccountId::parse(account).ok(),
         digests: digests.split(',').filter_map(KeyDigest::from_hex).collect(),
     }
+}
+
+/// Reads a [`KEY_USES_CHANNEL`] payload; malformed entries are skipped.
+#[must_use]
+pub fn decode_key_uses(payload: &str) -> KeyChange {
+    let uses = payload
+        .split(',')
+        .filter_map(|entry| {
+            let mut fields = entry.split(' ');
+            let account_id = AccountId::parse(fields.next()?).ok()?;
+            let key_id = KeyId::parse(fields.next()?).ok()?;
+            let at = OffsetDateTime::from_unix_timestamp(fields.next()?.parse().ok()?).ok()?;
+            Some((account_id, key_id, at))
+        })
+        .collect();
+    KeyChange::Used(uses)
+}
+
+/// The [`KEY_USES_CHANNEL`] payloads announcing a batch's uses, each of at most
+/// [`MAX_USES_PAYLOAD`] bytes.
+fn uses_payloads(batch: &MeterBatch) -> Vec<String> {
+    let mut payloads: Vec<String> = Vec::new();
+    for (account_id, key_id, at) in batch.uses() {
+        let entry = format!("{account_id} {key_id} {}", at.unix_timestamp());
+        match payloads.last_mut() {
+            Some(current) if current.len() + 1 + entry.len() <= MAX_USES_PAYLOAD => {
+                current.push(',');
+                current.push_str(&entry);
+            }
+            _ => payloads.push(entry),
+        }
+    }
+    payloads
+}
+
+/// Announces the uses a metering batch stores; delivered when the transaction commits.
+async fn announce_uses(
+    tx: &mut Transaction<'static, Postgres>,
+    batch: &MeterBatch,
+) -> StoreResult<()> {
+    for payload in uses_payloads(batch) {
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(KEY_USES_CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// Announces a change of one of `account_id`'s keys; delivered when the transaction
@@ -197,8 +256,8 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    /// Follows key changes made through any node until `shutdown` completes, calling
-    /// `on_change` for each. When the listening connection drops it reports
+    /// Follows key changes and key uses announced by any node until `shutdown`
+    /// completes, calling `on_change` for each. When the listening connection drops it reports
     /// [`KeyChange::Lost`], reconnects (retrying every 200 ms) and reports
     /// [`KeyChange::Resynced`] once listening again: a node that may have missed
     /// notifications resyncs instead of serving stale keys.
@@ -212,7 +271,9 @@ impl PgStore {
         loop {
             let listener = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
-                listener.listen(KEY_CHANGES_CHANNEL).await?;
+                listener
+                    .listen_all([KEY_CHANGES_CHANNEL, KEY_USES_CHANNEL])
+                    .await?;
                 Ok::<_, sqlx::Error>(listener)
             };
             let mut listener = tokio::select! {
@@ -242,7 +303,11 @@ impl PgStore {
                     () = &mut shutdown => return,
                     message = listener.try_recv() => match message {
                         Ok(Some(notification)) => {
-                            on_change(decode_key_change(notification.payload()));
+                            on_change(if notification.channel() == KEY_USES_CHANNEL {
+                                decode_key_uses(notification.payload())
+                            } else {
+                                decode_key_change(notification.payload())
+                            });
                         }
                         // `None`: the connection was lost; `Err`: it broke. Either way
                         // notifications may have been missed.
@@ -1059,6 +1124,7 @@ impl Store for PgStore {
         insert_requests(&mut tx, &batch.requests).await?;
         touch_last_used(&mut tx, &batch.last_used).await?;
         add_usage(&mut tx, &batch.usage).await?;
+        announce_uses(&mut tx, batch).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -1337,6 +1403,44 @@ mod tests {
                 "{name:?}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn uses_travel_in_bounded_payloads_and_decode_whole() {
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut batch = MeterBatch::default();
+        let mut sent = Vec::new();
+        for _ in 0..500 {
+            let account_id = AccountId::from_ulid(ulid::Ulid::generate());
+            let key_id = KeyId::from_ulid(ulid::Ulid::generate());
+            batch.last_used.push((key_id.clone(), at));
+            batch.usage.push((
+                UsageKey {
+                    account_id: account_id.clone(),
+                    month: "2027-01".into(),
+                    endpoint: "GET /v1/api-keys".into(),
+                    key_id: key_id.clone(),
+                },
+                1,
+            ));
+            sent.push((account_id, key_id, at));
+        }
+        let payloads = uses_payloads(&batch);
+        assert!(payloads.len() > 1, "500 uses need several payloads");
+        assert!(payloads.iter().all(|p| p.len() <= MAX_USES_PAYLOAD));
+        let mut heard = Vec::new();
+        for payload in &payloads {
+            let KeyChange::Used(uses) = decode_key_uses(payload) else {
+                unreachable!("decode_key_uses only returns uses");
+            };
+            heard.extend(uses);
+        }
+        assert_eq!(heard, sent);
+        assert!(uses_payloads(&MeterBatch::default()).is_empty());
+        assert_eq!(
+            decode_key_uses("garbage,acct_x key_y 1"),
+            KeyChange::Used(Vec::new())
+        );
     }
 
     #[test]

@@ -328,6 +328,21 @@ impl MeterBatch {
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty() && self.last_used.is_empty() && self.usage.is_empty()
     }
+
+    /// Each used key with its account and latest use. The account comes from the usage
+    /// counters, which count every use, dropped rows included.
+    #[must_use]
+    pub fn uses(&self) -> Vec<(&AccountId, &KeyId, OffsetDateTime)> {
+        let accounts: std::collections::HashMap<&KeyId, &AccountId> = self
+            .usage
+            .iter()
+            .map(|(usage, _)| (&usage.key_id, &usage.account_id))
+            .collect();
+        self.last_used
+            .iter()
+            .filter_map(|(key_id, at)| accounts.get(key_id).map(|acct| (*acct, key_id, *at)))
+            .collect()
+    }
 }
 
 /// The persistence behind keyward. One method per use case.

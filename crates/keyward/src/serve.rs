@@ -111,11 +111,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .body_limit(args.body_limit as usize)
         .key_cache_capacity(args.key_cache_capacity)
         .metrics(render)
-        .listing_ttl(match &backend {
-            // One node sees every use of its keys: listings live as long as keys do.
-            Backend::Sqlite(_) => keyward_http::KEY_CACHE_TTL,
-            Backend::Postgres(_) => keyward_http::SHARED_LISTING_TTL,
-        })
+        // Every use reaches the cached listings: this node's once stored, other nodes'
+        // through the uses feed (PostgreSQL). Listings live as long as keys do.
+        .listing_ttl(keyward_http::KEY_CACHE_TTL)
         .build();
 
     let cancel = CancellationToken::new();
@@ -136,6 +134,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                             digests,
                         } => {
                             caches.forget_changed_key(account_id.as_ref(), &digests);
+                        }
+                        KeyChange::Used(uses) => {
+                            caches.note_uses(uses.iter().map(|(a, k, at)| (a, k, *at)));
                         }
                         KeyChange::Lost => caches.set_caches_coherent(false),
                         KeyChange::Resynced => caches.set_caches_coherent(true),

@@ -74,6 +74,35 @@ async fn a_change_made_through_one_node_is_enforced_by_the_other_within_a_second
 }
 
 #[tokio::test]
+async fn a_use_through_one_node_reaches_the_other_nodes_cached_listing_within_two_seconds() {
+    let Some(a) = Server::start_on_postgres("cross-node last_used", &["--no-bootstrap"]) else {
+        return;
+    };
+    let b = a.another_node(&["--no-bootstrap"]);
+    let acct = a.create_account("enterprise");
+    let (key_id, secret) = create_key(&a, &acct.api_key, &json!({"scopes": ["read"]})).await;
+    let last_used_on_b = async || {
+        let listed = get(&b, &acct.api_key, "/v1/api-keys").await;
+        assert_eq!(listed.status, 200, "{listed:?}");
+        listed.body["api_keys"]
+            .as_array()
+            .expect("api_keys")
+            .iter()
+            .find(|k| k["key_id"] == key_id.as_str())
+            .expect("the new key is listed")["last_used"]
+            .clone()
+    };
+    // B caches the listing with the key unused; a listing lives 10 s.
+    assert!(last_used_on_b().await.is_null());
+    assert_eq!(get(&a, &secret, "/v1/api-keys").await.status, 200);
+    let seen = common::eventually(Duration::from_secs(2), async || {
+        last_used_on_b().await.is_string()
+    })
+    .await;
+    assert!(seen, "node B still listed the key as unused after 2 s");
+}
+
+#[tokio::test]
 async fn redis_holds_the_free_plan_limit_across_two_nodes() {
     let Ok(redis) = std::env::var("KEYWARD_TEST_REDIS_URL") else {
         eprintln!(
