@@ -95,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             *usage.entry(usage_key).or_insert(0_u64) += 1;
         }
         batch.usage = usage.into_iter().collect();
-        store.write_meter_batch(&mut batch).await?;
+        store.write_meter_batch(&batch).await?;
         written += n;
     }
     backend.close().await;

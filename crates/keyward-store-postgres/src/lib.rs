@@ -1116,7 +1116,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn write_meter_batch(&self, batch: &mut MeterBatch) -> StoreResult<()> {
+    async fn write_meter_batch(&self, batch: &MeterBatch) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -1622,7 +1622,7 @@ mod tests {
                 usage.reverse();
                 last_used.reverse();
             }
-            let mut batch = MeterBatch {
+            let batch = MeterBatch {
                 requests: Vec::new(),
                 last_used,
                 usage,
@@ -1632,7 +1632,7 @@ mod tests {
             } else {
                 node_b.clone()
             };
-            tasks.spawn(async move { store.write_meter_batch(&mut batch).await });
+            tasks.spawn(async move { store.write_meter_batch(&batch).await });
         }
         for result in tasks.join_all().await {
             result.unwrap();
@@ -1679,7 +1679,7 @@ mod tests {
                 latency_ms: i,
             })
             .collect();
-        let mut batch = MeterBatch {
+        let batch = MeterBatch {
             requests,
             last_used: vec![
                 (keys[0].clone(), t - time::Duration::hours(1)),
@@ -1687,7 +1687,7 @@ mod tests {
             ],
             usage: vec![(usage_key.clone(), 2), (usage_key, 3)],
         };
-        store.write_meter_batch(&mut batch).await.unwrap();
+        store.write_meter_batch(&batch).await.unwrap();
         let usage = store.usage(&account_id, "2026-12").await.unwrap();
         assert_eq!(
             usage,

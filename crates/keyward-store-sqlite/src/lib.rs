@@ -8,7 +8,6 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -118,8 +117,7 @@ impl Shapes {
 // makes SQLite keep a statement journal of every page it touches, so as to undo just
 // that statement (a profile of the flush showed 4 % of all CPU there, and the glibc
 // allocator churn behind it). `fail` keeps what the statement did before an error; the
-// flush then returns the error and its open transaction rolls back, so no statement is
-// half-written (rows committed earlier, when the flush stepped aside, are accounted for).
+// flush then fails as a whole and its transaction rolls back, so nothing is half-written.
 static HISTORY_INSERT: Shapes = Shapes::new(
     "insert or fail into request_log (account_id, time, method, endpoint, status, user_agent, \
      key_id, request_id, latency_ms) values ",
@@ -145,8 +143,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     creates: Arc<CreateQueue>,
-    /// Transactions waiting for the writer connection (see [`SqliteStore::begin`]).
-    waiting_writers: Arc<AtomicUsize>,
 }
 
 /// Group commit of key creations. Every 201 waits for a commit, SQLite has one writer,
@@ -235,7 +231,6 @@ impl SqliteStore {
             writer,
             reader,
             creates: Arc::default(),
-            waiting_writers: Arc::default(),
         })
     }
 
@@ -275,98 +270,12 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        // Counted while waiting, so that a long metering flush can step aside.
-        let _waiting = WaitingWriter::new(&self.waiting_writers);
         // One writer connection: IMMEDIATE takes the write lock up front, so another
         // process (an operator command) makes us wait in busy_timeout, not fail.
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)
-    }
-
-    /// Between two statements of a metering flush: if a key change is waiting for the
-    /// writer, commits what is written so far (then `stored` is `written`, the history
-    /// rows written so far) and continues in a new transaction, which the pool's fair
-    /// queue hands out after the waiting one. Under load a flush held the writer for
-    /// hundreds of milliseconds, and every key creation behind it waited that long (the
-    /// mix's p99).
-    async fn step_aside(
-        &self,
-        tx: Transaction<'static, Sqlite>,
-        stored: &mut usize,
-        written: usize,
-    ) -> StoreResult<Transaction<'static, Sqlite>> {
-        if self.waiting_writers.load(Ordering::Acquire) == 0 {
-            return Ok(tx);
-        }
-        tx.commit().await.map_err(map_err)?;
-        *stored = written;
-        self.begin().await
-    }
-
-    /// The flush itself; `stored` counts the history rows committed by a step aside.
-    async fn write_meter_rows(&self, batch: &MeterBatch, stored: &mut usize) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let mut written = 0;
-        for chunk in batch.requests.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::query(HISTORY_INSERT.sql(chunk.len()));
-            for r in chunk {
-                insert = insert
-                    .bind(r.account_id.as_str())
-                    .bind(ts(r.time))
-                    .bind(&*r.method)
-                    .bind(&*r.endpoint)
-                    .bind(i64::from(r.status))
-                    .bind(r.user_agent.as_deref())
-                    .bind(r.key_id.as_str())
-                    .bind(r.request_id.as_str())
-                    .bind(i64::from(r.latency_ms));
-            }
-            insert.execute(&mut *tx).await.map_err(map_err)?;
-            written += chunk.len();
-            tx = self.step_aside(tx, stored, written).await?;
-        }
-        // `last_used` only moves forward, so writing it again after a failure is harmless.
-        for chunk in batch.last_used.chunks(ROWS_PER_STATEMENT) {
-            let mut update = sqlx::query(LAST_USED_UPDATE.sql(chunk.len()));
-            for (key_id, at) in chunk {
-                update = update.bind(key_id.as_str()).bind(ts(*at));
-            }
-            update.execute(&mut *tx).await.map_err(map_err)?;
-            tx = self.step_aside(tx, stored, written).await?;
-        }
-        // Usage counters are all in the last transaction: a failed flush counts nothing.
-        for chunk in batch.usage.chunks(ROWS_PER_STATEMENT) {
-            let mut upsert = sqlx::query(USAGE_UPSERT.sql(chunk.len()));
-            for (usage, count) in chunk {
-                upsert = upsert
-                    .bind(usage.account_id.as_str())
-                    .bind(usage.month.as_str())
-                    .bind(usage.endpoint.as_str())
-                    .bind(usage.key_id.as_str())
-                    .bind(i64::try_from(*count).unwrap_or(i64::MAX));
-            }
-            upsert.execute(&mut *tx).await.map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)
-    }
-}
-
-/// Counts a transaction waiting for the writer for as long as it waits (also if the
-/// waiting future is dropped).
-struct WaitingWriter<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingWriter<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self(count)
-    }
-}
-
-impl Drop for WaitingWriter<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -991,17 +900,47 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn write_meter_batch(&self, batch: &mut MeterBatch) -> StoreResult<()> {
+    async fn write_meter_batch(&self, batch: &MeterBatch) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut stored = 0;
-        let written = self.write_meter_rows(batch, &mut stored).await;
-        if written.is_err() {
-            // Committed when the flush stepped aside: the retry must not write them twice.
-            batch.requests.drain(..stored);
+        let mut tx = self.begin().await?;
+        for chunk in batch.requests.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::query(HISTORY_INSERT.sql(chunk.len()));
+            for r in chunk {
+                insert = insert
+                    .bind(r.account_id.as_str())
+                    .bind(ts(r.time))
+                    .bind(&*r.method)
+                    .bind(&*r.endpoint)
+                    .bind(i64::from(r.status))
+                    .bind(r.user_agent.as_deref())
+                    .bind(r.key_id.as_str())
+                    .bind(r.request_id.as_str())
+                    .bind(i64::from(r.latency_ms));
+            }
+            insert.execute(&mut *tx).await.map_err(map_err)?;
         }
-        written
+        for chunk in batch.last_used.chunks(ROWS_PER_STATEMENT) {
+            let mut update = sqlx::query(LAST_USED_UPDATE.sql(chunk.len()));
+            for (key_id, at) in chunk {
+                update = update.bind(key_id.as_str()).bind(ts(*at));
+            }
+            update.execute(&mut *tx).await.map_err(map_err)?;
+        }
+        for chunk in batch.usage.chunks(ROWS_PER_STATEMENT) {
+            let mut upsert = sqlx::query(USAGE_UPSERT.sql(chunk.len()));
+            for (usage, count) in chunk {
+                upsert = upsert
+                    .bind(usage.account_id.as_str())
+                    .bind(usage.month.as_str())
+                    .bind(usage.endpoint.as_str())
+                    .bind(usage.key_id.as_str())
+                    .bind(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+            upsert.execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn request_history(
@@ -1175,123 +1114,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.account_count().await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_flush_steps_aside_only_for_a_waiting_key_change() {
-        use keyward_store::contract::{account, audit, new_key};
-        let (store, _dir) = fresh().await;
-        let acct = account(keyward_core::Plan::Pro);
-        let (first, _) = new_key(&acct.account_id, &["read"]);
-        store.create_account(&acct, &first, &audit()).await.unwrap();
-        let stored_name = || async { store.account(&acct.account_id).await.unwrap().unwrap().name };
-
-        // A flush's first statement.
-        let mut tx = store.begin().await.unwrap();
-        sqlx::query("update account set name = 'renamed' where account_id = $1")
-            .bind(acct.account_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        let mut stored = 0;
-        let tx = store.step_aside(tx, &mut stored, 1).await.unwrap();
-        assert_eq!(
-            stored_name().await,
-            "acme",
-            "nobody waited: nothing committed"
-        );
-        assert_eq!(stored, 0);
-
-        let (second, _) = new_key(&acct.account_id, &["read"]);
-        let creating = tokio::spawn({
-            let store = store.clone();
-            let second = second.clone();
-            async move { store.insert_key(&second, &audit()).await }
-        });
-        while store.waiting_writers.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let tx = store.step_aside(tx, &mut stored, 2).await.unwrap();
-        assert_eq!(
-            stored_name().await,
-            "renamed",
-            "the flush so far was committed"
-        );
-        assert_eq!(stored, 2, "the rows written so far are counted as stored");
-        assert!(
-            store
-                .get_key(&acct.account_id, &second.key_id)
-                .await
-                .unwrap()
-                .is_some(),
-            "the waiting creation committed before the flush went on"
-        );
-        tx.commit().await.unwrap();
-        creating.await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_flush_that_fails_after_stepping_aside_keeps_only_the_unstored_rows() {
-        use keyward_store::contract::{account, audit, new_key, record};
-        let (store, _dir) = fresh().await;
-        let acct = account(keyward_core::Plan::Pro);
-        let (key, _) = new_key(&acct.account_id, &["read"]);
-        store.create_account(&acct, &key, &audit()).await.unwrap();
-        let now = OffsetDateTime::now_utc();
-        let mut batch = MeterBatch::default();
-        for _ in 0..ROWS_PER_STATEMENT + 1 {
-            let row = record(&acct.account_id, &key.key_id, "GET /v1/api-keys", 200, now);
-            batch.last_used.push((key.key_id.clone(), now));
-            batch.requests.push(row);
-        }
-        batch.last_used.truncate(1);
-        batch.usage.push((
-            keyward_store::UsageKey {
-                account_id: acct.account_id.clone(),
-                month: "2026-11".into(),
-                endpoint: "GET /v1/api-keys".into(),
-                key_id: key.key_id.clone(),
-            },
-            65,
-        ));
-        // The last row, alone in the second statement, fails; and as if a key change were
-        // waiting all along, the flush steps aside after each statement.
-        batch.requests[ROWS_PER_STATEMENT].request_id = "req_poison".into();
-        sqlx::query(
-            "create trigger poison before insert on request_log \
-             when new.request_id = 'req_poison' begin select raise(fail, 'poisoned'); end",
-        )
-        .execute(&store.writer)
-        .await
-        .unwrap();
-        store.waiting_writers.fetch_add(1, Ordering::AcqRel);
-
-        assert!(store.write_meter_batch(&mut batch).await.is_err());
-        assert_eq!(batch.requests.len(), 1, "only the unstored row is left");
-        assert_eq!(batch.requests[0].request_id, "req_poison");
-        let stored = |sql: &'static str| {
-            let store = store.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>(sql)
-                    .fetch_one(&store.reader)
-                    .await
-                    .unwrap()
-            }
-        };
-        assert_eq!(stored("select count(*) from request_log").await, 64);
-        assert_eq!(
-            stored("select count(*) from usage_counter").await,
-            0,
-            "usage is written only with the last rows"
-        );
-
-        sqlx::query("drop trigger poison")
-            .execute(&store.writer)
-            .await
-            .unwrap();
-        store.write_meter_batch(&mut batch).await.unwrap();
-        assert_eq!(stored("select count(*) from request_log").await, 65);
-        assert_eq!(stored("select sum(count) from usage_counter").await, 65);
     }
 
     #[test]

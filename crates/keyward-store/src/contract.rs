@@ -51,9 +51,7 @@ fn now() -> OffsetDateTime {
     keyward_core::timefmt::truncate(OffsetDateTime::now_utc())
 }
 
-/// A new account on `plan` (not stored).
-#[must_use]
-pub fn account(plan: Plan) -> Account {
+fn account(plan: Plan) -> Account {
     Account {
         account_id: AccountId::from_ulid(next_ulid()),
         name: "acme".into(),
@@ -63,9 +61,7 @@ pub fn account(plan: Plan) -> Account {
     }
 }
 
-/// A new key of `account_id` with `scopes` (not stored), and its secret.
-#[must_use]
-pub fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
+fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
     let secret = KeySecret::generate(&KeyPrefix::default(), &mut OsRandom);
     let key = NewKey {
         key_id: KeyId::from_ulid(next_ulid()),
@@ -83,9 +79,7 @@ pub fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
     (key, secret)
 }
 
-/// The audit context of a test change.
-#[must_use]
-pub fn audit() -> AuditContext {
+fn audit() -> AuditContext {
     AuditContext {
         actor_key_id: None,
         request_id: "req_test".into(),
@@ -535,9 +529,7 @@ async fn imported_keys_authenticate_and_are_audited<S: Store>(store: &S) {
     );
 }
 
-/// A request history row.
-#[must_use]
-pub fn record(
+fn record(
     acct: &AccountId,
     key: &KeyId,
     endpoint: &str,
@@ -566,7 +558,7 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         endpoint: "GET /v1/api-keys".into(),
         key_id: key.key_id.clone(),
     };
-    let mut batch = MeterBatch {
+    let batch = MeterBatch {
         requests: vec![record(
             &acct.account_id,
             &key.key_id,
@@ -577,14 +569,14 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         last_used: vec![(key.key_id.clone(), t)],
         usage: vec![(usage_key.clone(), 3)],
     };
-    store.write_meter_batch(&mut batch).await.unwrap();
+    store.write_meter_batch(&batch).await.unwrap();
     // An older last_used never moves it back; counts add up.
-    let mut older = MeterBatch {
+    let older = MeterBatch {
         requests: vec![],
         last_used: vec![(key.key_id.clone(), t - Duration::hours(1))],
         usage: vec![(usage_key, 2)],
     };
-    store.write_meter_batch(&mut older).await.unwrap();
+    store.write_meter_batch(&older).await.unwrap();
     let got = store
         .get_key(&acct.account_id, &key.key_id)
         .await
@@ -640,7 +632,7 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
         t,
     ));
     store
-        .write_meter_batch(&mut MeterBatch {
+        .write_meter_batch(&MeterBatch {
             requests,
             ..MeterBatch::default()
         })

@@ -310,7 +310,7 @@ pub struct UsageKey {
     pub key_id: KeyId,
 }
 
-/// Everything a batch writer flushes at once.
+/// Everything a batch writer flushes in one transaction.
 #[derive(Debug, Default, Clone)]
 pub struct MeterBatch {
     /// New request history rows.
@@ -424,10 +424,8 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditContext,
     ) -> StoreResult<Changed>;
 
-    /// Writes one batch of metering: in one transaction, or (SQLite) in several when a
-    /// key change is waiting for the writer. On an error, the history rows already
-    /// committed have been taken out of `batch`: what is left is what a retry writes.
-    async fn write_meter_batch(&self, batch: &mut MeterBatch) -> StoreResult<()>;
+    /// Writes one batch of metering in one transaction.
+    async fn write_meter_batch(&self, batch: &MeterBatch) -> StoreResult<()>;
     /// A page of the account's request history, newest first, with each row's position.
     async fn request_history(
         &self,

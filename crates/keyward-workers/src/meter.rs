@@ -213,8 +213,8 @@ pub async fn run_meter(
             () = cancel.cancelled() => true,
             () = tokio::time::sleep(if failed.is_some() { backoff } else { interval }) => false,
         };
-        if let Some(mut batch) = failed.take() {
-            if write_batch(store.as_ref(), &mut batch).await {
+        if let Some(batch) = failed.take() {
+            if write_batch(store.as_ref(), &batch).await {
                 written(&batch);
                 meter.recycle(batch);
                 backoff = interval;
@@ -225,9 +225,9 @@ pub async fn run_meter(
         }
         // While an older batch still fails, new rows keep buffering (bounded) behind it.
         if failed.is_none() {
-            let mut batch = meter.take();
+            let batch = meter.take();
             if !batch.is_empty() {
-                if write_batch(store.as_ref(), &mut batch).await {
+                if write_batch(store.as_ref(), &batch).await {
                     written(&batch);
                     meter.recycle(batch);
                 } else {
@@ -247,9 +247,8 @@ pub async fn run_meter(
     }
 }
 
-/// Writes one batch; counts its rows as they land, logs when it does not. A failed
-/// batch keeps only what is left to write.
-async fn write_batch(store: &dyn Store, batch: &mut MeterBatch) -> bool {
+/// Writes one batch; counts its rows when it lands, logs when it does not.
+async fn write_batch(store: &dyn Store, batch: &MeterBatch) -> bool {
     let rows = batch.requests.len();
     let started = std::time::Instant::now();
     match store.write_meter_batch(batch).await {
@@ -261,9 +260,7 @@ async fn write_batch(store: &dyn Store, batch: &mut MeterBatch) -> bool {
             true
         }
         Err(e) => {
-            let stored = rows - batch.requests.len();
-            metrics::counter!("keyward_meter_flushed_rows_total").increment(stored as u64);
-            tracing::warn!(error = %e, rows, stored, "metering batch write failed; will retry");
+            tracing::warn!(error = %e, rows, "metering batch write failed; will retry");
             false
         }
     }

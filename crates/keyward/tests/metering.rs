@@ -1560,7 +1560,7 @@ async fn pruning_removes_only_old_history_and_keeps_usage_counters() {
         };
         batch.usage.push((usage_key, *n));
     }
-    store.write_meter_batch(&mut batch).await.unwrap();
+    store.write_meter_batch(&batch).await.unwrap();
     let all_ids = |rows: &[Value]| request_ids(rows).into_iter().collect::<HashSet<String>>();
     let before = all_ids(&rows(
         &history(&server, &acct.api_key, &[("limit", "1000")]).await,
