@@ -257,8 +257,8 @@ impl PgStore {
     }
 
     /// Follows key changes and key uses announced by any node until `shutdown`
-    /// completes, calling `on_change` for each. When the listening connection drops it reports
-    /// [`KeyChange::Lost`], reconnects (retrying every 200 ms) and reports
+    /// completes, calling `on_change` for each. When the listening connection drops it
+    /// reports [`KeyChange::Lost`], reconnects (retrying every 200 ms) and reports
     /// [`KeyChange::Resynced`] once listening again: a node that may have missed
     /// notifications resyncs instead of serving stale keys.
     pub async fn follow_key_changes<F, S>(&self, mut on_change: F, shutdown: S)
