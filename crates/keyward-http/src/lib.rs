@@ -22,7 +22,7 @@ use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::KEY_CACHE_TTL;
-pub use state::{AppState, AppStateBuilder, MetricsRender, SHARED_LISTING_TTL};
+pub use state::{AppState, AppStateBuilder, MetricsRender};
 
 /// The whole application.
 ///

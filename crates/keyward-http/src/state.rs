@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use keyward_core::{AccountId, KeyDigest, KeyId, KeyPrefix};
-use keyward_store::{MeterBatch, Store};
+use keyward_store::Store;
 use keyward_workers::{Meter, RateLimiter};
 use time::OffsetDateTime;
 use ulid::Ulid;
@@ -14,13 +14,10 @@ use crate::cache::CoherentCache;
 
 /// An account's whole key listing, cached for accounts of at most
 /// [`MAX_CACHED_LISTING`] keys, invalidated by every change of a key. `last_used` moves
-/// forward in it as each metering batch is stored ([`Shared::note_stored_uses`]), so it
-/// shows a use within the meter interval (250 ms) as API.md asks (one second).
+/// forward in it as each metering batch is stored, this node's or (PostgreSQL) another
+/// node's ([`Shared::note_uses`]), so it shows a use within about the meter interval
+/// (250 ms) as API.md asks (one second), and a listing lives as long as a cached key.
 pub type ListingCache = CoherentCache<AccountId, Arc<Listing>>;
-
-/// Longest a listing lives where other nodes use the same keys (PostgreSQL): their uses
-/// reach this node only through storage, within their meter interval plus this.
-pub const SHARED_LISTING_TTL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Most accounts whose listing is cached.
 pub const LISTING_CACHE_ACCOUNTS: u64 = 10_000;
 /// Largest listing cached; bigger accounts are always listed from storage.
@@ -75,7 +72,6 @@ pub struct AppStateBuilder {
     body_limit: usize,
     metrics: Option<MetricsRender>,
     key_cache_capacity: u64,
-    listing_ttl: std::time::Duration,
 }
 
 impl AppStateBuilder {
@@ -90,7 +86,6 @@ impl AppStateBuilder {
             body_limit: DEFAULT_BODY_LIMIT,
             metrics: None,
             key_cache_capacity: 100_000,
-            listing_ttl: SHARED_LISTING_TTL,
         }
     }
 
@@ -122,14 +117,6 @@ impl AppStateBuilder {
         self
     }
 
-    /// How long a cached listing lives: [`SHARED_LISTING_TTL`] (the default) when other
-    /// nodes use the same keys, longer when this node sees every use.
-    #[must_use]
-    pub fn listing_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.listing_ttl = ttl;
-        self
-    }
-
     /// The state.
     #[must_use]
     pub fn build(self) -> AppState {
@@ -137,7 +124,7 @@ impl AppStateBuilder {
             keys: KeyCache::new(self.store.clone(), self.key_cache_capacity),
             listings: CoherentCache::new(
                 LISTING_CACHE_ACCOUNTS,
-                self.listing_ttl,
+                crate::auth::KEY_CACHE_TTL,
                 "keyward_listing_cache_hits_total",
                 "keyward_listing_cache_misses_total",
             ),
@@ -181,25 +168,16 @@ impl Shared {
         }
     }
 
-    /// Moves `last_used` forward in the cached listings of the keys a stored metering
-    /// batch used. Called after the batch is stored, so a listing loaded from storage
-    /// before or after this sees the uses either way.
-    pub fn note_stored_uses(&self, batch: &MeterBatch) {
-        self.note_uses(batch.uses());
-    }
-
-    /// Moves `last_used` forward in cached listings: this node's stored uses, or (on
-    /// PostgreSQL) those another node announced once it had stored them. An account
+    /// Moves `last_used` forward in cached listings: the uses of a metering batch once
+    /// this node has stored it, or (on PostgreSQL) those another node announced once it
+    /// had stored them. An account
     /// without a cached listing still has its invalidation epoch bumped, so that a
     /// listing being loaded from storage right now, perhaps read before these uses were
     /// stored, is not kept (it would hide them for a listing's whole life).
-    pub fn note_uses<'a>(
-        &self,
-        uses: impl IntoIterator<Item = (&'a AccountId, &'a KeyId, OffsetDateTime)>,
-    ) {
+    pub fn note_uses(&self, uses: &[(AccountId, KeyId, OffsetDateTime)]) {
         for (account_id, key_id, at) in uses {
             match self.listings.peek(account_id) {
-                Some(listing) => listing.note_use(key_id, at),
+                Some(listing) => listing.note_use(key_id, *at),
                 None => self.listings.invalidate([account_id]),
             }
         }

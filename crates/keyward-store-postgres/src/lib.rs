@@ -89,7 +89,7 @@ pub fn decode_key_uses(payload: &str) -> KeyChange {
 /// [`MAX_USES_PAYLOAD`] bytes.
 fn uses_payloads(batch: &MeterBatch) -> Vec<String> {
     let mut payloads: Vec<String> = Vec::new();
-    for (account_id, key_id, at) in batch.uses() {
+    for (account_id, key_id, at) in &batch.last_used {
         let entry = format!("{account_id} {key_id} {}", at.unix_timestamp());
         match payloads.last_mut() {
             Some(current) if current.len() + 1 + entry.len() <= MAX_USES_PAYLOAD => {
@@ -679,13 +679,13 @@ async fn insert_requests(
 /// visits rows, and two batches could deadlock.
 async fn touch_last_used(
     tx: &mut Transaction<'static, Postgres>,
-    last_used: &[(KeyId, OffsetDateTime)],
+    last_used: &[(AccountId, KeyId, OffsetDateTime)],
 ) -> StoreResult<()> {
     if last_used.is_empty() {
         return Ok(());
     }
-    let key_ids: Vec<&str> = last_used.iter().map(|(k, _)| k.as_str()).collect();
-    let times: Vec<i64> = last_used.iter().map(|(_, t)| ts(*t)).collect();
+    let key_ids: Vec<&str> = last_used.iter().map(|(_, k, _)| k.as_str()).collect();
+    let times: Vec<i64> = last_used.iter().map(|(_, _, t)| ts(*t)).collect();
     sqlx::query("select 1 from api_key where key_id = any($1::text[]) order by key_id for update")
         .bind(&key_ids)
         .execute(&mut **tx)
@@ -1413,7 +1413,9 @@ mod tests {
         for _ in 0..500 {
             let account_id = AccountId::from_ulid(ulid::Ulid::generate());
             let key_id = KeyId::from_ulid(ulid::Ulid::generate());
-            batch.last_used.push((key_id.clone(), at));
+            batch
+                .last_used
+                .push((account_id.clone(), key_id.clone(), at));
             batch.usage.push((
                 UsageKey {
                     account_id: account_id.clone(),
@@ -1615,7 +1617,10 @@ mod tests {
             }
             usage.sort_by(|a, b| a.0.cmp(&b.0));
             let at = base + time::Duration::seconds(i64::try_from(i).unwrap());
-            let mut last_used: Vec<_> = keys.iter().map(|k| (k.clone(), at)).collect();
+            let mut last_used: Vec<_> = keys
+                .iter()
+                .map(|k| (account_id.clone(), k.clone(), at))
+                .collect();
             // Odd batches break the sorting rule on purpose: the store's own ordering
             // must still keep writers from deadlocking.
             if i % 2 == 1 {
@@ -1682,8 +1687,12 @@ mod tests {
         let batch = MeterBatch {
             requests,
             last_used: vec![
-                (keys[0].clone(), t - time::Duration::hours(1)),
-                (keys[0].clone(), t),
+                (
+                    account_id.clone(),
+                    keys[0].clone(),
+                    t - time::Duration::hours(1),
+                ),
+                (account_id.clone(), keys[0].clone(), t),
             ],
             usage: vec![(usage_key.clone(), 2), (usage_key, 3)],
         };

@@ -923,7 +923,7 @@ impl Store for SqliteStore {
         }
         for chunk in batch.last_used.chunks(ROWS_PER_STATEMENT) {
             let mut update = sqlx::query(LAST_USED_UPDATE.sql(chunk.len()));
-            for (key_id, at) in chunk {
+            for (_, key_id, at) in chunk {
                 update = update.bind(key_id.as_str()).bind(ts(*at));
             }
             update.execute(&mut *tx).await.map_err(map_err)?;

@@ -566,14 +566,18 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
             200,
             t,
         )],
-        last_used: vec![(key.key_id.clone(), t)],
+        last_used: vec![(acct.account_id.clone(), key.key_id.clone(), t)],
         usage: vec![(usage_key.clone(), 3)],
     };
     store.write_meter_batch(&batch).await.unwrap();
     // An older last_used never moves it back; counts add up.
     let older = MeterBatch {
         requests: vec![],
-        last_used: vec![(key.key_id.clone(), t - Duration::hours(1))],
+        last_used: vec![(
+            acct.account_id.clone(),
+            key.key_id.clone(),
+            t - Duration::hours(1),
+        )],
         usage: vec![(usage_key, 2)],
     };
     store.write_meter_batch(&older).await.unwrap();

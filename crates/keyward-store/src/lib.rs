@@ -315,8 +315,9 @@ pub struct UsageKey {
 pub struct MeterBatch {
     /// New request history rows.
     pub requests: Vec<RequestRecord>,
-    /// Latest use per key; `last_used` only moves forward.
-    pub last_used: Vec<(KeyId, OffsetDateTime)>,
+    /// Latest use per key, with the key's account (which the caches of listings are
+    /// keyed by); `last_used` only moves forward.
+    pub last_used: Vec<(AccountId, KeyId, OffsetDateTime)>,
     /// Increments of the monthly counters, sorted by key to keep concurrent writers
     /// from deadlocking.
     pub usage: Vec<(UsageKey, u64)>,
@@ -327,21 +328,6 @@ impl MeterBatch {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty() && self.last_used.is_empty() && self.usage.is_empty()
-    }
-
-    /// Each used key with its account and latest use. The account comes from the usage
-    /// counters, which count every use, dropped rows included.
-    #[must_use]
-    pub fn uses(&self) -> Vec<(&AccountId, &KeyId, OffsetDateTime)> {
-        let accounts: std::collections::HashMap<&KeyId, &AccountId> = self
-            .usage
-            .iter()
-            .map(|(usage, _)| (&usage.key_id, &usage.account_id))
-            .collect();
-        self.last_used
-            .iter()
-            .filter_map(|(key_id, at)| accounts.get(key_id).map(|acct| (*acct, key_id, *at)))
-            .collect()
     }
 }
 

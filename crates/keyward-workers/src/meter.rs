@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use keyward_core::KeyId;
+use keyward_core::{AccountId, KeyId};
 use keyward_store::{MeterBatch, RequestRecord, Store, UsageKey};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 struct Pending {
     requests: Vec<RequestRecord>,
-    last_used: HashMap<KeyId, OffsetDateTime>,
+    /// Each used key's account and latest use.
+    last_used: HashMap<KeyId, (AccountId, OffsetDateTime)>,
     usage: HashMap<UsageKey, u64>,
 }
 
@@ -135,13 +136,17 @@ impl Meter {
                 request.key_id.as_str(),
             );
             counts.entry(counter).or_insert((0, request)).0 += 1;
-            move_forward(last_used, &request.key_id, request.time);
+            move_forward(last_used, request);
         }
         for (n, request) in counts.into_values() {
             *usage.entry(usage_key(request)).or_insert(0) += n;
         }
-        let mut last_used: Vec<_> = pending.last_used.into_iter().collect();
-        last_used.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut last_used: Vec<_> = pending
+            .last_used
+            .into_iter()
+            .map(|(key_id, (account_id, at))| (account_id, key_id, at))
+            .collect();
+        last_used.sort_by(|a, b| a.1.cmp(&b.1));
         let mut usage: Vec<_> = pending.usage.into_iter().collect();
         usage.sort_by(|a, b| a.0.cmp(&b.0));
         MeterBatch {
@@ -167,24 +172,27 @@ fn usage_key(request: &RequestRecord) -> UsageKey {
 /// Counts `request` in the usage counters and moves its key's `last_used` forward.
 fn add_usage(
     usage: &mut HashMap<UsageKey, u64>,
-    last_used: &mut HashMap<KeyId, OffsetDateTime>,
+    last_used: &mut HashMap<KeyId, (AccountId, OffsetDateTime)>,
     request: &RequestRecord,
 ) {
     *usage.entry(usage_key(request)).or_insert(0) += 1;
-    move_forward(last_used, &request.key_id, request.time);
+    move_forward(last_used, request);
 }
 
-/// `last_used` only moves forward; the key is cloned only the first time it is seen.
+/// Moves the request's key's `last_used` forward (never back); the ids are cloned only
+/// the first time the key is seen.
 fn move_forward(
-    last_used: &mut HashMap<KeyId, OffsetDateTime>,
-    key_id: &KeyId,
-    at: OffsetDateTime,
+    last_used: &mut HashMap<KeyId, (AccountId, OffsetDateTime)>,
+    request: &RequestRecord,
 ) {
-    match last_used.get_mut(key_id) {
-        Some(last) if *last < at => *last = at,
+    match last_used.get_mut(&request.key_id) {
+        Some((_, last)) if *last < request.time => *last = request.time,
         Some(_) => {}
         None => {
-            last_used.insert(key_id.clone(), at);
+            last_used.insert(
+                request.key_id.clone(),
+                (request.account_id.clone(), request.time),
+            );
         }
     }
 }
@@ -285,6 +293,14 @@ mod tests {
         }
     }
 
+    fn keys_and_times(batch: &MeterBatch) -> Vec<(KeyId, OffsetDateTime)> {
+        batch
+            .last_used
+            .iter()
+            .map(|(_, key_id, at)| (key_id.clone(), *at))
+            .collect()
+    }
+
     #[test]
     fn capacity_bounds_history_but_not_usage() {
         let meter = Meter::new(2);
@@ -297,7 +313,7 @@ mod tests {
         assert_eq!(batch.requests.len(), 2);
         assert_eq!(batch.usage.len(), 5, "each request had its own account");
         assert!(batch.usage.iter().all(|(_, n)| *n == 1));
-        assert_eq!(batch.last_used, vec![(key, t)]);
+        assert_eq!(keys_and_times(&batch), vec![(key, t)]);
         assert!(meter.take().is_empty());
     }
 
@@ -308,7 +324,7 @@ mod tests {
         let t = OffsetDateTime::now_utc();
         meter.record(request(&key, t));
         meter.record(request(&key, t - time::Duration::seconds(5)));
-        assert_eq!(meter.take().last_used, vec![(key, t)]);
+        assert_eq!(keys_and_times(&meter.take()), vec![(key, t)]);
     }
 
     #[test]

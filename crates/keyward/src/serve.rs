@@ -20,8 +20,7 @@ use crate::{Backend, bootstrap, open_store};
 
 /// How often metering is flushed. API.md: `last_used` may lag by at most one second:
 /// a flushed batch also moves `last_used` forward in this node's cached listings, and
-/// with several nodes (PostgreSQL) a listing lives at most 500 ms, for the other nodes'
-/// uses.
+/// with several nodes (PostgreSQL) in the others' too, through the uses feed.
 const METER_INTERVAL: Duration = Duration::from_millis(250);
 /// How often old history is pruned.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -111,9 +110,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .body_limit(args.body_limit as usize)
         .key_cache_capacity(args.key_cache_capacity)
         .metrics(render)
-        // Every use reaches the cached listings: this node's once stored, other nodes'
-        // through the uses feed (PostgreSQL). Listings live as long as keys do.
-        .listing_ttl(keyward_http::KEY_CACHE_TTL)
         .build();
 
     let cancel = CancellationToken::new();
@@ -135,9 +131,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         } => {
                             caches.forget_changed_key(account_id.as_ref(), &digests);
                         }
-                        KeyChange::Used(uses) => {
-                            caches.note_uses(uses.iter().map(|(a, k, at)| (a, k, *at)));
-                        }
+                        KeyChange::Used(uses) => caches.note_uses(&uses),
                         KeyChange::Lost => caches.set_caches_coherent(false),
                         KeyChange::Resynced => caches.set_caches_coherent(true),
                     },
@@ -155,7 +149,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cancel.clone(),
         {
             let state = state.clone();
-            move |batch| state.note_stored_uses(batch)
+            move |batch| state.note_uses(&batch.last_used)
         },
     ));
     let retention_task = tokio::spawn(run_retention(
