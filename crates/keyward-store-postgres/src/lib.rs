@@ -146,6 +146,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "history without time index",
         include_str!("../migrations/0002_history_without_time_index.sql"),
     ),
+    (
+        3,
+        "lighter history indexes",
+        include_str!("../migrations/0003_lighter_history_indexes.sql"),
+    ),
 ];
 
 /// Connections per node: enough for the request path's reads beside the batch writers,

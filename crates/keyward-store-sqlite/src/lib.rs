@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "history without time index",
         include_str!("../migrations/0002_history_without_time_index.sql"),
     ),
+    (
+        3,
+        "lighter history indexes",
+        include_str!("../migrations/0003_lighter_history_indexes.sql"),
+    ),
 ];
 
 /// The versions and names of the embedded migrations, for the check that both
@@ -68,7 +73,7 @@ fn migrator() -> Migrator {
 /// writer's thread, a flush of a thousand keys' `last_used` and usage held the writer
 /// (and every key creation behind it) for a quarter of a second.
 const ROWS_PER_STATEMENT: usize = 64;
-const WRITER_STATEMENT_CACHE: usize = 4 * ROWS_PER_STATEMENT;
+const WRITER_STATEMENT_CACHE: usize = 6 * ROWS_PER_STATEMENT;
 /// Keys per insert statement of a group commit (8 parameters each).
 const CREATES_PER_STATEMENT: usize = 512;
 /// The writer connection's page cache, in KiB.
@@ -119,9 +124,19 @@ impl Shapes {
 // allocator churn behind it). `fail` keeps what the statement did before an error; the
 // flush then fails as a whole and its transaction rolls back, so nothing is half-written.
 static HISTORY_INSERT: Shapes = Shapes::new(
-    "insert or fail into request_log (account_id, time, method, endpoint, status, user_agent, \
-     key_id, request_id, latency_ms) values ",
-    "(?,?,?,?,?,?,?,?,?)",
+    "insert or fail into request_log (request_log_id, account_id, time, method, endpoint, \
+     status, user_agent, key_id, request_id, latency_ms) values ",
+    "(?,?,?,?,?,?,?,?,?,?)",
+    "",
+);
+static SPAN_INSERT: Shapes = Shapes::new(
+    "insert or fail into request_log_span (account_id, first_id, last_id) values ",
+    "(?,?,?)",
+    "",
+);
+static KEY_SPAN_INSERT: Shapes = Shapes::new(
+    "insert or fail into request_log_key_span (account_id, key_id, first_id, last_id) values ",
+    "(?,?,?,?)",
     "",
 );
 /// `last_used` only moves forward.
@@ -372,6 +387,102 @@ fn account_from_row(row: &SqliteRow) -> StoreResult<Account> {
 /// table for up to [`CREATES_PER_STATEMENT`] keys: the writer connection answers each
 /// statement on its own thread, and those round trips, not the fsync, bounded key
 /// creation when each key took five statements.
+/// Writes a batch's history rows and their spans (migration 3). Each account's rows get
+/// consecutive ids, in the order they were recorded, so that one span row per account (and
+/// one per key used in it) replaces three index entries per row; the rows themselves are
+/// only appended.
+async fn write_history(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: &[RequestRecord],
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut order: Vec<&RequestRecord> = rows.iter().collect();
+    // Stable, so each account's rows keep their order.
+    order.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    // AUTOINCREMENT's own counter, so that ids are never reused, even after retention
+    // has emptied the table.
+    let last_id: Option<i64> =
+        sqlx::query_scalar("select seq from sqlite_sequence where name = 'request_log'")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    let mut next_id = last_id.unwrap_or(0) + 1;
+    let mut spans: Vec<Span<'_>> = Vec::new();
+    for chunk in order.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::query(HISTORY_INSERT.sql(chunk.len()));
+        for r in chunk {
+            match spans.last_mut() {
+                Some(span) if span.account_id == r.account_id.as_str() => {
+                    span.last_id = next_id;
+                    if span.key_ids.last() != Some(&r.key_id.as_str()) {
+                        span.key_ids.push(r.key_id.as_str());
+                    }
+                }
+                _ => spans.push(Span {
+                    account_id: r.account_id.as_str(),
+                    first_id: next_id,
+                    last_id: next_id,
+                    key_ids: vec![r.key_id.as_str()],
+                }),
+            }
+            insert = insert
+                .bind(next_id)
+                .bind(r.account_id.as_str())
+                .bind(ts(r.time))
+                .bind(&*r.method)
+                .bind(&*r.endpoint)
+                .bind(i64::from(r.status))
+                .bind(r.user_agent.as_deref())
+                .bind(r.key_id.as_str())
+                .bind(r.request_id.as_str())
+                .bind(i64::from(r.latency_ms));
+            next_id += 1;
+        }
+        insert.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    for chunk in spans.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::query(SPAN_INSERT.sql(chunk.len()));
+        for span in chunk {
+            insert = insert
+                .bind(span.account_id)
+                .bind(span.first_id)
+                .bind(span.last_id);
+        }
+        insert.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    for span in &mut spans {
+        span.key_ids.sort_unstable();
+        span.key_ids.dedup();
+    }
+    let key_spans: Vec<(&Span<'_>, &str)> = spans
+        .iter()
+        .flat_map(|span| span.key_ids.iter().map(move |key_id| (span, *key_id)))
+        .collect();
+    for chunk in key_spans.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::query(KEY_SPAN_INSERT.sql(chunk.len()));
+        for (span, key_id) in chunk {
+            insert = insert
+                .bind(span.account_id)
+                .bind(*key_id)
+                .bind(span.first_id)
+                .bind(span.last_id);
+        }
+        insert.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// One account's rows of a flush: ids `first_id..=last_id`, and the keys they were made
+/// with.
+struct Span<'a> {
+    account_id: &'a str,
+    first_id: i64,
+    last_id: i64,
+    key_ids: Vec<&'a str>,
+}
+
 async fn insert_new_keys(
     tx: &mut Transaction<'static, Sqlite>,
     keys: &[(&NewKey, &AuditContext)],
@@ -905,22 +1016,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for chunk in batch.requests.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::query(HISTORY_INSERT.sql(chunk.len()));
-            for r in chunk {
-                insert = insert
-                    .bind(r.account_id.as_str())
-                    .bind(ts(r.time))
-                    .bind(&*r.method)
-                    .bind(&*r.endpoint)
-                    .bind(i64::from(r.status))
-                    .bind(r.user_agent.as_deref())
-                    .bind(r.key_id.as_str())
-                    .bind(r.request_id.as_str())
-                    .bind(i64::from(r.latency_ms));
-            }
-            insert.execute(&mut *tx).await.map_err(map_err)?;
-        }
+        write_history(&mut tx, &batch.requests).await?;
         for chunk in batch.last_used.chunks(ROWS_PER_STATEMENT) {
             let mut update = sqlx::query(LAST_USED_UPDATE.sql(chunk.len()));
             for (_, key_id, at) in chunk {
@@ -949,18 +1045,59 @@ impl Store for SqliteStore {
         query: &PageQuery,
     ) -> StoreResult<Vec<(i64, RequestRecord)>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "select request_log_id, account_id, time, method, endpoint, status, user_agent, key_id, \
-             request_id, latency_ms from request_log where account_id = ",
+            "select r.request_log_id, r.account_id, r.time, r.method, r.endpoint, r.status, \
+             r.user_agent, r.key_id, r.request_id, r.latency_ms from ",
         );
-        qb.push_bind(account_id.as_str());
-        push_page_filters(&mut qb, query, "request_log_id");
+        // The account's runs (or, filtered by key, the runs the key has rows in) newest
+        // first, and each run's rows by id, newest first: both loops come in order, so
+        // there is no sort. CROSS JOIN keeps the runs outside (SQLite's way to fix the join
+        // order). A `before` cursor usually falls inside a run: that run is the oldest one
+        // ending at or after it, and only its rows below the cursor count.
+        let upper = query
+            .before
+            .map_or(i64::MAX, |before| before.saturating_sub(1));
+        let spans = if query.key_id.is_some() {
+            "request_log_key_span"
+        } else {
+            "request_log_span"
+        };
+        qb.push(spans)
+            .push(
+                " s cross join request_log r \
+                 on r.request_log_id between s.first_id and min(s.last_id, ",
+            )
+            .push_bind(upper)
+            .push(") and r.account_id = s.account_id where s.account_id = ")
+            .push_bind(account_id.as_str());
+        if let Some(key_id) = &query.key_id {
+            qb.push(" and s.key_id = ")
+                .push_bind(key_id.as_str().to_owned())
+                .push(" and r.key_id = s.key_id");
+        }
+        qb.push(" and s.last_id <= (select coalesce(min(last_id), ")
+            .push_bind(upper)
+            .push(") from ")
+            .push(spans)
+            .push(" where account_id = ")
+            .push_bind(account_id.as_str());
+        if let Some(key_id) = &query.key_id {
+            qb.push(" and key_id = ")
+                .push_bind(key_id.as_str().to_owned());
+        }
+        qb.push(" and last_id > ").push_bind(upper).push(")");
+        if let Some(since) = query.since {
+            qb.push(" and r.time >= ").push_bind(ts(since));
+        }
+        if let Some(until) = query.until {
+            qb.push(" and r.time < ").push_bind(ts(until));
+        }
         if let Some(endpoint) = &query.endpoint {
-            qb.push(" and endpoint = ").push_bind(endpoint.clone());
+            qb.push(" and r.endpoint = ").push_bind(endpoint.clone());
         }
         if let Some(status) = query.status {
-            qb.push(" and status = ").push_bind(i64::from(status));
+            qb.push(" and r.status = ").push_bind(i64::from(status));
         }
-        qb.push(" order by request_log_id desc limit ")
+        qb.push(" order by s.last_id desc, r.request_log_id desc limit ")
             .push_bind(i64::from(query.limit));
         let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter()
@@ -1055,6 +1192,7 @@ impl Store for SqliteStore {
         // Only the `batch` oldest rows by id are looked at: ids grow with time, so the
         // rows past the cutoff are a prefix, and a sweep with nothing to delete reads one
         // batch instead of the whole table (there is no time index; see migration 2).
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "delete from request_log where request_log_id in \
              (select request_log_id from \
@@ -1063,9 +1201,21 @@ impl Store for SqliteStore {
         )
         .bind(ts(cutoff))
         .bind(i64::from(batch))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        // Runs whose rows are all gone. A run that still has rows keeps its first_id;
+        // reading it just finds fewer rows.
+        for spans in ["request_log_span", "request_log_key_span"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "delete from {spans} where last_id < \
+                 coalesce((select min(request_log_id) from request_log), 9223372036854775807)"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
         Ok(done.rows_affected())
     }
 }
@@ -1114,6 +1264,123 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.account_count().await.unwrap(), 0);
+    }
+
+    /// Rows written before migration 3, interleaving accounts and keys, are found through
+    /// the runs it derives, and the ids of new rows carry on after them.
+    #[tokio::test]
+    async fn migration_3_finds_the_rows_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let mut before_spans = migrator();
+        before_spans.migrations = before_spans
+            .migrations
+            .iter()
+            .filter(|m| m.version < 3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before_spans.run(&pool).await.unwrap();
+        // Account, key: a run of a, a run of b, a again with two keys, c, a.
+        let rows = [
+            ("acct_a", "key_a1"),
+            ("acct_a", "key_a1"),
+            ("acct_b", "key_b1"),
+            ("acct_a", "key_a2"),
+            ("acct_a", "key_a1"),
+            ("acct_c", "key_c1"),
+            ("acct_a", "key_a2"),
+        ];
+        for (i, (account, key)) in rows.iter().enumerate() {
+            sqlx::query(
+                "insert into request_log (account_id, time, method, endpoint, status, \
+                 user_agent, key_id, request_id, latency_ms) \
+                 values ($1, $2, 'GET', 'GET /v1/usage', 200, null, $3, $4, 1)",
+            )
+            .bind(*account)
+            .bind(1_790_000_000 + i as i64)
+            .bind(*key)
+            .bind(format!("req_{i}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let account = AccountId::from_trusted("acct_a".to_owned());
+        let read = |key_id: Option<&str>, before: Option<i64>| {
+            let query = PageQuery {
+                limit: 100,
+                before,
+                key_id: key_id.map(|k| KeyId::from_trusted(k.to_owned())),
+                ..PageQuery::default()
+            };
+            let store = store.clone();
+            let account = account.clone();
+            async move {
+                let page = store.request_history(&account, &query).await.unwrap();
+                page.into_iter()
+                    .map(|(_, r)| r.request_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            read(None, None).await,
+            ["req_6", "req_4", "req_3", "req_1", "req_0"]
+        );
+        assert_eq!(
+            read(Some("key_a1"), None).await,
+            ["req_4", "req_1", "req_0"]
+        );
+        assert_eq!(read(Some("key_a2"), None).await, ["req_6", "req_3"]);
+        // Row ids start at 1: before row 5 (req_4) falls inside the run 4..=5.
+        assert_eq!(read(None, Some(5)).await, ["req_3", "req_1", "req_0"]);
+
+        let mut new_row = new_history_row("acct_a", "key_a2");
+        new_row.time = OffsetDateTime::from_unix_timestamp(1_790_000_100).unwrap();
+        store
+            .write_meter_batch(&MeterBatch {
+                requests: vec![new_row],
+                ..MeterBatch::default()
+            })
+            .await
+            .unwrap();
+        let newest = store
+            .request_history(
+                &account,
+                &PageQuery {
+                    limit: 1,
+                    ..PageQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(newest[0].0, 8, "ids carry on after the migrated rows");
+        assert_eq!(newest[0].1.request_id, "req_new");
+    }
+
+    fn new_history_row(account: &str, key: &str) -> RequestRecord {
+        RequestRecord {
+            account_id: AccountId::from_trusted(account.to_owned()),
+            time: OffsetDateTime::UNIX_EPOCH,
+            method: Cow::Borrowed("GET"),
+            endpoint: Cow::Borrowed("GET /v1/usage"),
+            status: 200,
+            user_agent: None,
+            key_id: KeyId::from_trusted(key.to_owned()),
+            request_id: "req_new".to_owned(),
+            latency_ms: 1,
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ where
     imported_keys_authenticate_and_are_audited(&make().await.0).await;
     meter_batches_record_history_usage_and_last_used(&make().await.0).await;
     history_pages_by_cursor_and_filters_and_prunes(&make().await.0).await;
+    interleaved_history_reads_back_whole_in_order_page_by_page(&make().await.0).await;
     concurrent_creations_each_commit_and_fail_alone(&make().await.0).await;
 }
 
@@ -711,6 +712,89 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(others.len(), 1);
+}
+
+/// Batches that interleave two accounts and three keys: each account reads back exactly
+/// its own rows, newest first, whole and in order, page by page at any page size, with and
+/// without filters. (SQLite stores each account's rows of a batch as one run; this is
+/// where a cursor falls inside a run.)
+async fn interleaved_history_reads_back_whole_in_order_page_by_page<S: Store>(store: &S) {
+    let (a, a_key, _) = seeded(store, Plan::Pro).await;
+    let (b, b_key, _) = seeded(store, Plan::Pro).await;
+    let a_other_key = KeyId::from_ulid(next_ulid());
+    let t = now();
+    let mut written: Vec<RequestRecord> = Vec::new();
+    for batch in 0..3_i64 {
+        let mut requests = Vec::new();
+        for i in 0..12_i64 {
+            let (acct, key) = match i % 4 {
+                0 | 2 => (&a.account_id, &a_key.key_id),
+                1 => (&b.account_id, &b_key.key_id),
+                _ => (&a.account_id, &a_other_key),
+            };
+            let endpoint = if i % 3 == 0 {
+                "GET /v1/usage"
+            } else {
+                "GET /v1/api-keys"
+            };
+            let time = t - Duration::minutes(100 - batch * 12 - i);
+            requests.push(record(acct, key, endpoint, 200, time));
+        }
+        store
+            .write_meter_batch(&MeterBatch {
+                requests: requests.clone(),
+                ..MeterBatch::default()
+            })
+            .await
+            .unwrap();
+        written.extend(requests);
+    }
+
+    let queries = [
+        (&a.account_id, None, None),
+        (&a.account_id, Some(&a_key.key_id), None),
+        (&a.account_id, Some(&a_other_key), None),
+        (&a.account_id, None, Some("GET /v1/usage")),
+        (&a.account_id, Some(&a_key.key_id), Some("GET /v1/usage")),
+        (&b.account_id, None, None),
+        // Another account's key: nothing, as if it did not exist.
+        (&b.account_id, Some(&a_key.key_id), None),
+    ];
+    for (account_id, key_id, endpoint) in queries {
+        let expected: Vec<&RequestRecord> = written
+            .iter()
+            .rev()
+            .filter(|r| {
+                r.account_id == *account_id
+                    && key_id.is_none_or(|k| r.key_id == *k)
+                    && endpoint.is_none_or(|e| r.endpoint == e)
+            })
+            .collect();
+        for limit in [1, 2, 5, 100] {
+            let mut read: Vec<(i64, RequestRecord)> = Vec::new();
+            loop {
+                let query = PageQuery {
+                    limit,
+                    before: read.last().map(|(seq, _)| *seq),
+                    key_id: key_id.cloned(),
+                    endpoint: endpoint.map(str::to_owned),
+                    ..PageQuery::default()
+                };
+                let page = store.request_history(account_id, &query).await.unwrap();
+                assert!(page.len() <= limit as usize);
+                if page.is_empty() {
+                    break;
+                }
+                read.extend(page);
+            }
+            assert!(
+                read.windows(2).all(|w| w[0].0 > w[1].0),
+                "cursor positions fall, {key_id:?} {endpoint:?} limit {limit}"
+            );
+            let read: Vec<&RequestRecord> = read.iter().map(|(_, r)| r).collect();
+            assert_eq!(read, expected, "{key_id:?} {endpoint:?} limit {limit}");
+        }
+    }
 }
 
 /// Creations arriving together (which a backend may commit in one transaction) each get
