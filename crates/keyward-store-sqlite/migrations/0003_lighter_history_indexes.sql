@@ -1,10 +1,11 @@
 -- Why: the metering writer spent most of its time in the three history indexes, each
 -- led by the account: every row was three B-tree inserts, and with many accounts active
 -- each commit rewrote a leaf page per account per index. The flush now gives each
--- account's rows of a batch consecutive ids and records that run once, with the keys that
--- have rows in it; the rows themselves are only appended, and have no index but their id.
--- History is read by walking an account's runs (or one key's runs) newest first.
--- Filtering by endpoint scans the account's rows, as filtering by status always did.
+-- account's rows of a batch consecutive ids and records that run once, with the keys and
+-- endpoints that have rows in it; the rows themselves are only appended, and have no
+-- index but their id. History is read by walking an account's runs (or the runs that
+-- have a key's or an endpoint's rows) newest first. Filtering by status or time reads the
+-- rows of those runs, as it always read the rows the index led to.
 create table request_log_span (
     account_id text not null,
     last_id integer not null,
@@ -21,9 +22,19 @@ create table request_log_key_span (
     primary key (account_id, key_id, last_id)
 ) strict, without rowid;
 
+-- A run of an account's rows in which the endpoint has at least one row.
+create table request_log_endpoint_span (
+    account_id text not null,
+    endpoint text not null,
+    last_id integer not null,
+    first_id integer not null,
+    primary key (account_id, endpoint, last_id)
+) strict, without rowid;
+
 -- Retention deletes the runs whose rows are all gone, oldest first.
 create index request_log_span_by_last on request_log_span (last_id);
 create index request_log_key_span_by_last on request_log_key_span (last_id);
+create index request_log_endpoint_span_by_last on request_log_endpoint_span (last_id);
 
 -- The rows written so far: each run of one account's consecutive rows (in id order)
 -- becomes a span. Within a run, the overall rank and the rank among the account's rows
@@ -43,6 +54,12 @@ select s.account_id, r.key_id, s.last_id, s.first_id
 from request_log_span s
 join request_log r on r.request_log_id between s.first_id and s.last_id
 group by s.account_id, s.last_id, r.key_id;
+
+insert into request_log_endpoint_span (account_id, endpoint, last_id, first_id)
+select s.account_id, r.endpoint, s.last_id, s.first_id
+from request_log_span s
+join request_log r on r.request_log_id between s.first_id and s.last_id
+group by s.account_id, s.last_id, r.endpoint;
 
 drop index request_log_by_account;
 drop index request_log_by_key;

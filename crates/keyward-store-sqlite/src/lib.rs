@@ -73,7 +73,7 @@ fn migrator() -> Migrator {
 /// writer's thread, a flush of a thousand keys' `last_used` and usage held the writer
 /// (and every key creation behind it) for a quarter of a second.
 const ROWS_PER_STATEMENT: usize = 64;
-const WRITER_STATEMENT_CACHE: usize = 6 * ROWS_PER_STATEMENT;
+const WRITER_STATEMENT_CACHE: usize = 7 * ROWS_PER_STATEMENT;
 /// Keys per insert statement of a group commit (8 parameters each).
 const CREATES_PER_STATEMENT: usize = 512;
 /// The writer connection's page cache, in KiB.
@@ -136,6 +136,12 @@ static SPAN_INSERT: Shapes = Shapes::new(
 );
 static KEY_SPAN_INSERT: Shapes = Shapes::new(
     "insert or fail into request_log_key_span (account_id, key_id, first_id, last_id) values ",
+    "(?,?,?,?)",
+    "",
+);
+static ENDPOINT_SPAN_INSERT: Shapes = Shapes::new(
+    "insert or fail into request_log_endpoint_span (account_id, endpoint, first_id, last_id) \
+     values ",
     "(?,?,?,?)",
     "",
 );
@@ -383,14 +389,10 @@ fn account_from_row(row: &SqliteRow) -> StoreResult<Account> {
     })
 }
 
-/// Inserts new keys, their secrets and their `key.created` events, one statement per
-/// table for up to [`CREATES_PER_STATEMENT`] keys: the writer connection answers each
-/// statement on its own thread, and those round trips, not the fsync, bounded key
-/// creation when each key took five statements.
 /// Writes a batch's history rows and their spans (migration 3). Each account's rows get
 /// consecutive ids, in the order they were recorded, so that one span row per account (and
-/// one per key used in it) replaces three index entries per row; the rows themselves are
-/// only appended.
+/// one per key and per endpoint in it) replaces three index entries per row; the rows
+/// themselves are only appended.
 async fn write_history(
     tx: &mut Transaction<'static, Sqlite>,
     rows: &[RequestRecord],
@@ -419,12 +421,16 @@ async fn write_history(
                     if span.key_ids.last() != Some(&r.key_id.as_str()) {
                         span.key_ids.push(r.key_id.as_str());
                     }
+                    if span.endpoints.last() != Some(&&*r.endpoint) {
+                        span.endpoints.push(&r.endpoint);
+                    }
                 }
                 _ => spans.push(Span {
                     account_id: r.account_id.as_str(),
                     first_id: next_id,
                     last_id: next_id,
                     key_ids: vec![r.key_id.as_str()],
+                    endpoints: vec![&r.endpoint],
                 }),
             }
             insert = insert
@@ -453,36 +459,54 @@ async fn write_history(
         insert.execute(&mut **tx).await.map_err(map_err)?;
     }
     for span in &mut spans {
-        span.key_ids.sort_unstable();
-        span.key_ids.dedup();
+        for values in [&mut span.key_ids, &mut span.endpoints] {
+            values.sort_unstable();
+            values.dedup();
+        }
     }
-    let key_spans: Vec<(&Span<'_>, &str)> = spans
+    write_narrower_spans(tx, &KEY_SPAN_INSERT, &spans, |span| &span.key_ids).await?;
+    write_narrower_spans(tx, &ENDPOINT_SPAN_INSERT, &spans, |span| &span.endpoints).await
+}
+
+/// One row per span and key (or endpoint) that has rows in it.
+async fn write_narrower_spans<'a>(
+    tx: &mut Transaction<'static, Sqlite>,
+    insert: &'static Shapes,
+    spans: &'a [Span<'a>],
+    values: impl Fn(&'a Span<'a>) -> &'a [&'a str],
+) -> StoreResult<()> {
+    let rows: Vec<(&Span<'_>, &str)> = spans
         .iter()
-        .flat_map(|span| span.key_ids.iter().map(move |key_id| (span, *key_id)))
+        .flat_map(|span| values(span).iter().map(move |value| (span, *value)))
         .collect();
-    for chunk in key_spans.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::query(KEY_SPAN_INSERT.sql(chunk.len()));
-        for (span, key_id) in chunk {
-            insert = insert
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut statement = sqlx::query(insert.sql(chunk.len()));
+        for (span, value) in chunk {
+            statement = statement
                 .bind(span.account_id)
-                .bind(*key_id)
+                .bind(*value)
                 .bind(span.first_id)
                 .bind(span.last_id);
         }
-        insert.execute(&mut **tx).await.map_err(map_err)?;
+        statement.execute(&mut **tx).await.map_err(map_err)?;
     }
     Ok(())
 }
 
-/// One account's rows of a flush: ids `first_id..=last_id`, and the keys they were made
-/// with.
+/// One account's rows of a flush: ids `first_id..=last_id`, and the keys and endpoints
+/// that have rows in it.
 struct Span<'a> {
     account_id: &'a str,
     first_id: i64,
     last_id: i64,
     key_ids: Vec<&'a str>,
+    endpoints: Vec<&'a str>,
 }
 
+/// Inserts new keys, their secrets and their `key.created` events, one statement per
+/// table for up to [`CREATES_PER_STATEMENT`] keys: the writer connection answers each
+/// statement on its own thread, and those round trips, not the fsync, bounded key
+/// creation when each key took five statements.
 async fn insert_new_keys(
     tx: &mut Transaction<'static, Sqlite>,
     keys: &[(&NewKey, &AuditContext)],
@@ -1048,18 +1072,24 @@ impl Store for SqliteStore {
             "select r.request_log_id, r.account_id, r.time, r.method, r.endpoint, r.status, \
              r.user_agent, r.key_id, r.request_id, r.latency_ms from ",
         );
-        // The account's runs (or, filtered by key, the runs the key has rows in) newest
-        // first, and each run's rows by id, newest first: both loops come in order, so
-        // there is no sort. CROSS JOIN keeps the runs outside (SQLite's way to fix the join
-        // order). A `before` cursor usually falls inside a run: that run is the oldest one
-        // ending at or after it, and only its rows below the cursor count.
+        // The account's runs (or, filtered by key or endpoint, the runs that have its rows)
+        // newest first, and each run's rows by id, newest first: both loops come in order,
+        // so there is no sort. CROSS JOIN keeps the runs outside (SQLite's way to fix the
+        // join order). A `before` cursor usually falls inside a run: that run is the oldest
+        // one ending at or after it, and only its rows below the cursor count.
         let upper = query
             .before
             .map_or(i64::MAX, |before| before.saturating_sub(1));
-        let spans = if query.key_id.is_some() {
-            "request_log_key_span"
-        } else {
-            "request_log_span"
+        let (spans, narrowed_by) = match (&query.key_id, &query.endpoint) {
+            (Some(key_id), _) => (
+                "request_log_key_span",
+                Some(("key_id", key_id.as_str().to_owned())),
+            ),
+            (None, Some(endpoint)) => (
+                "request_log_endpoint_span",
+                Some(("endpoint", endpoint.clone())),
+            ),
+            (None, None) => ("request_log_span", None),
         };
         qb.push(spans)
             .push(
@@ -1069,10 +1099,11 @@ impl Store for SqliteStore {
             .push_bind(upper)
             .push(") and r.account_id = s.account_id where s.account_id = ")
             .push_bind(account_id.as_str());
-        if let Some(key_id) = &query.key_id {
-            qb.push(" and s.key_id = ")
-                .push_bind(key_id.as_str().to_owned())
-                .push(" and r.key_id = s.key_id");
+        if let Some((column, value)) = &narrowed_by {
+            qb.push(format_args!(
+                " and r.{column} = s.{column} and s.{column} = "
+            ))
+            .push_bind(value.clone());
         }
         qb.push(" and s.last_id <= (select coalesce(min(last_id), ")
             .push_bind(upper)
@@ -1080,9 +1111,8 @@ impl Store for SqliteStore {
             .push(spans)
             .push(" where account_id = ")
             .push_bind(account_id.as_str());
-        if let Some(key_id) = &query.key_id {
-            qb.push(" and key_id = ")
-                .push_bind(key_id.as_str().to_owned());
+        if let Some((column, value)) = narrowed_by {
+            qb.push(format_args!(" and {column} = ")).push_bind(value);
         }
         qb.push(" and last_id > ").push_bind(upper).push(")");
         if let Some(since) = query.since {
@@ -1206,7 +1236,11 @@ impl Store for SqliteStore {
         .map_err(map_err)?;
         // Runs whose rows are all gone. A run that still has rows keeps its first_id;
         // reading it just finds fewer rows.
-        for spans in ["request_log_span", "request_log_key_span"] {
+        for spans in [
+            "request_log_span",
+            "request_log_key_span",
+            "request_log_endpoint_span",
+        ] {
             sqlx::query(AssertSqlSafe(format!(
                 "delete from {spans} where last_id < \
                  coalesce((select min(request_log_id) from request_log), 9223372036854775807)"
@@ -1290,24 +1324,27 @@ mod tests {
             .collect::<Vec<_>>()
             .into();
         before_spans.run(&pool).await.unwrap();
-        // Account, key: a run of a, a run of b, a again with two keys, c, a.
+        // Account, key, endpoint: a run of a, a run of b, a again with two keys, c, a.
+        let usage = "GET /v1/usage";
+        let list = "GET /v1/api-keys";
         let rows = [
-            ("acct_a", "key_a1"),
-            ("acct_a", "key_a1"),
-            ("acct_b", "key_b1"),
-            ("acct_a", "key_a2"),
-            ("acct_a", "key_a1"),
-            ("acct_c", "key_c1"),
-            ("acct_a", "key_a2"),
+            ("acct_a", "key_a1", usage),
+            ("acct_a", "key_a1", list),
+            ("acct_b", "key_b1", usage),
+            ("acct_a", "key_a2", usage),
+            ("acct_a", "key_a1", list),
+            ("acct_c", "key_c1", list),
+            ("acct_a", "key_a2", usage),
         ];
-        for (i, (account, key)) in rows.iter().enumerate() {
+        for (i, (account, key, endpoint)) in rows.iter().enumerate() {
             sqlx::query(
                 "insert into request_log (account_id, time, method, endpoint, status, \
                  user_agent, key_id, request_id, latency_ms) \
-                 values ($1, $2, 'GET', 'GET /v1/usage', 200, null, $3, $4, 1)",
+                 values ($1, $2, 'GET', $3, 200, null, $4, $5, 1)",
             )
             .bind(*account)
             .bind(1_790_000_000 + i as i64)
+            .bind(*endpoint)
             .bind(*key)
             .bind(format!("req_{i}"))
             .execute(&pool)
@@ -1318,11 +1355,12 @@ mod tests {
 
         let store = SqliteStore::open(&path).await.unwrap();
         let account = AccountId::from_trusted("acct_a".to_owned());
-        let read = |key_id: Option<&str>, before: Option<i64>| {
+        let read = |key_id: Option<&str>, endpoint: Option<&str>, before: Option<i64>| {
             let query = PageQuery {
                 limit: 100,
                 before,
                 key_id: key_id.map(|k| KeyId::from_trusted(k.to_owned())),
+                endpoint: endpoint.map(str::to_owned),
                 ..PageQuery::default()
             };
             let store = store.clone();
@@ -1334,17 +1372,22 @@ mod tests {
                     .collect::<Vec<_>>()
             }
         };
+        let all = ["req_6", "req_4", "req_3", "req_1", "req_0"];
+        assert_eq!(read(None, None, None).await, all);
         assert_eq!(
-            read(None, None).await,
-            ["req_6", "req_4", "req_3", "req_1", "req_0"]
-        );
-        assert_eq!(
-            read(Some("key_a1"), None).await,
+            read(Some("key_a1"), None, None).await,
             ["req_4", "req_1", "req_0"]
         );
-        assert_eq!(read(Some("key_a2"), None).await, ["req_6", "req_3"]);
+        assert_eq!(read(Some("key_a2"), None, None).await, ["req_6", "req_3"]);
+        assert_eq!(
+            read(None, Some(usage), None).await,
+            ["req_6", "req_3", "req_0"]
+        );
+        assert_eq!(read(None, Some(list), None).await, ["req_4", "req_1"]);
+        assert!(read(Some("key_b1"), None, None).await.is_empty());
         // Row ids start at 1: before row 5 (req_4) falls inside the run 4..=5.
-        assert_eq!(read(None, Some(5)).await, ["req_3", "req_1", "req_0"]);
+        assert_eq!(read(None, None, Some(5)).await, ["req_3", "req_1", "req_0"]);
+        assert_eq!(read(None, Some(list), Some(5)).await, ["req_1"]);
 
         let mut new_row = new_history_row("acct_a", "key_a2");
         new_row.time = OffsetDateTime::from_unix_timestamp(1_790_000_100).unwrap();
