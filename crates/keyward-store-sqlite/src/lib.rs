@@ -1234,8 +1234,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        // Runs whose rows are all gone. A run that still has rows keeps its first_id;
-        // reading it just finds fewer rows.
+        // Runs that end before the oldest row left have no rows. A run whose rows went
+        // while an older row stays is deleted with that row, later; it reads nothing
+        // meanwhile. A run that still has rows keeps its first_id and reads fewer rows.
         for spans in [
             "request_log_span",
             "request_log_key_span",
@@ -1410,6 +1411,82 @@ mod tests {
             .unwrap();
         assert_eq!(newest[0].0, 8, "ids carry on after the migrated rows");
         assert_eq!(newest[0].1.request_id, "req_new");
+    }
+
+    /// Retention deletes the runs that end before the oldest row left, and keeps a run
+    /// that still has rows.
+    #[tokio::test]
+    async fn pruning_deletes_runs_with_no_rows_left() {
+        let (store, _dir) = fresh().await;
+        let at = |unix| OffsetDateTime::from_unix_timestamp(unix).unwrap();
+        let row = |account, key, time| RequestRecord {
+            time,
+            ..new_history_row(account, key)
+        };
+        // One batch: a's rows at 100 and 300 make one run; b's at 100 another.
+        let old_and_new = vec![
+            row("acct_a", "key_a", at(100)),
+            row("acct_b", "key_b", at(100)),
+            row("acct_a", "key_a", at(300)),
+        ];
+        // A later batch, all old: its runs must go.
+        let old = vec![row("acct_c", "key_c", at(150))];
+        for requests in [old_and_new, old] {
+            store
+                .write_meter_batch(&MeterBatch {
+                    requests,
+                    ..MeterBatch::default()
+                })
+                .await
+                .unwrap();
+        }
+        let runs = |table: &'static str| {
+            let store = store.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+                    "select account_id from {table} order by account_id"
+                )))
+                .fetch_all(&store.reader)
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(
+            runs("request_log_span").await,
+            ["acct_a", "acct_b", "acct_c"]
+        );
+
+        // Rows by id: a@100 and a@300 (run 1..=2), b@100 (run 3..=3), c@150 (run 4..=4).
+        let pruned = store.prune_history(at(200), 100).await.unwrap();
+        assert_eq!(pruned, 3);
+        // a's run still holds a@300. b's and c's runs have no rows left, but end after
+        // the oldest row left (2): they go with it, and read nothing meanwhile.
+        let left = store
+            .request_history(
+                &AccountId::from_trusted("acct_b".to_owned()),
+                &PageQuery {
+                    limit: 10,
+                    ..PageQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+        for table in [
+            "request_log_span",
+            "request_log_key_span",
+            "request_log_endpoint_span",
+        ] {
+            assert_eq!(runs(table).await, ["acct_a", "acct_b", "acct_c"], "{table}");
+        }
+        store.prune_history(at(400), 100).await.unwrap();
+        for table in [
+            "request_log_span",
+            "request_log_key_span",
+            "request_log_endpoint_span",
+        ] {
+            assert!(runs(table).await.is_empty(), "{table}");
+        }
     }
 
     fn new_history_row(account: &str, key: &str) -> RequestRecord {
