@@ -5,14 +5,14 @@ use std::borrow::Cow;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A request body read to the limit (`DefaultBodyLimit`) but not yet parsed: handlers
+/// A request body read up to the body limit but not yet parsed: handlers
 /// check scopes first, then parse, so that a key lacking a scope gets its `403` whatever
 /// it sent.
 #[derive(Debug)]
@@ -38,13 +38,17 @@ impl FromRequest<AppState> for JsonBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_content_type);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                BodyReadError::TooLarge(state.body_limit)
-            } else {
-                BodyReadError::Unreadable
-            }
-        });
+        let bytes = axum::body::to_bytes(req.into_body(), state.body_limit)
+            .await
+            .map_err(|e| {
+                let over_limit = std::error::Error::source(&e)
+                    .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+                if over_limit {
+                    BodyReadError::TooLarge(state.body_limit)
+                } else {
+                    BodyReadError::Unreadable
+                }
+            });
         Ok(Self { json_type, bytes })
     }
 }
