@@ -170,10 +170,10 @@ impl Shared {
 
     /// Moves `last_used` forward in cached listings: the uses of a metering batch once
     /// this node has stored it, or (on PostgreSQL) those another node announced once it
-    /// had stored them. An account
-    /// without a cached listing still has its invalidation epoch bumped, so that a
-    /// listing being loaded from storage right now, perhaps read before these uses were
-    /// stored, is not kept (it would hide them for a listing's whole life).
+    /// had stored them. An account without a cached listing still has its invalidation
+    /// epoch bumped, so that a listing being loaded from storage right now, perhaps read
+    /// before these uses were stored, is not kept (it would hide them for a listing's
+    /// whole life).
     pub fn note_uses(&self, uses: &[(AccountId, KeyId, OffsetDateTime)]) {
         for (account_id, key_id, at) in uses {
             match self.listings.peek(account_id) {

@@ -129,6 +129,12 @@ static HISTORY_INSERT: Shapes = Shapes::new(
     "(?,?,?,?,?,?,?,?,?,?)",
     "",
 );
+/// The tables of history runs (migration 3): an account's, its keys', its endpoints'.
+const HISTORY_RUN_TABLES: [&str; 3] = [
+    "request_log_span",
+    "request_log_key_span",
+    "request_log_endpoint_span",
+];
 static SPAN_INSERT: Shapes = Shapes::new(
     "insert or fail into request_log_span (account_id, first_id, last_id) values ",
     "(?,?,?)",
@@ -1115,12 +1121,7 @@ impl Store for SqliteStore {
             qb.push(format_args!(" and {column} = ")).push_bind(value);
         }
         qb.push(" and last_id > ").push_bind(upper).push(")");
-        if let Some(since) = query.since {
-            qb.push(" and r.time >= ").push_bind(ts(since));
-        }
-        if let Some(until) = query.until {
-            qb.push(" and r.time < ").push_bind(ts(until));
-        }
+        push_time_filters(&mut qb, query, "r.time");
         if let Some(endpoint) = &query.endpoint {
             qb.push(" and r.endpoint = ").push_bind(endpoint.clone());
         }
@@ -1237,11 +1238,7 @@ impl Store for SqliteStore {
         // Runs that end before the oldest row left have no rows. A run whose rows went
         // while an older row stays is deleted with that row, later; it reads nothing
         // meanwhile. A run that still has rows keeps its first_id and reads fewer rows.
-        for spans in [
-            "request_log_span",
-            "request_log_key_span",
-            "request_log_endpoint_span",
-        ] {
+        for spans in HISTORY_RUN_TABLES {
             sqlx::query(AssertSqlSafe(format!(
                 "delete from {spans} where last_id < \
                  coalesce((select min(request_log_id) from request_log), 9223372036854775807)"
@@ -1266,11 +1263,18 @@ fn push_page_filters(qb: &mut QueryBuilder<Sqlite>, query: &PageQuery, id_column
         qb.push(" and key_id = ")
             .push_bind(key_id.as_str().to_owned());
     }
+    push_time_filters(qb, query, "time");
+}
+
+/// The `since` and `until` filters of a page, on `time_column`.
+fn push_time_filters(qb: &mut QueryBuilder<Sqlite>, query: &PageQuery, time_column: &'static str) {
     if let Some(since) = query.since {
-        qb.push(" and time >= ").push_bind(ts(since));
+        qb.push(format_args!(" and {time_column} >= "))
+            .push_bind(ts(since));
     }
     if let Some(until) = query.until {
-        qb.push(" and time < ").push_bind(ts(until));
+        qb.push(format_args!(" and {time_column} < "))
+            .push_bind(ts(until));
     }
 }
 
@@ -1392,13 +1396,7 @@ mod tests {
 
         let mut new_row = new_history_row("acct_a", "key_a2");
         new_row.time = OffsetDateTime::from_unix_timestamp(1_790_000_100).unwrap();
-        store
-            .write_meter_batch(&MeterBatch {
-                requests: vec![new_row],
-                ..MeterBatch::default()
-            })
-            .await
-            .unwrap();
+        write_rows(&store, vec![new_row]).await;
         let newest = store
             .request_history(
                 &account,
@@ -1431,15 +1429,8 @@ mod tests {
         ];
         // A later batch, all old: its runs must go.
         let old = vec![row("acct_c", "key_c", at(150))];
-        for requests in [old_and_new, old] {
-            store
-                .write_meter_batch(&MeterBatch {
-                    requests,
-                    ..MeterBatch::default()
-                })
-                .await
-                .unwrap();
-        }
+        write_rows(&store, old_and_new).await;
+        write_rows(&store, old).await;
         let runs = |table: &'static str| {
             let store = store.clone();
             async move {
@@ -1472,21 +1463,24 @@ mod tests {
             .await
             .unwrap();
         assert!(left.is_empty());
-        for table in [
-            "request_log_span",
-            "request_log_key_span",
-            "request_log_endpoint_span",
-        ] {
+        for table in HISTORY_RUN_TABLES {
             assert_eq!(runs(table).await, ["acct_a", "acct_b", "acct_c"], "{table}");
         }
         store.prune_history(at(400), 100).await.unwrap();
-        for table in [
-            "request_log_span",
-            "request_log_key_span",
-            "request_log_endpoint_span",
-        ] {
+        for table in HISTORY_RUN_TABLES {
             assert!(runs(table).await.is_empty(), "{table}");
         }
+    }
+
+    /// Stores `requests` as one metering batch.
+    async fn write_rows(store: &SqliteStore, requests: Vec<RequestRecord>) {
+        store
+            .write_meter_batch(&MeterBatch {
+                requests,
+                ..MeterBatch::default()
+            })
+            .await
+            .unwrap();
     }
 
     fn new_history_row(account: &str, key: &str) -> RequestRecord {
