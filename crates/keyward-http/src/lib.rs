@@ -25,7 +25,7 @@ pub use state::{AppState, AppStateBuilder, MetricsRender};
 
 /// The whole application.
 ///
-/// One layer: the `envelope` middleware (request id → error envelope → rate-limit
+/// One layer: [`middleware::EnvelopeLayer`] (request id → error envelope → rate-limit
 /// headers → metering → metrics) around the routes. The body limit is applied by our own
 /// body extractor, which reads the body (so an oversized one gets the envelope like any
 /// other error); a `DefaultBodyLimit` layer cost every request, bodiless or not, another
@@ -59,10 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::envelope,
-        ))
+        .layer(middleware::EnvelopeLayer::new(state.clone()))
         .with_state(state)
 }
 

@@ -7,17 +7,21 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use keyward_store::RequestRecord;
 use metrics::{Counter, Histogram};
 use time::OffsetDateTime;
+use tower::{Layer, Service};
 
 use crate::auth::RequestContext;
 use crate::error::{ApiError, ErrorCode, RenderedError};
@@ -26,10 +30,15 @@ use crate::state::AppState;
 /// Longest user agent kept in the request history.
 const MAX_USER_AGENT_CHARS: usize = 256;
 
-/// A fresh request id.
+/// A fresh request id: `req_` and a ULID, built in one allocation.
 #[must_use]
 pub fn new_request_id() -> String {
-    format!("req_{}", ulid::Ulid::generate())
+    let mut ulid = [0; ulid::ULID_LEN];
+    let ulid = ulid::Ulid::generate().array_to_str(&mut ulid);
+    let mut id = String::with_capacity(4 + ulid::ULID_LEN);
+    id.push_str("req_");
+    id.push_str(ulid);
+    id
 }
 
 /// The client's `x-request-id` if well formed (1 to 64 of `[A-Za-z0-9._-]`).
@@ -43,79 +52,189 @@ fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
     ok.then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// The middleware itself; see the module docs.
-pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let arrived = OffsetDateTime::now_utc();
-    let request_id =
-        client_request_id(req.headers().get("x-request-id")).unwrap_or_else(new_request_id);
-    let ctx = Arc::new(RequestContext::new(request_id));
-    req.extensions_mut().insert(ctx.clone());
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    // Kept as the header value (a cheap clone); made a string only if it is recorded.
-    let user_agent = req.headers().get(header::USER_AGENT).cloned();
+/// The envelope around every route; see the module docs.
+///
+/// Written as a tower layer rather than with `axum::middleware::from_fn`: `from_fn`
+/// boxes a clone of the inner service and two futures per request, which callgrind
+/// counted at a fifth of the instructions of a `GET /healthz`. This one adds no
+/// allocation of its own: its future wraps the route's.
+#[derive(Clone)]
+pub struct EnvelopeLayer {
+    state: AppState,
+}
 
-    let mut response = next.run(req).await;
-    let status = response.status();
-    if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
-        log_error(
-            &error,
-            &ctx.request_id,
-            &method,
-            route.as_ref().map(MatchedPath::as_str),
-        );
-        response = with_json_body(response, &error.body(&ctx.request_id));
-    } else if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
-        // Safety net for responses axum builds itself (405 with `allow`, a 404 without a
-        // route): same envelope, headers kept.
-        let code = ErrorCode::for_status(status);
-        let message = match code {
-            ErrorCode::MethodNotAllowed => "this method is not allowed on this path".to_owned(),
-            ErrorCode::ResourceNotFound => "no such route".to_owned(),
-            _ => status.canonical_reason().unwrap_or("error").to_owned(),
+impl EnvelopeLayer {
+    /// The layer, with the state it records requests into.
+    #[must_use]
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for EnvelopeLayer {
+    type Service = Envelope<S>;
+
+    fn layer(&self, inner: S) -> Envelope<S> {
+        Envelope {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service of [`EnvelopeLayer`].
+#[derive(Clone)]
+pub struct Envelope<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Envelope<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EnvelopeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
+        let arrived = OffsetDateTime::now_utc();
+        let request_id =
+            client_request_id(req.headers().get("x-request-id")).unwrap_or_else(new_request_id);
+        let ctx = Arc::new(RequestContext::new(request_id));
+        req.extensions_mut().insert(ctx.clone());
+        let in_flight = InFlight {
+            started,
+            arrived,
+            ctx,
+            method: req.method().clone(),
+            route: req.extensions().get::<MatchedPath>().cloned(),
+            // Kept as the header value (a cheap clone); made a string only if it is
+            // recorded.
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            state: self.state.clone(),
         };
-        let error = ApiError::new(code, message);
-        response = with_json_body(response, &error.body(&ctx.request_id));
+        // Called here, not in the future: `poll_ready` was passed on to this service.
+        EnvelopeFuture {
+            route: self.inner.call(req),
+            in_flight: Some(in_flight),
+        }
     }
-    if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    if let Some(rate) = ctx.rate() {
-        let headers = response.headers_mut();
-        headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
-        headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_secs));
-    }
+}
 
-    let latency = started.elapsed();
-    let endpoint = route
-        .as_ref()
-        .and_then(|r| Endpoint::of(&method, r.as_str()));
-    if let (Some(caller), Some(endpoint)) = (ctx.caller(), endpoint) {
-        state.meter.record(RequestRecord {
-            account_id: caller.key.account_id.clone(),
-            time: arrived,
-            method: Cow::Borrowed(endpoint.method),
-            endpoint: Cow::Borrowed(endpoint.name),
-            status: response.status().as_u16(),
-            user_agent: user_agent.map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .chars()
-                    .take(MAX_USER_AGENT_CHARS)
-                    .collect()
-            }),
-            key_id: caller.key.key_id.clone(),
-            request_id: ctx.request_id.clone(),
-            latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
-        });
+pin_project_lite::pin_project! {
+    /// The route's future, then the envelope's work on its response.
+    pub struct EnvelopeFuture<F> {
+        #[pin]
+        route: F,
+        in_flight: Option<InFlight>,
     }
-    let endpoint = endpoint.unwrap_or_else(Endpoint::unmatched);
-    endpoint
-        .requests(status_label(response.status()))
-        .increment(1);
-    endpoint.duration.record(latency.as_secs_f64());
-    response
+}
+
+impl<F> Future for EnvelopeFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.route.poll(cx));
+        // `None` only if polled again after completing, which futures must not be.
+        let Some(in_flight) = this.in_flight.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(Ok(in_flight.finish(response)))
+    }
+}
+
+/// What the envelope knows of a request while its route runs.
+struct InFlight {
+    started: Instant,
+    arrived: OffsetDateTime,
+    ctx: Arc<RequestContext>,
+    method: Method,
+    route: Option<MatchedPath>,
+    user_agent: Option<HeaderValue>,
+    state: AppState,
+}
+
+impl InFlight {
+    fn finish(self, mut response: Response) -> Response {
+        let Self {
+            started,
+            arrived,
+            ctx,
+            method,
+            route,
+            user_agent,
+            state,
+        } = self;
+        let status = response.status();
+        if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
+            log_error(
+                &error,
+                &ctx.request_id,
+                &method,
+                route.as_ref().map(MatchedPath::as_str),
+            );
+            response = with_json_body(response, &error.body(&ctx.request_id));
+        } else if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
+            // Safety net for responses axum builds itself (405 with `allow`, a 404
+            // without a route): same envelope, headers kept.
+            let code = ErrorCode::for_status(status);
+            let message = match code {
+                ErrorCode::MethodNotAllowed => "this method is not allowed on this path".to_owned(),
+                ErrorCode::ResourceNotFound => "no such route".to_owned(),
+                _ => status.canonical_reason().unwrap_or("error").to_owned(),
+            };
+            let error = ApiError::new(code, message);
+            response = with_json_body(response, &error.body(&ctx.request_id));
+        }
+        if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        if let Some(rate) = ctx.rate() {
+            let headers = response.headers_mut();
+            headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+            headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
+            headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_secs));
+        }
+
+        let latency = started.elapsed();
+        let endpoint = route
+            .as_ref()
+            .and_then(|r| Endpoint::of(&method, r.as_str()));
+        if let (Some(caller), Some(endpoint)) = (ctx.caller(), endpoint) {
+            state.meter.record(RequestRecord {
+                account_id: caller.key.account_id.clone(),
+                time: arrived,
+                method: Cow::Borrowed(endpoint.method),
+                endpoint: Cow::Borrowed(endpoint.name),
+                status: response.status().as_u16(),
+                user_agent: user_agent.map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(MAX_USER_AGENT_CHARS)
+                        .collect()
+                }),
+                key_id: caller.key.key_id.clone(),
+                request_id: ctx.request_id.clone(),
+                latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+            });
+        }
+        let endpoint = endpoint.unwrap_or_else(Endpoint::unmatched);
+        endpoint
+            .requests(status_label(response.status()))
+            .increment(1);
+        endpoint.duration.record(latency.as_secs_f64());
+        response
+    }
 }
 
 /// A route template with a standard method, e.g. `GET /v1/api-keys/{key_id}`: its name
