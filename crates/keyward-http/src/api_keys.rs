@@ -811,15 +811,24 @@ pub async fn validate_api_key(
         Err(other) => return Err(other.into()),
     };
     caller.count(&state).await?;
-    let key = &caller.record.key;
-    let body = ValidateResponse::Valid {
-        valid: true,
-        key_id: key.key_id.as_str(),
-        scopes: &key.scopes,
-        metadata: key.metadata.as_map(),
-        expires_at: key.expires_at,
-    };
-    Ok(no_store(StatusCode::OK, Json(body)))
+    let body = caller.record.validate_body(|record| {
+        let key = &record.key;
+        let body = ValidateResponse::Valid {
+            valid: true,
+            key_id: key.key_id.as_str(),
+            scopes: &key.scopes,
+            metadata: key.metadata.as_map(),
+            expires_at: key.expires_at,
+        };
+        serde_json::to_vec(&body)
+            .map(Bytes::from)
+            .map_err(ApiError::internal)
+    })?;
+    let json = [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
+    Ok(no_store(StatusCode::OK, (json, Body::from(body))))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -25,7 +26,49 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Keys by digest, in memory, invalidated explicitly whenever a key changes.
 pub struct KeyCache {
     store: Arc<dyn Store>,
-    cache: CoherentCache<KeyDigest, Arc<AuthRecord>>,
+    cache: CoherentCache<KeyDigest, Arc<CachedKey>>,
+}
+
+/// A key as cached: its record, and its answer to `POST /v1/api-keys/validate` once
+/// rendered. That answer holds nothing that changes while the entry lives (any change
+/// of the key drops the entry; expiry and the end of a grace period refuse the key
+/// before the answer is used), and rendering it was a tenth of validate's instructions.
+#[derive(Debug)]
+pub struct CachedKey {
+    record: AuthRecord,
+    validate_body: OnceLock<Bytes>,
+}
+
+impl CachedKey {
+    /// A record not yet answered for.
+    #[must_use]
+    pub fn new(record: AuthRecord) -> Self {
+        Self {
+            record,
+            validate_body: OnceLock::new(),
+        }
+    }
+
+    /// The validate answer, rendered by `render` the first time it succeeds.
+    pub(crate) fn validate_body<E>(
+        &self,
+        render: impl FnOnce(&AuthRecord) -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        if let Some(body) = self.validate_body.get() {
+            return Ok(body.clone());
+        }
+        let body = render(&self.record)?;
+        // A concurrent first request may have set it: both rendered the same bytes.
+        let _ = self.validate_body.set(body.clone());
+        Ok(body)
+    }
+}
+
+impl std::ops::Deref for CachedKey {
+    type Target = AuthRecord;
+    fn deref(&self) -> &AuthRecord {
+        &self.record
+    }
 }
 
 impl KeyCache {
@@ -47,10 +90,14 @@ impl KeyCache {
     ///
     /// # Errors
     /// The store's error on a miss.
-    pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<AuthRecord>>> {
+    pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<CachedKey>>> {
         self.cache
             .get_or_load(digest, || async {
-                Ok(self.store.auth_by_digest(digest).await?.map(Arc::new))
+                Ok(self
+                    .store
+                    .auth_by_digest(digest)
+                    .await?
+                    .map(|record| Arc::new(CachedKey::new(record))))
             })
             .await
     }
@@ -72,7 +119,7 @@ impl KeyCache {
 pub struct RequestContext {
     /// The request id (echoed or generated).
     pub request_id: String,
-    caller: OnceLock<Arc<AuthRecord>>,
+    caller: OnceLock<Arc<CachedKey>>,
     rate: OnceLock<RateDecision>,
 }
 
@@ -89,7 +136,7 @@ impl RequestContext {
 
     /// The authenticated caller, if any.
     #[must_use]
-    pub fn caller(&self) -> Option<&Arc<AuthRecord>> {
+    pub fn caller(&self) -> Option<&Arc<CachedKey>> {
         self.caller.get()
     }
 
@@ -99,7 +146,7 @@ impl RequestContext {
         self.rate.get().copied()
     }
 
-    pub(crate) fn set_caller(&self, record: Arc<AuthRecord>) {
+    pub(crate) fn set_caller(&self, record: Arc<CachedKey>) {
         let _ = self.caller.set(record);
     }
 }
@@ -130,7 +177,7 @@ pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     now: OffsetDateTime,
-) -> Result<Arc<AuthRecord>, AuthFailure> {
+) -> Result<Arc<CachedKey>, AuthFailure> {
     let result = check_key(state, headers, now).await;
     if let Err(AuthFailure::Rejected(reason)) = &result {
         metrics::counter!("keyward_auth_failures_total", "reason" => reason.as_str()).increment(1);
@@ -142,7 +189,7 @@ async fn check_key(
     state: &AppState,
     headers: &HeaderMap,
     now: OffsetDateTime,
-) -> Result<Arc<AuthRecord>, AuthFailure> {
+) -> Result<Arc<CachedKey>, AuthFailure> {
     let raw = headers
         .get("x-api-key")
         .ok_or(AuthFailure::Rejected(KeyRejection::Missing))?;
@@ -174,7 +221,7 @@ async fn check_key(
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The caller's key and account.
-    pub record: Arc<AuthRecord>,
+    pub record: Arc<CachedKey>,
     /// The request's time, one clock read for the whole request.
     pub now: OffsetDateTime,
     ctx: Arc<RequestContext>,

@@ -1943,6 +1943,63 @@ async fn validate_reports_each_kind_of_key_and_counts_as_a_request() {
 }
 
 #[tokio::test]
+async fn validate_answers_with_the_key_as_it_is_after_each_change() {
+    // Arrange: a key validated once, so its answer is rendered and kept.
+    let server = Server::start();
+    let acct = server.create_account("enterprise");
+    let admin = acct.api_key.as_str();
+    let (key_id, key) = create_key(
+        &server,
+        admin,
+        &json!({"scopes": ["read", "write"], "metadata": {"tier": "gold"}}),
+    )
+    .await;
+    let first = validate(&server, Some(&key)).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    assert_eq!(first.body["metadata"], json!({"tier": "gold"}));
+
+    // Act: change what the answer carries.
+    let r = patch(
+        &server,
+        admin,
+        &key_path(&key_id),
+        &json!({"scopes": ["read"], "metadata": {"tier": "silver"}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Assert: the very next answer is the changed key's, in the same form.
+    let second = validate(&server, Some(&key)).await;
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.header("content-type"), Some("application/json"));
+    assert_eq!(second.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        second.body,
+        json!({
+            "valid": true,
+            "key_id": key_id,
+            "scopes": ["read"],
+            "metadata": {"tier": "silver"},
+            "expires_at": null,
+        })
+    );
+
+    // And once disabled, it is no longer valid, though its answer had been kept.
+    let r = patch(
+        &server,
+        admin,
+        &key_path(&key_id),
+        &json!({"status": "inactive"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let third = validate(&server, Some(&key)).await;
+    assert_eq!(third.status, 200, "{third:?}");
+    assert_eq!(third.body, json!({"valid": false, "reason": "inactive"}));
+}
+
+#[tokio::test]
 async fn the_audit_log_records_every_change_with_its_actor_and_request_and_no_secret() {
     // Arrange
     let server = Server::start();
