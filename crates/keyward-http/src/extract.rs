@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -38,19 +38,22 @@ impl FromRequest<AppState> for JsonBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_content_type);
-        let bytes = axum::body::to_bytes(req.into_body(), state.body_limit)
-            .await
-            .map_err(|e| {
-                let over_limit = std::error::Error::source(&e)
-                    .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-                if over_limit {
-                    BodyReadError::TooLarge(state.body_limit)
-                } else {
-                    BodyReadError::Unreadable
-                }
-            });
+        let bytes = read_body(req.into_body(), state.body_limit).await;
         Ok(Self { json_type, bytes })
     }
+}
+
+/// The whole body, reading no more than `limit` bytes of it.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyReadError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            BodyReadError::TooLarge(limit)
+        } else {
+            BodyReadError::Unreadable
+        }
+    })
 }
 
 impl JsonBody {
@@ -363,5 +366,35 @@ mod tests {
         assert!(q.take_number("limit", 1, 10).is_err());
         let mut q = QueryParams(vec![("since".into(), "yesterday".into())]);
         assert_eq!(field(&q.take_time("since").unwrap_err()), "since");
+    }
+
+    /// A body whose client stops sending after `sent` and then fails.
+    async fn broken_off(sent: &'static [u8]) -> axum::body::Body {
+        let (mut sender, body) = http_body_util::Channel::<Bytes, std::io::Error>::new(1);
+        sender.send_data(Bytes::from_static(sent)).await.unwrap();
+        sender.abort(std::io::Error::other("connection reset by peer"));
+        axum::body::Body::new(body)
+    }
+
+    #[tokio::test]
+    async fn a_body_broken_off_mid_read_is_a_400_and_not_a_413() {
+        let read = read_body(broken_off(br#"{"scopes": ["re"#).await, 1024).await;
+        assert!(matches!(read, Err(BodyReadError::Unreadable)), "{read:?}");
+        let e = JsonBody {
+            json_type: true,
+            bytes: read,
+        }
+        .parse::<Body>()
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert_eq!(e.message, "the request body could not be read");
+
+        let over = read_body(axum::body::Body::from(vec![b' '; 1025]), 1024).await;
+        assert!(
+            matches!(over, Err(BodyReadError::TooLarge(1024))),
+            "{over:?}"
+        );
+        let exact = read_body(axum::body::Body::from(vec![b' '; 1024]), 1024).await;
+        assert_eq!(exact.map(|b| b.len()).ok(), Some(1024));
     }
 }
