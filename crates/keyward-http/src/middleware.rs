@@ -54,10 +54,10 @@ fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
 
 /// The envelope around every route; see the module docs.
 ///
-/// Written as a tower layer rather than with `axum::middleware::from_fn`: `from_fn`
-/// boxes a clone of the inner service and two futures per request, which callgrind
-/// counted at a fifth of the instructions of a `GET /healthz`. This one adds no
-/// allocation of its own: its future wraps the route's.
+/// Written as a tower layer rather than with `axum::middleware::from_fn`, which boxes a
+/// clone of the inner service and two futures per request: callgrind counted this
+/// version at 7 % fewer instructions per `GET /healthz`. Its future wraps the route's,
+/// so the layer itself boxes nothing.
 #[derive(Clone)]
 pub struct EnvelopeLayer {
     state: AppState,
