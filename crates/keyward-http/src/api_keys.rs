@@ -110,6 +110,16 @@ pub struct RotateApiKeyRequest {
     pub grace_period_seconds: Option<u64>,
 }
 
+/// A `200` of JSON rendered earlier and kept (a cached listing's page, a cached key's
+/// validate answer).
+fn rendered_json(body: Bytes) -> Response {
+    let json = [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
+    no_store(StatusCode::OK, (json, Body::from(body)))
+}
+
 fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response {
     let mut response = (status, body).into_response();
     response
@@ -358,14 +368,7 @@ pub async fn list_api_keys(
         && limit.is_none()
         && after.is_none()
     {
-        let json = [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )];
-        return Ok(no_store(
-            StatusCode::OK,
-            (json, Body::from(all.whole_page(caller.now)?)),
-        ));
+        return Ok(rendered_json(all.whole_page(caller.now)?));
     }
     let from_storage;
     let body = match &listing {
@@ -824,11 +827,7 @@ pub async fn validate_api_key(
             .map(Bytes::from)
             .map_err(ApiError::internal)
     })?;
-    let json = [(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    )];
-    Ok(no_store(StatusCode::OK, (json, Body::from(body))))
+    Ok(rendered_json(body))
 }
 
 #[cfg(test)]

@@ -41,8 +41,7 @@ pub struct CachedKey {
 
 impl CachedKey {
     /// A record not yet answered for.
-    #[must_use]
-    pub fn new(record: AuthRecord) -> Self {
+    pub(crate) fn new(record: AuthRecord) -> Self {
         Self {
             record,
             validate_body: OnceLock::new(),

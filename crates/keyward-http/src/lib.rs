@@ -59,7 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)
-        .layer(middleware::EnvelopeLayer::new(state.clone()))
+        .layer(middleware::EnvelopeLayer::new(&state))
         .with_state(state)
 }
 

@@ -19,6 +19,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use keyward_store::RequestRecord;
+use keyward_workers::Meter;
 use metrics::{Counter, Histogram};
 use time::OffsetDateTime;
 use tower::{Layer, Service};
@@ -60,14 +61,16 @@ fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
 /// so the layer itself boxes nothing.
 #[derive(Clone)]
 pub struct EnvelopeLayer {
-    state: AppState,
+    meter: Arc<Meter>,
 }
 
 impl EnvelopeLayer {
-    /// The layer, with the state it records requests into.
+    /// The layer, recording requests into the state's meter.
     #[must_use]
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    pub fn new(state: &AppState) -> Self {
+        Self {
+            meter: Arc::clone(&state.meter),
+        }
     }
 }
 
@@ -77,7 +80,7 @@ impl<S> Layer<S> for EnvelopeLayer {
     fn layer(&self, inner: S) -> Envelope<S> {
         Envelope {
             inner,
-            state: self.state.clone(),
+            meter: Arc::clone(&self.meter),
         }
     }
 }
@@ -86,7 +89,7 @@ impl<S> Layer<S> for EnvelopeLayer {
 #[derive(Clone)]
 pub struct Envelope<S> {
     inner: S,
-    state: AppState,
+    meter: Arc<Meter>,
 }
 
 impl<S> Service<Request> for Envelope<S>
@@ -117,7 +120,7 @@ where
             // Kept as the header value (a cheap clone); made a string only if it is
             // recorded.
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
-            state: self.state.clone(),
+            meter: Arc::clone(&self.meter),
         };
         // Called here, not in the future: `poll_ready` was passed on to this service.
         EnvelopeFuture {
@@ -161,7 +164,7 @@ struct InFlight {
     method: Method,
     route: Option<MatchedPath>,
     user_agent: Option<HeaderValue>,
-    state: AppState,
+    meter: Arc<Meter>,
 }
 
 impl InFlight {
@@ -173,7 +176,7 @@ impl InFlight {
             method,
             route,
             user_agent,
-            state,
+            meter,
         } = self;
         let status = response.status();
         if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
@@ -211,7 +214,7 @@ impl InFlight {
             .as_ref()
             .and_then(|r| Endpoint::of(&method, r.as_str()));
         if let (Some(caller), Some(endpoint)) = (ctx.caller(), endpoint) {
-            state.meter.record(RequestRecord {
+            meter.record(RequestRecord {
                 account_id: caller.key.account_id.clone(),
                 time: arrived,
                 method: Cow::Borrowed(endpoint.method),
