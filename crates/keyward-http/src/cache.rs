@@ -4,10 +4,14 @@
 //! this node may be missing other nodes' announcements.
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+// foldhash rather than std's SipHash, which hashed a 32-byte digest at every lookup: the
+// keys are SHA-256 digests and account ids that keyward made, which no caller can steer
+// into collisions.
+use foldhash::fast::RandomState;
 use keyward_store::StoreResult;
 use metrics::Counter;
 
@@ -16,7 +20,7 @@ const EPOCH_SHARDS: usize = 64;
 
 /// A bounded cache with a time to live, invalidated explicitly.
 pub struct CoherentCache<K, V> {
-    cache: moka::sync::Cache<K, V>,
+    cache: moka::sync::Cache<K, V, RandomState>,
     /// Bumped by every invalidation of a key of the shard: a fill that read storage
     /// before the bump removes what it inserted. Sharded because one epoch for the whole
     /// cache made every fill that overlapped any change (a key created anywhere) throw
@@ -49,9 +53,9 @@ where
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(RandomState::default()),
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
-            shard_hasher: RandomState::new(),
+            shard_hasher: RandomState::default(),
             coherent: AtomicBool::new(true),
             hits: metrics::counter!(hits_metric),
             misses: metrics::counter!(misses_metric),

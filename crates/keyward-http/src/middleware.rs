@@ -6,11 +6,12 @@
 //! request (history, usage, `last_used`) if its key authenticated → metrics.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use foldhash::HashMap;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -232,9 +233,7 @@ impl InFlight {
             });
         }
         let endpoint = endpoint.unwrap_or_else(Endpoint::unmatched);
-        endpoint
-            .requests(status_label(response.status()))
-            .increment(1);
+        endpoint.requests(response.status()).increment(1);
         endpoint.duration.record(latency.as_secs_f64());
         response
     }
@@ -249,7 +248,8 @@ struct Endpoint {
     method: &'static str,
     name: &'static str,
     duration: Histogram,
-    by_status: RwLock<Vec<(&'static str, Counter)>>,
+    /// The request counter of each status label, made on first use.
+    by_status: [OnceLock<Counter>; STATUS_LABELS.len()],
 }
 
 impl Endpoint {
@@ -301,63 +301,38 @@ impl Endpoint {
             duration: metrics::histogram!(
                 "keyward_http_request_duration_seconds", "endpoint" => name
             ),
-            by_status: RwLock::default(),
+            by_status: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 
-    /// The request counter of this endpoint and a status label.
-    fn requests(&self, status: &'static str) -> Counter {
-        let find = |counters: &[(&'static str, Counter)]| {
-            counters
-                .iter()
-                .find(|(s, _)| *s == status)
-                .map(|(_, c)| c.clone())
-        };
-        if let Some(counter) = find(
-            &self
-                .by_status
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        ) {
-            return counter;
-        }
-        let mut counters = self
-            .by_status
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(counter) = find(&counters) {
-            return counter;
-        }
-        let counter = metrics::counter!(
-            "keyward_http_requests_total", "endpoint" => self.name, "status" => status
-        );
-        counters.push((status, counter.clone()));
-        counter
+    /// The request counter of this endpoint and `status`, registered on first use.
+    fn requests(&self, status: StatusCode) -> &Counter {
+        let label = status_label(status);
+        self.by_status[label].get_or_init(|| {
+            metrics::counter!(
+                "keyward_http_requests_total", "endpoint" => self.name, "status" => STATUS_LABELS[label]
+            )
+        })
     }
 }
 
-fn status_label(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        307 => "307",
-        308 => "308",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        503 => "503",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
+/// The statuses keyward answers, each counted under its own `status` label; any other
+/// is counted under its class (the last four labels).
+const STATUSES: [u16; 15] = [
+    200, 201, 204, 307, 308, 400, 401, 403, 404, 405, 409, 413, 429, 500, 503,
+];
+const STATUS_LABELS: [&str; 19] = [
+    "200", "201", "204", "307", "308", "400", "401", "403", "404", "405", "409", "413", "429",
+    "500", "503", "2xx", "3xx", "4xx", "5xx",
+];
+
+/// The index of `status`'s label in [`STATUS_LABELS`].
+fn status_label(status: StatusCode) -> usize {
+    let code = status.as_u16();
+    STATUSES.iter().position(|s| *s == code).unwrap_or_else(|| {
+        // 1xx (never answered) counts as 2xx, as it always did.
+        STATUSES.len() + usize::from(code / 100).saturating_sub(2).min(3)
+    })
 }
 
 fn is_json(response: &Response) -> bool {
@@ -421,5 +396,25 @@ mod tests {
         let odd = HeaderValue::from_bytes(b"caf\xe9").unwrap();
         assert!(client_request_id(Some(&odd)).is_none());
         assert!(new_request_id().starts_with("req_"));
+    }
+
+    #[test]
+    fn each_answered_status_has_its_own_label_and_others_their_class() {
+        for (i, code) in STATUSES.iter().enumerate() {
+            let status = StatusCode::from_u16(*code).unwrap();
+            assert_eq!(STATUS_LABELS[status_label(status)], status.as_str());
+            assert_eq!(status_label(status), i);
+        }
+        for (code, label) in [
+            (100, "2xx"),
+            (206, "2xx"),
+            (302, "3xx"),
+            (418, "4xx"),
+            (502, "5xx"),
+            (999, "5xx"),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(STATUS_LABELS[status_label(status)], label, "{code}");
+        }
     }
 }
