@@ -151,6 +151,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lighter history indexes",
         include_str!("../migrations/0003_lighter_history_indexes.sql"),
     ),
+    (
+        4,
+        "history rows per run",
+        include_str!("../migrations/0004_history_rows_per_run.sql"),
+    ),
 ];
 
 /// Connections per node: enough for the request path's reads beside the batch writers,

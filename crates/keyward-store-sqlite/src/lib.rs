@@ -19,6 +19,7 @@ use keyward_store::{
     KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, PageQuery, RequestRecord, Store, StoreError,
     StoreResult,
 };
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -39,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "lighter history indexes",
         include_str!("../migrations/0003_lighter_history_indexes.sql"),
+    ),
+    (
+        4,
+        "history rows per run",
+        include_str!("../migrations/0004_history_rows_per_run.sql"),
     ),
 ];
 
@@ -123,12 +129,17 @@ impl Shapes {
 // that statement (a profile of the flush showed 4 % of all CPU there, and the glibc
 // allocator churn behind it). `fail` keeps what the statement did before an error; the
 // flush then fails as a whole and its transaction rolls back, so nothing is half-written.
-static HISTORY_INSERT: Shapes = Shapes::new(
-    "insert or fail into request_log (request_log_id, account_id, time, method, endpoint, \
-     status, user_agent, key_id, request_id, latency_ms) values ",
-    "(?,?,?,?,?,?,?,?,?,?)",
+static RUN_INSERT: Shapes = Shapes::new(
+    "insert or fail into request_log_run (last_id, first_time, last_time, row_count, rows) \
+     values ",
+    "(?,?,?,?,?)",
     "",
 );
+/// History rows per run at most (migration 4): one account's rows of a flush are split
+/// into runs of this many, so that a page of history decodes a few hundred rows at most.
+const ROWS_PER_RUN: usize = 256;
+/// Runs a history read fetches at a time, newest first, until its page is full.
+const RUNS_PER_READ: i64 = 16;
 /// The tables of history runs (migration 3): an account's, its keys', its endpoints'.
 const HISTORY_RUN_TABLES: [&str; 3] = [
     "request_log_span",
@@ -409,50 +420,90 @@ async fn write_history(
     let mut order: Vec<&RequestRecord> = rows.iter().collect();
     // Stable, so each account's rows keep their order.
     order.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    // AUTOINCREMENT's own counter, so that ids are never reused, even after retention
-    // has emptied the table.
-    let last_id: Option<i64> =
-        sqlx::query_scalar("select seq from sqlite_sequence where name = 'request_log'")
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(map_err)?;
-    let mut next_id = last_id.unwrap_or(0) + 1;
+    // A counter of its own, so that ids are never reused, even after retention has
+    // emptied the history (migration 4).
+    let mut next_id: i64 = sqlx::query_scalar("select next_id from request_log_next_id")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)?;
     let mut spans: Vec<Span<'_>> = Vec::new();
-    let (mut accounts, mut keys) = (SharedTexts::default(), SharedTexts::default());
-    let (mut endpoints, mut user_agents) = (SharedTexts::default(), SharedTexts::default());
-    for chunk in order.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::query(HISTORY_INSERT.sql(chunk.len()));
-        for r in chunk {
-            match spans.last_mut() {
-                Some(span) if span.account_id == r.account_id.as_str() => {
-                    span.last_id = next_id;
-                    if span.key_ids.last() != Some(&r.key_id.as_str()) {
-                        span.key_ids.push(r.key_id.as_str());
-                    }
-                    if span.endpoints.last() != Some(&&*r.endpoint) {
-                        span.endpoints.push(&r.endpoint);
-                    }
-                }
-                _ => spans.push(Span {
-                    account_id: r.account_id.as_str(),
-                    first_id: next_id,
-                    last_id: next_id,
-                    key_ids: vec![r.key_id.as_str()],
-                    endpoints: vec![&r.endpoint],
-                }),
+    let mut runs: Vec<EncodedRun> = Vec::new();
+    let runs_of_rows = order
+        .chunk_by(|a, b| a.account_id == b.account_id)
+        .flat_map(|account_rows| account_rows.chunks(ROWS_PER_RUN));
+    for run_rows in runs_of_rows {
+        let mut span = Span {
+            account_id: run_rows[0].account_id.as_str(),
+            first_id: next_id,
+            last_id: next_id,
+            key_ids: Vec::new(),
+            endpoints: Vec::new(),
+        };
+        let mut run = EncodedRun {
+            last_id: next_id,
+            first_time: i64::MAX,
+            last_time: i64::MIN,
+            row_count: 0,
+            rows: Vec::with_capacity(run_rows.len() * 160),
+        };
+        run.rows.push(b'[');
+        for r in run_rows {
+            let time = ts(r.time);
+            let row = StoredRow(
+                next_id,
+                time,
+                Cow::Borrowed(&r.method),
+                Cow::Borrowed(&r.endpoint),
+                r.status,
+                r.user_agent.as_deref().map(Cow::Borrowed),
+                Cow::Borrowed(r.key_id.as_str()),
+                Cow::Borrowed(&r.request_id),
+                r.latency_ms,
+            );
+            if run.row_count > 0 {
+                run.rows.push(b',');
             }
-            insert = insert
-                .bind(next_id)
-                .bind(accounts.get(r.account_id.as_str()))
-                .bind(ts(r.time))
-                .bind(endpoints.get(&r.method))
-                .bind(endpoints.get(&r.endpoint))
-                .bind(i64::from(r.status))
-                .bind(r.user_agent.as_deref().map(|ua| user_agents.get(ua)))
-                .bind(keys.get(r.key_id.as_str()))
-                .bind(r.request_id.as_str())
-                .bind(i64::from(r.latency_ms));
+            serde_json::to_writer(&mut run.rows, &row).map_err(|e| StoreError::Other(e.into()))?;
+            run.row_count += 1;
+            run.first_time = run.first_time.min(time);
+            run.last_time = run.last_time.max(time);
+            // Rows of one key and endpoint often follow each other: skipping repeats here
+            // leaves little for the sort below.
+            if span.key_ids.last() != Some(&r.key_id.as_str()) {
+                span.key_ids.push(r.key_id.as_str());
+            }
+            if span.endpoints.last() != Some(&&*r.endpoint) {
+                span.endpoints.push(&r.endpoint);
+            }
+            span.last_id = next_id;
             next_id += 1;
+        }
+        run.rows.push(b']');
+        run.last_id = span.last_id;
+        for values in [&mut span.key_ids, &mut span.endpoints] {
+            values.sort_unstable();
+            values.dedup();
+        }
+        spans.push(span);
+        runs.push(run);
+    }
+    sqlx::query("update request_log_next_id set next_id = ?")
+        .bind(next_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    for chunk in runs.chunks_mut(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::query(RUN_INSERT.sql(chunk.len()));
+        for run in chunk {
+            // serde_json writes UTF-8 only, so this never fails.
+            let rows = String::from_utf8(std::mem::take(&mut run.rows))
+                .map_err(|e| StoreError::Other(e.into()))?;
+            insert = insert
+                .bind(run.last_id)
+                .bind(run.first_time)
+                .bind(run.last_time)
+                .bind(run.row_count)
+                .bind(rows);
         }
         insert.execute(&mut **tx).await.map_err(map_err)?;
     }
@@ -466,40 +517,36 @@ async fn write_history(
         }
         insert.execute(&mut **tx).await.map_err(map_err)?;
     }
-    for span in &mut spans {
-        for values in [&mut span.key_ids, &mut span.endpoints] {
-            values.sort_unstable();
-            values.dedup();
-        }
-    }
     write_narrower_spans(tx, &KEY_SPAN_INSERT, &spans, |span| &span.key_ids).await?;
     write_narrower_spans(tx, &ENDPOINT_SPAN_INSERT, &spans, |span| &span.endpoints).await
 }
 
-/// One shared copy of each text a flush binds again and again (its accounts, keys,
-/// methods, endpoints and user agents). sqlx copies a bound `&str` into a new
-/// `Arc<String>`, two allocations and a copy per value, but binds an `Arc<str>` as it
-/// is: about 5 % of the writer's instructions (callgrind).
-#[derive(Default)]
-struct SharedTexts<'a>(Vec<(&'a str, Arc<str>)>);
-
-impl<'a> SharedTexts<'a> {
-    /// Texts remembered; rows come grouped by account, so the last few are the ones seen
-    /// again, and a short list keeps the search cheap.
-    const REMEMBERED: usize = 16;
-
-    fn get(&mut self, text: &'a str) -> Arc<str> {
-        if let Some((_, shared)) = self.0.iter().rev().find(|(seen, _)| *seen == text) {
-            return Arc::clone(shared);
-        }
-        if self.0.len() == Self::REMEMBERED {
-            self.0.remove(0);
-        }
-        let shared: Arc<str> = Arc::from(text);
-        self.0.push((text, Arc::clone(&shared)));
-        shared
-    }
+/// A run of history rows, encoded for `request_log_run`.
+struct EncodedRun {
+    last_id: i64,
+    first_time: i64,
+    last_time: i64,
+    row_count: i64,
+    /// A JSON array of [`StoredRow`]s, oldest first.
+    rows: Vec<u8>,
 }
+
+/// One history row as a run stores it: a JSON array of id, time, method, endpoint,
+/// status, user agent, key id, request id and latency, the order of `json_array` in
+/// migration 4 (a tuple struct, which serde writes as an array). The account is the run's.
+/// Texts are borrowed from the stored JSON when they have no escapes.
+#[derive(Serialize, Deserialize)]
+struct StoredRow<'a>(
+    i64,
+    i64,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    u16,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    u32,
+);
 
 /// One row per span and key (or endpoint) that has rows in it.
 async fn write_narrower_spans<'a>(
@@ -1101,86 +1148,111 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         query: &PageQuery,
     ) -> StoreResult<Vec<(i64, RequestRecord)>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "select r.request_log_id, r.account_id, r.time, r.method, r.endpoint, r.status, \
-             r.user_agent, r.key_id, r.request_id, r.latency_ms from ",
-        );
         // The account's runs (or, filtered by key or endpoint, the runs that have its rows)
-        // newest first, and each run's rows by id, newest first: both loops come in order,
-        // so there is no sort. CROSS JOIN keeps the runs outside (SQLite's way to fix the
-        // join order). A `before` cursor usually falls inside a run: that run is the oldest
-        // one ending at or after it, and only its rows below the cursor count.
+        // newest first, a few at a time, and each run's rows newest first: both come in
+        // order, so there is no sort. A `before` cursor usually falls inside a run: that
+        // run is the oldest one ending at or after it, and only its rows below the cursor
+        // count. Filters the runs cannot narrow (status, time, the key within a run) are
+        // applied to the decoded rows, as SQL applied them to the rows the runs led to.
         let upper = query
             .before
             .map_or(i64::MAX, |before| before.saturating_sub(1));
         let (spans, narrowed_by) = match (&query.key_id, &query.endpoint) {
-            (Some(key_id), _) => (
-                "request_log_key_span",
-                Some(("key_id", key_id.as_str().to_owned())),
-            ),
-            (None, Some(endpoint)) => (
-                "request_log_endpoint_span",
-                Some(("endpoint", endpoint.clone())),
-            ),
+            (Some(key_id), _) => ("request_log_key_span", Some(("key_id", key_id.as_str()))),
+            (None, Some(endpoint)) => {
+                ("request_log_endpoint_span", Some(("endpoint", &**endpoint)))
+            }
             (None, None) => ("request_log_span", None),
         };
-        qb.push(spans)
-            .push(
-                " s cross join request_log r \
-                 on r.request_log_id between s.first_id and min(s.last_id, ",
-            )
-            .push_bind(upper)
-            .push(") and r.account_id = s.account_id where s.account_id = ")
-            .push_bind(account_id.as_str());
-        if let Some((column, value)) = &narrowed_by {
-            qb.push(format_args!(
-                " and r.{column} = s.{column} and s.{column} = "
-            ))
-            .push_bind(value.clone());
+        // `from` the runs, each joined to its rows if `with_rows`.
+        let push_runs_of = |qb: &mut QueryBuilder<Sqlite>, with_rows: bool| {
+            qb.push(spans).push(" s");
+            if with_rows {
+                // CROSS JOIN keeps the runs outside (SQLite's way to fix the join order).
+                qb.push(" cross join request_log_run r on r.last_id = s.last_id");
+            }
+            qb.push(" where s.account_id = ")
+                .push_bind(account_id.as_str().to_owned());
+            if let Some((column, value)) = narrowed_by {
+                qb.push(format_args!(" and s.{column} = "))
+                    .push_bind(value.to_owned());
+            }
+        };
+        let mut newest_run = upper;
+        if query.before.is_some() {
+            let mut qb = QueryBuilder::<Sqlite>::new("select min(s.last_id) from ");
+            push_runs_of(&mut qb, false);
+            qb.push(" and s.last_id > ").push_bind(upper);
+            let straddling: Option<i64> = qb
+                .build_query_scalar()
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_err)?;
+            newest_run = straddling.unwrap_or(upper);
         }
-        qb.push(" and s.last_id <= (select coalesce(min(last_id), ")
-            .push_bind(upper)
-            .push(") from ")
-            .push(spans)
-            .push(" where account_id = ")
-            .push_bind(account_id.as_str());
-        if let Some((column, value)) = narrowed_by {
-            qb.push(format_args!(" and {column} = ")).push_bind(value);
+        let (since, until) = (query.since.map(ts), query.until.map(ts));
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        let mut page = Vec::new();
+        loop {
+            let mut qb = QueryBuilder::<Sqlite>::new("select s.last_id, r.rows from ");
+            push_runs_of(&mut qb, true);
+            qb.push(" and s.last_id <= ")
+                .push_bind(newest_run)
+                .push(" order by s.last_id desc limit ")
+                .push_bind(RUNS_PER_READ);
+            let runs: Vec<(i64, String)> = qb
+                .build_query_as()
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?;
+            for (last_id, rows) in &runs {
+                let rows: Vec<StoredRow<'_>> =
+                    serde_json::from_str(rows).map_err(|_| corrupt("history run"))?;
+                for StoredRow(
+                    id,
+                    time,
+                    method,
+                    endpoint,
+                    status,
+                    user_agent,
+                    key_id,
+                    request_id,
+                    latency_ms,
+                ) in rows.into_iter().rev()
+                {
+                    let wanted = id <= upper
+                        && query.key_id.as_ref().is_none_or(|k| k.as_str() == key_id)
+                        && query.endpoint.as_ref().is_none_or(|e| *e == endpoint)
+                        && query.status.is_none_or(|s| s == status)
+                        && since.is_none_or(|since| time >= since)
+                        && until.is_none_or(|until| time < until);
+                    if !wanted {
+                        continue;
+                    }
+                    page.push((
+                        id,
+                        RequestRecord {
+                            account_id: account_id.clone(),
+                            time: from_ts(time)?,
+                            method: Cow::Owned(method.into_owned()),
+                            endpoint: Cow::Owned(endpoint.into_owned()),
+                            status,
+                            user_agent: user_agent.map(Cow::into_owned),
+                            key_id: KeyId::from_trusted(key_id.into_owned()),
+                            request_id: request_id.into_owned(),
+                            latency_ms,
+                        },
+                    ));
+                    if page.len() == limit {
+                        return Ok(page);
+                    }
+                }
+                newest_run = last_id - 1;
+            }
+            if i64::try_from(runs.len()).unwrap_or(i64::MAX) < RUNS_PER_READ {
+                return Ok(page);
+            }
         }
-        qb.push(" and last_id > ").push_bind(upper).push(")");
-        push_time_filters(&mut qb, query, "r.time");
-        if let Some(endpoint) = &query.endpoint {
-            qb.push(" and r.endpoint = ").push_bind(endpoint.clone());
-        }
-        if let Some(status) = query.status {
-            qb.push(" and r.status = ").push_bind(i64::from(status));
-        }
-        qb.push(" order by s.last_id desc, r.request_log_id desc limit ")
-            .push_bind(i64::from(query.limit));
-        let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let get_err = |e: sqlx::Error| StoreError::Other(Box::new(e));
-                let status: i64 = row.try_get("status").map_err(get_err)?;
-                let latency: i64 = row.try_get("latency_ms").map_err(get_err)?;
-                Ok((
-                    row.try_get("request_log_id").map_err(get_err)?,
-                    RequestRecord {
-                        account_id: AccountId::from_trusted(
-                            row.try_get("account_id").map_err(get_err)?,
-                        ),
-                        time: from_ts(row.try_get("time").map_err(get_err)?)?,
-                        method: Cow::Owned(row.try_get("method").map_err(get_err)?),
-                        endpoint: Cow::Owned(row.try_get("endpoint").map_err(get_err)?),
-                        status: u16::try_from(status).map_err(|_| corrupt("status"))?,
-                        user_agent: row.try_get("user_agent").map_err(get_err)?,
-                        key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
-                        request_id: row.try_get("request_id").map_err(get_err)?,
-                        latency_ms: u32::try_from(latency).unwrap_or(u32::MAX),
-                    },
-                ))
-            })
-            .collect()
     }
 
     async fn usage(
@@ -1247,35 +1319,75 @@ impl Store for SqliteStore {
     }
 
     async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64> {
-        // Only the `batch` oldest rows by id are looked at: ids grow with time, so the
-        // rows past the cutoff are a prefix, and a sweep with nothing to delete reads one
-        // batch instead of the whole table (there is no time index; see migration 2).
+        // Only the oldest runs holding about `batch` rows are looked at: ids grow with
+        // time, so the rows past the cutoff are a prefix, and a sweep with nothing to
+        // delete reads a few runs instead of the whole table (there is no time index).
+        // A run that ends before the cutoff goes whole; one that straddles it is
+        // rewritten without its old rows.
+        let cutoff = ts(cutoff);
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "delete from request_log where request_log_id in \
-             (select request_log_id from \
-              (select request_log_id, time from request_log order by request_log_id limit $2) \
-              where time < $1)",
+        let oldest: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "select last_id, last_time, row_count from \
+             (select last_id, first_time, last_time, row_count, \
+              sum(row_count) over (order by last_id) - row_count as rows_before \
+              from (select last_id, first_time, last_time, row_count from request_log_run \
+                    order by last_id limit $2)) \
+             where rows_before < $2 and first_time < $1",
         )
-        .bind(ts(cutoff))
+        .bind(cutoff)
         .bind(i64::from(batch))
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        // Runs that end before the oldest row left have no rows. A run whose rows went
-        // while an older row stays is deleted with that row, later; it reads nothing
-        // meanwhile. A run that still has rows keeps its first_id and reads fewer rows.
+        let mut pruned: u64 = 0;
+        for (last_id, last_time, row_count) in oldest {
+            if last_time < cutoff {
+                sqlx::query("delete from request_log_run where last_id = $1")
+                    .bind(last_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                pruned += row_count.unsigned_abs();
+                continue;
+            }
+            let rows: String =
+                sqlx::query_scalar("select rows from request_log_run where last_id = $1")
+                    .bind(last_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            let rows: Vec<StoredRow<'_>> =
+                serde_json::from_str(&rows).map_err(|_| corrupt("history run"))?;
+            let kept: Vec<&StoredRow<'_>> = rows.iter().filter(|row| row.1 >= cutoff).collect();
+            let first_time = kept.iter().map(|row| row.1).min().unwrap_or(last_time);
+            let kept_count = i64::try_from(kept.len()).unwrap_or(i64::MAX);
+            sqlx::query(
+                "update request_log_run set rows = $1, first_time = $2, row_count = $3 \
+                 where last_id = $4",
+            )
+            .bind(serde_json::to_string(&kept).map_err(|e| StoreError::Other(e.into()))?)
+            .bind(first_time)
+            .bind(kept_count)
+            .bind(last_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            pruned += (row_count - kept_count).unsigned_abs();
+        }
+        // Runs that end before the oldest run left have no rows. A run whose rows went
+        // while an older run stays is deleted with that run, later; it reads nothing
+        // meanwhile (its rows are gone).
         for spans in HISTORY_RUN_TABLES {
             sqlx::query(AssertSqlSafe(format!(
                 "delete from {spans} where last_id < \
-                 coalesce((select min(request_log_id) from request_log), 9223372036854775807)"
+                 coalesce((select min(last_id) from request_log_run), 9223372036854775807)"
             )))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(done.rows_affected())
+        Ok(pruned)
     }
 }
 
@@ -1333,9 +1445,10 @@ mod tests {
     }
 
     /// Rows written before migration 3, interleaving accounts and keys, are found through
-    /// the runs it derives, and the ids of new rows carry on after them.
+    /// the runs it derives and the run rows migration 4 encodes them into, and the ids of
+    /// new rows carry on after them.
     #[tokio::test]
-    async fn migration_3_finds_the_rows_written_before_it() {
+    async fn migrations_3_and_4_find_the_rows_written_before_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.db");
         let options = SqliteConnectOptions::new()
@@ -1497,6 +1610,82 @@ mod tests {
         for table in HISTORY_RUN_TABLES {
             assert!(runs(table).await.is_empty(), "{table}");
         }
+    }
+
+    /// One account's flush longer than a run is split into runs; every row reads back
+    /// exactly (texts that JSON must escape included), newest first, page by page, with
+    /// and without a key filter, and a cursor that falls inside any run.
+    #[tokio::test]
+    async fn a_long_flush_splits_into_runs_that_read_back_whole() {
+        let (store, _dir) = fresh().await;
+        let odd_agents = [
+            "say \"hi\"",
+            "back\\slash",
+            "tab\tand\u{1}",
+            "ünïcode ✓",
+            "</script>",
+        ];
+        let rows: Vec<RequestRecord> = (0..ROWS_PER_RUN * 2 + 17)
+            .map(|i| RequestRecord {
+                time: OffsetDateTime::from_unix_timestamp(1_790_000_000 + i as i64).unwrap(),
+                status: if i % 7 == 0 { 404 } else { 200 },
+                user_agent: (i % 3 != 0).then(|| odd_agents[i % odd_agents.len()].to_owned()),
+                request_id: format!("req_{i}"),
+                latency_ms: u32::try_from(i).unwrap(),
+                ..new_history_row("acct_a", if i % 2 == 0 { "key_even" } else { "key_odd" })
+            })
+            .collect();
+        write_rows(&store, rows.clone()).await;
+        let runs: i64 = sqlx::query_scalar("select count(*) from request_log_run")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(runs, 3);
+
+        let account = AccountId::from_trusted("acct_a".to_owned());
+        for (key, limit) in [
+            (None, 1),
+            (None, 100),
+            (Some("key_odd"), 7),
+            (Some("key_even"), 300),
+        ] {
+            let mut read: Vec<(i64, RequestRecord)> = Vec::new();
+            loop {
+                let query = PageQuery {
+                    limit,
+                    before: read.last().map(|(id, _)| *id),
+                    key_id: key.map(|k| KeyId::from_trusted(k.to_owned())),
+                    ..PageQuery::default()
+                };
+                let page = store.request_history(&account, &query).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                read.extend(page);
+            }
+            let expected: Vec<&RequestRecord> = rows
+                .iter()
+                .rev()
+                .filter(|r| key.is_none_or(|k| r.key_id.as_str() == k))
+                .collect();
+            let read: Vec<&RequestRecord> = read.iter().map(|(_, r)| r).collect();
+            assert_eq!(read, expected, "{key:?}, {limit} per page");
+        }
+        let not_found = store
+            .request_history(
+                &account,
+                &PageQuery {
+                    limit: 1000,
+                    status: Some(404),
+                    ..PageQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            not_found.len(),
+            rows.iter().filter(|r| r.status == 404).count()
+        );
     }
 
     /// Stores `requests` as one metering batch.
