@@ -10,8 +10,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-
-use foldhash::HashMap;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,6 +17,7 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use foldhash::HashMap;
 use keyward_store::RequestRecord;
 use keyward_workers::Meter;
 use metrics::{Counter, Histogram};
@@ -249,7 +248,7 @@ struct Endpoint {
     name: &'static str,
     duration: Histogram,
     /// The request counter of each status label, made on first use.
-    by_status: [OnceLock<Counter>; STATUS_LABELS.len()],
+    by_status: [OnceLock<Counter>; ANSWERED.len() + CLASSES.len()],
 }
 
 impl Endpoint {
@@ -307,32 +306,47 @@ impl Endpoint {
 
     /// The request counter of this endpoint and `status`, registered on first use.
     fn requests(&self, status: StatusCode) -> &Counter {
-        let label = status_label(status);
-        self.by_status[label].get_or_init(|| {
+        let (slot, label) = status_label(status);
+        self.by_status[slot].get_or_init(|| {
             metrics::counter!(
-                "keyward_http_requests_total", "endpoint" => self.name, "status" => STATUS_LABELS[label]
+                "keyward_http_requests_total", "endpoint" => self.name, "status" => label
             )
         })
     }
 }
 
-/// The statuses keyward answers, each counted under its own `status` label; any other
-/// is counted under its class (the last four labels).
-const STATUSES: [u16; 15] = [
-    200, 201, 204, 307, 308, 400, 401, 403, 404, 405, 409, 413, 429, 500, 503,
+/// The statuses keyward answers, each counted under its own `status` label.
+const ANSWERED: [(u16, &str); 15] = [
+    (200, "200"),
+    (201, "201"),
+    (204, "204"),
+    (307, "307"),
+    (308, "308"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (409, "409"),
+    (413, "413"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
 ];
-const STATUS_LABELS: [&str; 19] = [
-    "200", "201", "204", "307", "308", "400", "401", "403", "404", "405", "409", "413", "429",
-    "500", "503", "2xx", "3xx", "4xx", "5xx",
-];
+/// The label of any other status: its class.
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
-/// The index of `status`'s label in [`STATUS_LABELS`].
-fn status_label(status: StatusCode) -> usize {
+/// The slot of `status`'s counter in [`Endpoint::by_status`], and its `status` label.
+fn status_label(status: StatusCode) -> (usize, &'static str) {
     let code = status.as_u16();
-    STATUSES.iter().position(|s| *s == code).unwrap_or_else(|| {
-        // 1xx (never answered) counts as 2xx, as it always did.
-        STATUSES.len() + usize::from(code / 100).saturating_sub(2).min(3)
-    })
+    if let Some(slot) = ANSWERED.iter().position(|(answered, _)| *answered == code) {
+        return (slot, ANSWERED[slot].1);
+    }
+    // 1xx (never answered) counts as 2xx, as it always did.
+    let class = usize::from(code / 100)
+        .saturating_sub(2)
+        .min(CLASSES.len() - 1);
+    (ANSWERED.len() + class, CLASSES[class])
 }
 
 fn is_json(response: &Response) -> bool {
@@ -400,10 +414,10 @@ mod tests {
 
     #[test]
     fn each_answered_status_has_its_own_label_and_others_their_class() {
-        for (i, code) in STATUSES.iter().enumerate() {
+        for (i, (code, label)) in ANSWERED.iter().enumerate() {
             let status = StatusCode::from_u16(*code).unwrap();
-            assert_eq!(STATUS_LABELS[status_label(status)], status.as_str());
-            assert_eq!(status_label(status), i);
+            assert_eq!(status_label(status).1, status.as_str());
+            assert_eq!(status_label(status), (i, *label));
         }
         for (code, label) in [
             (100, "2xx"),
@@ -414,7 +428,7 @@ mod tests {
             (999, "5xx"),
         ] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert_eq!(STATUS_LABELS[status_label(status)], label, "{code}");
+            assert_eq!(status_label(status).1, label, "{code}");
         }
     }
 }

@@ -427,31 +427,17 @@ async fn write_history(
         .await
         .map_err(map_err)?;
     let mut spans: Vec<Span<'_>> = Vec::new();
-    let mut runs: Vec<EncodedRun> = Vec::new();
     let runs_of_rows = order
         .chunk_by(|a, b| a.account_id == b.account_id)
         .flat_map(|account_rows| account_rows.chunks(ROWS_PER_RUN));
     for run_rows in runs_of_rows {
-        let mut span = Span {
-            account_id: run_rows[0].account_id.as_str(),
-            first_id: next_id,
-            last_id: next_id,
-            key_ids: Vec::new(),
-            endpoints: Vec::new(),
-        };
-        let mut run = EncodedRun {
-            last_id: next_id,
-            first_time: i64::MAX,
-            last_time: i64::MIN,
-            row_count: 0,
-            rows: Vec::with_capacity(run_rows.len() * 160),
-        };
-        run.rows.push(b'[');
+        let first_id = next_id;
+        let mut stored = Vec::with_capacity(run_rows.len());
+        let (mut key_ids, mut endpoints) = (Vec::new(), Vec::new());
         for r in run_rows {
-            let time = ts(r.time);
-            let row = StoredRow(
+            stored.push(StoredRow(
                 next_id,
-                time,
+                ts(r.time),
                 Cow::Borrowed(&r.method),
                 Cow::Borrowed(&r.endpoint),
                 r.status,
@@ -459,51 +445,46 @@ async fn write_history(
                 Cow::Borrowed(r.key_id.as_str()),
                 Cow::Borrowed(&r.request_id),
                 r.latency_ms,
-            );
-            if run.row_count > 0 {
-                run.rows.push(b',');
-            }
-            serde_json::to_writer(&mut run.rows, &row).map_err(|e| StoreError::Other(e.into()))?;
-            run.row_count += 1;
-            run.first_time = run.first_time.min(time);
-            run.last_time = run.last_time.max(time);
+            ));
             // Rows of one key and endpoint often follow each other: skipping repeats here
             // leaves little for the sort below.
-            if span.key_ids.last() != Some(&r.key_id.as_str()) {
-                span.key_ids.push(r.key_id.as_str());
+            if key_ids.last() != Some(&r.key_id.as_str()) {
+                key_ids.push(r.key_id.as_str());
             }
-            if span.endpoints.last() != Some(&&*r.endpoint) {
-                span.endpoints.push(&r.endpoint);
+            if endpoints.last() != Some(&&*r.endpoint) {
+                endpoints.push(&*r.endpoint);
             }
-            span.last_id = next_id;
             next_id += 1;
         }
-        run.rows.push(b']');
-        run.last_id = span.last_id;
-        for values in [&mut span.key_ids, &mut span.endpoints] {
+        for values in [&mut key_ids, &mut endpoints] {
             values.sort_unstable();
             values.dedup();
         }
-        spans.push(span);
-        runs.push(run);
+        spans.push(Span {
+            account_id: run_rows[0].account_id.as_str(),
+            first_id,
+            last_id: next_id - 1,
+            first_time: stored.iter().map(StoredRow::time).min().unwrap_or(0),
+            last_time: stored.iter().map(StoredRow::time).max().unwrap_or(0),
+            rows: serde_json::to_string(&stored).map_err(|e| StoreError::Other(e.into()))?,
+            key_ids,
+            endpoints,
+        });
     }
     sqlx::query("update request_log_next_id set next_id = ?")
         .bind(next_id)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    for chunk in runs.chunks_mut(ROWS_PER_STATEMENT) {
+    for chunk in spans.chunks_mut(ROWS_PER_STATEMENT) {
         let mut insert = sqlx::query(RUN_INSERT.sql(chunk.len()));
-        for run in chunk {
-            // serde_json writes UTF-8 only, so this never fails.
-            let rows = String::from_utf8(std::mem::take(&mut run.rows))
-                .map_err(|e| StoreError::Other(e.into()))?;
+        for span in chunk {
             insert = insert
-                .bind(run.last_id)
-                .bind(run.first_time)
-                .bind(run.last_time)
-                .bind(run.row_count)
-                .bind(rows);
+                .bind(span.last_id)
+                .bind(span.first_time)
+                .bind(span.last_time)
+                .bind(span.last_id - span.first_id + 1)
+                .bind(std::mem::take(&mut span.rows));
         }
         insert.execute(&mut **tx).await.map_err(map_err)?;
     }
@@ -519,16 +500,6 @@ async fn write_history(
     }
     write_narrower_spans(tx, &KEY_SPAN_INSERT, &spans, |span| &span.key_ids).await?;
     write_narrower_spans(tx, &ENDPOINT_SPAN_INSERT, &spans, |span| &span.endpoints).await
-}
-
-/// A run of history rows, encoded for `request_log_run`.
-struct EncodedRun {
-    last_id: i64,
-    first_time: i64,
-    last_time: i64,
-    row_count: i64,
-    /// A JSON array of [`StoredRow`]s, oldest first.
-    rows: Vec<u8>,
 }
 
 /// One history row as a run stores it: a JSON array of id, time, method, endpoint,
@@ -547,6 +518,12 @@ struct StoredRow<'a>(
     #[serde(borrow)] Cow<'a, str>,
     u32,
 );
+
+impl StoredRow<'_> {
+    fn time(&self) -> i64 {
+        self.1
+    }
+}
 
 /// One row per span and key (or endpoint) that has rows in it.
 async fn write_narrower_spans<'a>(
@@ -573,14 +550,19 @@ async fn write_narrower_spans<'a>(
     Ok(())
 }
 
-/// One account's rows of a flush: ids `first_id..=last_id`, and the keys and endpoints
-/// that have rows in it.
+/// One account's rows of a flush, at most [`ROWS_PER_RUN`]: ids `first_id..=last_id`,
+/// their times, the keys and endpoints that have rows in it, and the rows encoded for
+/// `request_log_run` (taken when bound).
 struct Span<'a> {
     account_id: &'a str,
     first_id: i64,
     last_id: i64,
+    first_time: i64,
+    last_time: i64,
     key_ids: Vec<&'a str>,
     endpoints: Vec<&'a str>,
+    /// A JSON array of [`StoredRow`]s, oldest first.
+    rows: String,
 }
 
 /// Inserts new keys, their secrets and their `key.created` events, one statement per
@@ -1343,17 +1325,21 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        let mut pruned: u64 = 0;
-        for (last_id, last_time, row_count) in oldest {
-            if last_time < cutoff {
-                sqlx::query("delete from request_log_run where last_id = $1")
-                    .bind(last_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                pruned += row_count.unsigned_abs();
-                continue;
-            }
+        let (whole, straddling): (Vec<_>, Vec<_>) = oldest
+            .into_iter()
+            .partition(|(_, last_time, _)| *last_time < cutoff);
+        let mut pruned: u64 = whole.iter().map(|(_, _, n)| n.unsigned_abs()).sum();
+        // The whole runs are every run up to the newest of them that ends before the
+        // cutoff: a straddling run among them ends after it.
+        if let Some(newest_whole) = whole.iter().map(|(last_id, _, _)| *last_id).max() {
+            sqlx::query("delete from request_log_run where last_id <= $1 and last_time < $2")
+                .bind(newest_whole)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        for (last_id, _, row_count) in straddling {
             let rows: String =
                 sqlx::query_scalar("select rows from request_log_run where last_id = $1")
                     .bind(last_id)
@@ -1362,15 +1348,16 @@ impl Store for SqliteStore {
                     .map_err(map_err)?;
             let rows: Vec<StoredRow<'_>> =
                 serde_json::from_str(&rows).map_err(|_| corrupt("history run"))?;
-            let kept: Vec<&StoredRow<'_>> = rows.iter().filter(|row| row.1 >= cutoff).collect();
-            let first_time = kept.iter().map(|row| row.1).min().unwrap_or(last_time);
+            let kept: Vec<&StoredRow<'_>> =
+                rows.iter().filter(|row| row.time() >= cutoff).collect();
             let kept_count = i64::try_from(kept.len()).unwrap_or(i64::MAX);
             sqlx::query(
                 "update request_log_run set rows = $1, first_time = $2, row_count = $3 \
                  where last_id = $4",
             )
             .bind(serde_json::to_string(&kept).map_err(|e| StoreError::Other(e.into()))?)
-            .bind(first_time)
+            // A straddling run keeps its newest row at least.
+            .bind(kept.iter().map(|row| row.time()).min().unwrap_or(cutoff))
             .bind(kept_count)
             .bind(last_id)
             .execute(&mut *tx)

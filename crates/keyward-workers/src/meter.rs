@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 // foldhash rather than std's SipHash: these maps are keyed by ids keyward made itself
-// (accounts, keys, route templates), not by text a caller chooses, and hashing each row's
-// counter key with SipHash was a tenth of the flush (callgrind).
+// (accounts, keys, route templates), not by text a caller chooses, and with SipHash
+// `Meter::take` cost 1,650 instructions per row instead of 750 (callgrind).
 use foldhash::{HashMap, HashMapExt as _};
 
 use keyward_core::{AccountId, KeyId};
