@@ -82,8 +82,17 @@ const ROWS_PER_STATEMENT: usize = 64;
 const WRITER_STATEMENT_CACHE: usize = 7 * ROWS_PER_STATEMENT;
 /// Keys per insert statement of a group commit (8 parameters each).
 const CREATES_PER_STATEMENT: usize = 512;
-/// The writer connection's page cache, in KiB.
-const WRITER_CACHE_KIB: u32 = 32 * 1024;
+/// The writer connection's page cache, in KiB: more than the few thousand pages a busy
+/// flush touches. The 32 MiB it was before cost 25–35 MiB of peak RSS, and commits were
+/// slower with it, not faster: SQLite visits the cache's hash table at the end of each
+/// transaction (`pcache1TruncateUnsafe`, 4 % of a creation profile at 32 MiB).
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
+/// WAL pages past which a commit on the writer checkpoints. The checkpoint task copies
+/// pages long before that; the writer's own checkpoint lets the WAL start over from its
+/// beginning (only a writer can), and bounds the WAL if that task falls behind.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
+/// How often the checkpoint task copies committed WAL pages into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A statement whose text depends only on its number of rows, built once per count.
 struct Shapes {
@@ -180,6 +189,9 @@ static USAGE_UPSERT: Shapes = Shapes::new(
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    checkpointer: SqlitePool,
+    /// Stops the checkpoint task when sent to, or when the last clone of the store drops.
+    stop_checkpoints: Arc<tokio::sync::watch::Sender<()>>,
     creates: Arc<CreateQueue>,
 }
 
@@ -250,8 +262,17 @@ impl SqliteStore {
                     // spilling its 2 MB page cache into the WAL mid-transaction and to
                     // statement journals written to a temporary file. The flush of a busy
                     // quarter second touches a few thousand pages; keep them in memory.
-                    .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB))
-                    .pragma("temp_store", "memory"),
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                    .pragma("temp_store", "memory")
+                    // SQLite's default, a checkpoint by the commit that takes the WAL
+                    // past 1,000 pages, put 36–44 % of the writer thread's time into
+                    // copying pages with 1,000 callers at 1,000,000 keys, and key
+                    // creations waited behind it. The checkpoint task does that copying
+                    // now (see `checkpoint_every`).
+                    .pragma(
+                        "wal_autocheckpoint",
+                        WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                    ),
             )
             .await
             .map_err(map_err)?;
@@ -262,18 +283,34 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(map_err)?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        let (stop_checkpoints, stopped) = tokio::sync::watch::channel(());
+        tokio::spawn(checkpoint_every(
+            CHECKPOINT_INTERVAL,
+            checkpointer.clone(),
+            stopped,
+        ));
         Ok(Self {
             writer,
             reader,
+            checkpointer,
+            stop_checkpoints: Arc::new(stop_checkpoints),
             creates: Arc::default(),
         })
     }
 
-    /// Closes both pools, waiting for running statements.
+    /// Stops the checkpoint task and closes the pools, waiting for running statements.
     pub async fn close(&self) {
+        self.stop_checkpoints.send_replace(());
+        self.checkpointer.close().await;
         self.writer.close().await;
         self.reader.close().await;
     }
@@ -314,6 +351,34 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)
+    }
+}
+
+/// Copies committed WAL pages into the database file every `interval`, on a connection
+/// of its own, until `stop` is sent to or its sender drops. PASSIVE waits for no reader
+/// and no writer, so the writer goes on committing while pages are copied. Measured with
+/// 1,000 callers at 1,000,000 keys: the metering flush's commit took 70 ms on average
+/// instead of 110 ms (writer checkpointing at 16,384 pages alone) or 160 ms (at 4,096).
+async fn checkpoint_every(
+    interval: Duration,
+    pool: SqlitePool,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = sqlx::query("pragma wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            // Until a checkpoint succeeds, the writer's own checkpoints bound the WAL.
+            tracing::warn!(error = %e, "SQLite checkpoint failed; will retry");
+        }
     }
 }
 
@@ -1680,6 +1745,44 @@ mod tests {
     }
 
     /// Stores `requests` as one metering batch.
+    #[tokio::test]
+    async fn the_checkpoint_task_copies_commits_into_the_database_file() {
+        // Arrange: a commit far below the writer's own checkpoint threshold, so only the
+        // checkpoint task can move it from the WAL into the database file.
+        let (store, dir) = fresh().await;
+        write_rows(&store, vec![new_history_row("acc_1", "key_1")]).await;
+
+        // Act: read a copy of the database file alone, without its WAL, until it holds
+        // the commit.
+        let copy = dir.path().join("copy.db");
+        let mut runs_in_file = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+            std::fs::copy(dir.path().join("test.db"), &copy).unwrap();
+            let file = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(SqliteConnectOptions::new().filename(&copy).read_only(true))
+                .await
+                .unwrap();
+            // Until the first checkpoint, the file does not even hold the schema.
+            runs_in_file = sqlx::query_scalar("select count(*) from request_log_run")
+                .fetch_one(&file)
+                .await
+                .unwrap_or(0);
+            file.close().await;
+            if runs_in_file == 1 {
+                break;
+            }
+        }
+
+        // Assert
+        assert_eq!(
+            runs_in_file, 1,
+            "the commit never reached the database file in 40 checkpoint intervals"
+        );
+        store.close().await;
+    }
+
     async fn write_rows(store: &SqliteStore, requests: Vec<RequestRecord>) {
         store
             .write_meter_batch(&MeterBatch {
