@@ -2,7 +2,8 @@
 //!
 //! SQLite allows one writer at a time, so writes go through a pool of exactly one
 //! connection (no `SQLITE_BUSY` between our own writers, no retry loops) and reads through
-//! a separate read-only pool. Depends on `keyward-core` and `keyward-store` only.
+//! a separate read-only pool; a third connection checkpoints the WAL. Depends on
+//! `keyward-core` and `keyward-store` only.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -1744,7 +1745,6 @@ mod tests {
         );
     }
 
-    /// Stores `requests` as one metering batch.
     #[tokio::test]
     async fn the_checkpoint_task_copies_commits_into_the_database_file() {
         // Arrange: a commit far below the writer's own checkpoint threshold, so only the
@@ -1783,6 +1783,7 @@ mod tests {
         store.close().await;
     }
 
+    /// Stores `requests` as one metering batch.
     async fn write_rows(store: &SqliteStore, requests: Vec<RequestRecord>) {
         store
             .write_meter_batch(&MeterBatch {
