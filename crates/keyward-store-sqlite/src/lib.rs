@@ -95,6 +95,9 @@ const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
 /// How often the checkpoint task copies committed WAL pages into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A statement of [`Shapes`] with some of its values bound.
+type ShapedQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>;
+
 /// A statement whose text depends only on its number of rows, built once per count.
 struct Shapes {
     head: &'static str,
@@ -111,6 +114,28 @@ impl Shapes {
             tail,
             built: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This statement over `items`, [`ROWS_PER_STATEMENT`] rows per statement, each row's
+    /// values bound by `bind`. All are bound before any runs (see [`execute_all`]): the
+    /// values are owned copies, so no borrow of `items` lives across an await, which the
+    /// `Send` bound of the store's futures would not accept.
+    fn bound<T>(
+        &'static self,
+        items: impl IntoIterator<Item = T>,
+        mut bind: impl FnMut(ShapedQuery, T) -> ShapedQuery,
+    ) -> Vec<ShapedQuery> {
+        let mut items = items.into_iter().peekable();
+        let mut statements = Vec::new();
+        while items.peek().is_some() {
+            let chunk: Vec<T> = items.by_ref().take(ROWS_PER_STATEMENT).collect();
+            let mut statement = sqlx::query(self.sql(chunk.len()));
+            for item in chunk {
+                statement = bind(statement, item);
+            }
+            statements.push(statement);
+        }
+        statements
     }
 
     /// The text for `rows` rows (1 to [`ROWS_PER_STATEMENT`]).
@@ -383,6 +408,17 @@ async fn checkpoint_every(
     }
 }
 
+/// Runs `statements` in order on `conn`.
+async fn execute_all(
+    conn: &mut sqlx::SqliteConnection,
+    statements: Vec<ShapedQuery>,
+) -> StoreResult<()> {
+    for statement in statements {
+        statement.execute(&mut *conn).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
 fn map_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::RowNotFound => StoreError::NotFound,
@@ -542,30 +578,26 @@ async fn write_history(
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    for chunk in spans.chunks_mut(ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::query(RUN_INSERT.sql(chunk.len()));
-        for span in chunk {
-            insert = insert
-                .bind(span.last_id)
-                .bind(span.first_time)
-                .bind(span.last_time)
-                .bind(span.last_id - span.first_id + 1)
-                .bind(std::mem::take(&mut span.rows));
-        }
-        insert.execute(&mut **tx).await.map_err(map_err)?;
+    let runs = RUN_INSERT.bound(spans.iter_mut(), |insert, span| {
+        insert
+            .bind(span.last_id)
+            .bind(span.first_time)
+            .bind(span.last_time)
+            .bind(span.last_id - span.first_id + 1)
+            .bind(std::mem::take(&mut span.rows))
+    });
+    let account_spans = SPAN_INSERT.bound(&spans, |insert, span| {
+        insert
+            .bind(span.account_id)
+            .bind(span.first_id)
+            .bind(span.last_id)
+    });
+    let key_spans = narrower_spans(&KEY_SPAN_INSERT, &spans, |span| &span.key_ids);
+    let endpoint_spans = narrower_spans(&ENDPOINT_SPAN_INSERT, &spans, |span| &span.endpoints);
+    for statements in [runs, account_spans, key_spans, endpoint_spans] {
+        execute_all(tx, statements).await?;
     }
-    for chunk in spans.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::query(SPAN_INSERT.sql(chunk.len()));
-        for span in chunk {
-            insert = insert
-                .bind(span.account_id)
-                .bind(span.first_id)
-                .bind(span.last_id);
-        }
-        insert.execute(&mut **tx).await.map_err(map_err)?;
-    }
-    write_narrower_spans(tx, &KEY_SPAN_INSERT, &spans, |span| &span.key_ids).await?;
-    write_narrower_spans(tx, &ENDPOINT_SPAN_INSERT, &spans, |span| &span.endpoints).await
+    Ok(())
 }
 
 /// One history row as a run stores it: a JSON array of id, time, method, endpoint,
@@ -592,28 +624,21 @@ impl StoredRow<'_> {
 }
 
 /// One row per span and key (or endpoint) that has rows in it.
-async fn write_narrower_spans<'a>(
-    tx: &mut Transaction<'static, Sqlite>,
+fn narrower_spans<'a>(
     insert: &'static Shapes,
     spans: &'a [Span<'a>],
     values: impl Fn(&'a Span<'a>) -> &'a [&'a str],
-) -> StoreResult<()> {
-    let rows: Vec<(&Span<'_>, &str)> = spans
+) -> Vec<ShapedQuery> {
+    let rows = spans
         .iter()
-        .flat_map(|span| values(span).iter().map(move |value| (span, *value)))
-        .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut statement = sqlx::query(insert.sql(chunk.len()));
-        for (span, value) in chunk {
-            statement = statement
-                .bind(span.account_id)
-                .bind(*value)
-                .bind(span.first_id)
-                .bind(span.last_id);
-        }
-        statement.execute(&mut **tx).await.map_err(map_err)?;
-    }
-    Ok(())
+        .flat_map(|span| values(span).iter().map(move |value| (span, *value)));
+    insert.bound(rows, |statement, (span, value)| {
+        statement
+            .bind(span.account_id)
+            .bind(value)
+            .bind(span.first_id)
+            .bind(span.last_id)
+    })
 }
 
 /// One account's rows of a flush, at most [`ROWS_PER_RUN`]: ids `first_id..=last_id`,
@@ -1169,25 +1194,19 @@ impl Store for SqliteStore {
         }
         let mut tx = self.begin().await?;
         write_history(&mut tx, &batch.requests).await?;
-        for chunk in batch.last_used.chunks(ROWS_PER_STATEMENT) {
-            let mut update = sqlx::query(LAST_USED_UPDATE.sql(chunk.len()));
-            for (_, key_id, at) in chunk {
-                update = update.bind(key_id.as_str()).bind(ts(*at));
-            }
-            update.execute(&mut *tx).await.map_err(map_err)?;
-        }
-        for chunk in batch.usage.chunks(ROWS_PER_STATEMENT) {
-            let mut upsert = sqlx::query(USAGE_UPSERT.sql(chunk.len()));
-            for (usage, count) in chunk {
-                upsert = upsert
-                    .bind(usage.account_id.as_str())
-                    .bind(usage.month.as_str())
-                    .bind(usage.endpoint.as_str())
-                    .bind(usage.key_id.as_str())
-                    .bind(i64::try_from(*count).unwrap_or(i64::MAX));
-            }
-            upsert.execute(&mut *tx).await.map_err(map_err)?;
-        }
+        let last_used = LAST_USED_UPDATE.bound(&batch.last_used, |update, (_, key_id, at)| {
+            update.bind(key_id.as_str()).bind(ts(*at))
+        });
+        execute_all(&mut tx, last_used).await?;
+        let usage = USAGE_UPSERT.bound(&batch.usage, |upsert, (usage, count)| {
+            upsert
+                .bind(usage.account_id.as_str())
+                .bind(usage.month.as_str())
+                .bind(usage.endpoint.as_str())
+                .bind(usage.key_id.as_str())
+                .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+        });
+        execute_all(&mut tx, usage).await?;
         tx.commit().await.map_err(map_err)
     }
 
