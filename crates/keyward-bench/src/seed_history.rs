@@ -9,7 +9,7 @@
 //!
 //! `DATABASE_URL` is anything `keyward --database-url` takes, a plain SQLite path included.
 
-use keyward_core::{AccountId, KeyId};
+use keyward_core::{AccountId, KeyId, RequestId};
 use keyward_store::{MeterBatch, RequestRecord, UsageKey};
 use time::{Duration, OffsetDateTime};
 
@@ -83,7 +83,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 status: if nth % 10 == 0 { 404 } else { 200 },
                 user_agent: Some("seed-history/1".to_owned()),
                 key_id: key.clone(),
-                request_id: format!("req_seed{seq:012}"),
+                request_id: RequestId::parse(format!("req_seed{seq:012}").as_bytes())
+                    .ok_or("seed request ids are well formed")?,
                 latency_ms: 1,
             });
             let usage_key = UsageKey {

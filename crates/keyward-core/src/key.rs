@@ -125,6 +125,21 @@ impl KeySecret {
     /// # Errors
     /// A [`KeyFormatError`] naming the first rule the string breaks.
     pub fn parse(raw: &str, prefix: &KeyPrefix) -> Result<Self, KeyFormatError> {
+        Self::check(raw, prefix)?;
+        Ok(Self(SecretString::from(raw.to_owned())))
+    }
+
+    /// The digest of a presented key, after the checks of [`KeySecret::parse`]: what
+    /// authentication needs, without copying the secret out of the request.
+    ///
+    /// # Errors
+    /// As [`KeySecret::parse`].
+    pub fn digest_of(raw: &str, prefix: &KeyPrefix) -> Result<KeyDigest, KeyFormatError> {
+        Self::check(raw, prefix)?;
+        Ok(digest(raw))
+    }
+
+    fn check(raw: &str, prefix: &KeyPrefix) -> Result<(), KeyFormatError> {
         let body = raw
             .strip_prefix(prefix.as_str())
             .and_then(|rest| rest.strip_prefix('_'))
@@ -137,7 +152,7 @@ impl KeySecret {
         let (random, given) = bytes.split_at(RANDOM_LEN);
         let expected = checksum(random);
         if bool::from(expected.as_bytes().ct_eq(given)) {
-            Ok(Self(SecretString::from(raw.to_owned())))
+            Ok(())
         } else {
             Err(KeyFormatError::BadChecksum)
         }
@@ -154,7 +169,7 @@ impl KeySecret {
     /// right here because the key carries 190 bits of entropy; nothing can be guessed.
     #[must_use]
     pub fn digest(&self) -> KeyDigest {
-        KeyDigest(Sha256::digest(self.expose().as_bytes()).into())
+        digest(self.expose())
     }
 
     /// The display hint: prefix, first 4 and last 4 characters (`kw_AbCd…wxyz`).
@@ -164,6 +179,11 @@ impl KeySecret {
         let (prefix, body) = key.split_once('_').unwrap_or(("", key));
         format!("{prefix}_{}…{}", &body[..4], &body[body.len() - 4..])
     }
+}
+
+/// SHA-256 of a whole key string; see [`KeySecret::digest`].
+fn digest(key: &str) -> KeyDigest {
+    KeyDigest(Sha256::digest(key.as_bytes()).into())
 }
 
 fn checksum(random: &[u8]) -> String {
@@ -318,6 +338,32 @@ mod tests {
         assert!(key.digest().ct_eq(&again.digest()));
         let expected: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
         assert_eq!(key.digest().0, expected);
+    }
+
+    #[test]
+    fn digest_of_agrees_with_parse_then_digest() {
+        let key = KeySecret::generate(&kw(), &mut OsRandom);
+        let digest = KeySecret::digest_of(key.expose(), &kw()).unwrap();
+        assert!(digest.ct_eq(&key.digest()));
+        let mut bad_checksum = key.expose().to_owned();
+        let last = if bad_checksum.ends_with('0') {
+            "1"
+        } else {
+            "0"
+        };
+        bad_checksum.replace_range(bad_checksum.len() - 1.., last);
+        let other = KeyPrefix::parse("sk").unwrap();
+        for (raw, prefix) in [
+            (bad_checksum.as_str(), kw()),
+            (key.expose(), other),
+            ("kw_short", kw()),
+        ] {
+            assert_eq!(
+                KeySecret::digest_of(raw, &prefix).unwrap_err(),
+                KeySecret::parse(raw, &prefix).unwrap_err(),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod timefmt;
 
 pub use key::{KeyDigest, KeyFormatError, KeyPrefix, KeySecret, OsRandom, RandomSource};
 pub use model::{
-    AccountId, InvalidValue, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, StoredStatus,
+    AccountId, InvalidValue, KeyId, KeyName, KeyStatus, Limits, MAX_REQUEST_ID_LEN, Metadata, Plan,
+    RequestId, StoredStatus,
 };
 pub use scope::{Scope, ScopeError, ScopeSet};

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use keyward_core::{KeyDigest, KeySecret, StoredStatus};
+use axum::http::{HeaderMap, HeaderName};
+use keyward_core::{KeyDigest, KeySecret, RequestId, StoredStatus};
 use keyward_store::{AuthRecord, Store, StoreResult};
 use keyward_workers::RateDecision;
 use time::OffsetDateTime;
@@ -17,6 +17,9 @@ use time::OffsetDateTime;
 use crate::cache::CoherentCache;
 use crate::error::{ApiError, KeyRejection};
 use crate::state::AppState;
+
+/// Made once rather than parsed from a `&str` at every lookup.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// How long a cached key may go unchecked against storage. Changes made through the API
 /// invalidate at once; this only bounds how stale a change made behind the server's back
@@ -117,17 +120,20 @@ impl KeyCache {
 #[derive(Debug)]
 pub struct RequestContext {
     /// The request id (echoed or generated).
-    pub request_id: String,
+    pub request_id: RequestId,
+    /// When the request arrived: the one clock read of its handling and its history row.
+    pub arrived: OffsetDateTime,
     caller: OnceLock<Arc<CachedKey>>,
     rate: OnceLock<RateDecision>,
 }
 
 impl RequestContext {
-    /// A context for a request id.
+    /// A context for a request id, arrived at `arrived`.
     #[must_use]
-    pub fn new(request_id: String) -> Self {
+    pub fn new(request_id: RequestId, arrived: OffsetDateTime) -> Self {
         Self {
             request_id,
+            arrived,
             caller: OnceLock::new(),
             rate: OnceLock::new(),
         }
@@ -190,16 +196,16 @@ async fn check_key(
     now: OffsetDateTime,
 ) -> Result<Arc<CachedKey>, AuthFailure> {
     let raw = headers
-        .get("x-api-key")
+        .get(X_API_KEY)
         .ok_or(AuthFailure::Rejected(KeyRejection::Missing))?;
     let raw = raw
         .to_str()
         .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
-    let secret = KeySecret::parse(raw, &state.prefix)
+    let digest = KeySecret::digest_of(raw, &state.prefix)
         .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
     let record = state
         .keys
-        .lookup(&secret.digest())
+        .lookup(&digest)
         .await
         .map_err(AuthFailure::Store)?
         .ok_or(AuthFailure::Rejected(KeyRejection::NotFound))?;
@@ -230,7 +236,7 @@ impl Caller {
     /// The request id.
     #[must_use]
     pub fn request_id(&self) -> &str {
-        &self.ctx.request_id
+        self.ctx.request_id.as_str()
     }
 
     /// Checks the scope, then counts the request against the plan's limits.
@@ -240,10 +246,12 @@ impl Caller {
     pub async fn require(&self, state: &AppState, scope: &str) -> Result<(), ApiError> {
         let account = &self.record.key.account_id;
         if !self.record.key.scopes.grants(scope) {
-            if let Some(decision) = state
-                .limiter
-                .peek(account, self.record.limits, self.now)
-                .await
+            // As in `count`: an unlimited plan has no decision to show.
+            if !self.record.limits.is_unlimited()
+                && let Some(decision) = state
+                    .limiter
+                    .peek(account, self.record.limits, self.now)
+                    .await
             {
                 let _ = self.ctx.rate.set(decision);
             }
@@ -257,6 +265,11 @@ impl Caller {
     /// # Errors
     /// `429 RATE_LIMIT_EXCEEDED`.
     pub async fn count(&self, state: &AppState) -> Result<(), ApiError> {
+        // A limiter has no decision for an unlimited plan; not asking spares the boxed
+        // future of its trait method on every request of such a plan.
+        if self.record.limits.is_unlimited() {
+            return Ok(());
+        }
         let account = &self.record.key.account_id;
         let Some(decision) = state
             .limiter
@@ -283,7 +296,12 @@ pub(crate) fn context(parts: &Parts) -> Arc<RequestContext> {
         .extensions
         .get::<Arc<RequestContext>>()
         .cloned()
-        .unwrap_or_else(|| Arc::new(RequestContext::new(crate::middleware::new_request_id())))
+        .unwrap_or_else(|| {
+            Arc::new(RequestContext::new(
+                crate::middleware::new_request_id(),
+                OffsetDateTime::now_utc(),
+            ))
+        })
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -311,7 +329,7 @@ impl FromRequestParts<AppState> for CallerAttempt {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ctx = context(parts);
-        let now = OffsetDateTime::now_utc();
+        let now = ctx.arrived;
         Ok(Self(authenticate(state, &parts.headers, now).await.map(
             |record| {
                 ctx.set_caller(record.clone());

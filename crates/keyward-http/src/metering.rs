@@ -186,7 +186,7 @@ pub async fn list_request_history(
             status: r.status,
             user_agent: r.user_agent,
             key_id: r.key_id.to_string(),
-            request_id: r.request_id,
+            request_id: r.request_id.as_str().to_owned(),
             latency_ms: r.latency_ms,
         })
         .collect();

@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use foldhash::HashMap;
+use keyward_core::RequestId;
 use keyward_store::RequestRecord;
 use keyward_workers::Meter;
 use metrics::{Counter, Histogram};
@@ -28,29 +29,35 @@ use crate::auth::RequestContext;
 use crate::error::{ApiError, ErrorCode, RenderedError};
 use crate::state::AppState;
 
+// Header names made once: inserting a name given as a `&str` that is not a standard
+// header copies it into a new allocation on every response.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// Longest user agent kept in the request history.
 const MAX_USER_AGENT_CHARS: usize = 256;
 
-/// A fresh request id: `req_` and a ULID, built in one allocation.
+/// A fresh request id: `req_` and a ULID.
 #[must_use]
-pub fn new_request_id() -> String {
-    let mut ulid = [0; ulid::ULID_LEN];
-    let ulid = ulid::Ulid::generate().array_to_str(&mut ulid);
-    let mut id = String::with_capacity(4 + ulid::ULID_LEN);
-    id.push_str("req_");
-    id.push_str(ulid);
-    id
+pub fn new_request_id() -> RequestId {
+    RequestId::generated(ulid::Ulid::generate())
+}
+
+/// The user agent as the history keeps it: text, at most [`MAX_USER_AGENT_CHARS`]
+/// characters, copied once into a string of its own size.
+fn kept_user_agent(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(MAX_USER_AGENT_CHARS) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.into_owned(),
+    }
 }
 
 /// The client's `x-request-id` if well formed (1 to 64 of `[A-Za-z0-9._-]`).
-fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
-    let bytes = value?.as_bytes();
-    let ok = (1..=64).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    // The check above admits only ASCII, so this conversion cannot fail.
-    ok.then(|| String::from_utf8_lossy(bytes).into_owned())
+fn client_request_id(value: Option<&HeaderValue>) -> Option<RequestId> {
+    RequestId::parse(value?.as_bytes())
 }
 
 /// The envelope around every route; see the module docs.
@@ -108,12 +115,11 @@ where
         let started = Instant::now();
         let arrived = OffsetDateTime::now_utc();
         let request_id =
-            client_request_id(req.headers().get("x-request-id")).unwrap_or_else(new_request_id);
-        let ctx = Arc::new(RequestContext::new(request_id));
+            client_request_id(req.headers().get(X_REQUEST_ID)).unwrap_or_else(new_request_id);
+        let ctx = Arc::new(RequestContext::new(request_id, arrived));
         req.extensions_mut().insert(ctx.clone());
         let in_flight = InFlight {
             started,
-            arrived,
             ctx,
             method: req.method().clone(),
             route: req.extensions().get::<MatchedPath>().cloned(),
@@ -159,7 +165,6 @@ where
 /// What the envelope knows of a request while its route runs.
 struct InFlight {
     started: Instant,
-    arrived: OffsetDateTime,
     ctx: Arc<RequestContext>,
     method: Method,
     route: Option<MatchedPath>,
@@ -171,7 +176,6 @@ impl InFlight {
     fn finish(self, mut response: Response) -> Response {
         let Self {
             started,
-            arrived,
             ctx,
             method,
             route,
@@ -182,11 +186,11 @@ impl InFlight {
         if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
             log_error(
                 &error,
-                &ctx.request_id,
+                ctx.request_id.as_str(),
                 &method,
                 route.as_ref().map(MatchedPath::as_str),
             );
-            response = with_json_body(response, &error.body(&ctx.request_id));
+            response = with_json_body(response, &error.body(ctx.request_id.as_str()));
         } else if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
             // Safety net for responses axum builds itself (405 with `allow`, a 404
             // without a route): same envelope, headers kept.
@@ -197,16 +201,16 @@ impl InFlight {
                 _ => status.canonical_reason().unwrap_or("error").to_owned(),
             };
             let error = ApiError::new(code, message);
-            response = with_json_body(response, &error.body(&ctx.request_id));
+            response = with_json_body(response, &error.body(ctx.request_id.as_str()));
         }
-        if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {
-            response.headers_mut().insert("x-request-id", value);
+        if let Ok(value) = HeaderValue::from_str(ctx.request_id.as_str()) {
+            response.headers_mut().insert(X_REQUEST_ID, value);
         }
         if let Some(rate) = ctx.rate() {
             let headers = response.headers_mut();
-            headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-            headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
-            headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_secs));
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(rate.reset_secs));
         }
 
         let latency = started.elapsed();
@@ -216,18 +220,13 @@ impl InFlight {
         if let (Some(caller), Some(endpoint)) = (ctx.caller(), endpoint) {
             meter.record(RequestRecord {
                 account_id: caller.key.account_id.clone(),
-                time: arrived,
+                time: ctx.arrived,
                 method: Cow::Borrowed(endpoint.method),
                 endpoint: Cow::Borrowed(endpoint.name),
                 status: response.status().as_u16(),
-                user_agent: user_agent.map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
-                        .chars()
-                        .take(MAX_USER_AGENT_CHARS)
-                        .collect()
-                }),
+                user_agent: user_agent.map(|v| kept_user_agent(v.as_bytes())),
                 key_id: caller.key.key_id.clone(),
-                request_id: ctx.request_id.clone(),
+                request_id: ctx.request_id,
                 latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
             });
         }
@@ -400,16 +399,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn user_agents_are_kept_up_to_their_limit_in_characters() {
+        assert_eq!(kept_user_agent(b"curl/8.5"), "curl/8.5");
+        let long = "\u{e9}".repeat(MAX_USER_AGENT_CHARS + 10);
+        let kept = kept_user_agent(long.as_bytes());
+        assert_eq!(kept.chars().count(), MAX_USER_AGENT_CHARS);
+        assert!(long.starts_with(&kept));
+        let exact = "a".repeat(MAX_USER_AGENT_CHARS);
+        assert_eq!(kept_user_agent(exact.as_bytes()), exact);
+        assert_eq!(kept_user_agent(b"bad \xff byte"), "bad \u{fffd} byte");
+    }
+
+    #[test]
     fn request_ids_are_echoed_only_when_well_formed() {
         let ok = HeaderValue::from_static("abc-123_X.y");
-        assert_eq!(client_request_id(Some(&ok)).as_deref(), Some("abc-123_X.y"));
+        assert_eq!(
+            client_request_id(Some(&ok)).as_ref().map(RequestId::as_str),
+            Some("abc-123_X.y")
+        );
         for bad in ["", "has space", "semi;colon", &"a".repeat(65)] {
             let v = HeaderValue::from_str(bad).unwrap();
             assert!(client_request_id(Some(&v)).is_none(), "{bad:?}");
         }
         let odd = HeaderValue::from_bytes(b"caf\xe9").unwrap();
         assert!(client_request_id(Some(&odd)).is_none());
-        assert!(new_request_id().starts_with("req_"));
+        assert!(new_request_id().as_str().starts_with("req_"));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, RequestId, ScopeSet,
+    StoredStatus,
 };
 use keyward_store::{
     Account, AccountSummary, ApiKey, AuditAction, AuditContext, AuditEvent, AuthRecord, Changed,
@@ -489,7 +490,12 @@ fn request_from_row(row: &PgRow) -> StoreResult<(i64, RequestRecord)> {
             status: u16::try_from(status).map_err(|_| corrupt("status"))?,
             user_agent: row.try_get("user_agent").map_err(get_err)?,
             key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
-            request_id: row.try_get("request_id").map_err(get_err)?,
+            request_id: RequestId::parse(
+                row.try_get::<&str, _>("request_id")
+                    .map_err(get_err)?
+                    .as_bytes(),
+            )
+            .ok_or_else(|| corrupt("request id"))?,
             latency_ms: u32::try_from(latency).unwrap_or(u32::MAX),
         },
     ))
@@ -1690,7 +1696,7 @@ mod tests {
                 status: 200,
                 user_agent: (i % 2 == 0).then(|| "ua/1".to_owned()),
                 key_id: keys[0].clone(),
-                request_id: format!("req_{i}"),
+                request_id: RequestId::parse(format!("req_{i}").as_bytes()).unwrap(),
                 latency_ms: i,
             })
             .collect();

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, RequestId, ScopeSet,
+    StoredStatus,
 };
 use keyward_store::{
     Account, AccountSummary, ApiKey, AuditAction, AuditContext, AuditEvent, AuthRecord, Changed,
@@ -545,7 +546,7 @@ async fn write_history(
                 r.status,
                 r.user_agent.as_deref().map(Cow::Borrowed),
                 Cow::Borrowed(r.key_id.as_str()),
-                Cow::Borrowed(&r.request_id),
+                Cow::Borrowed(r.request_id.as_str()),
                 r.latency_ms,
             ));
             // Rows of one key and endpoint often follow each other: skipping repeats here
@@ -1310,7 +1311,8 @@ impl Store for SqliteStore {
                             status,
                             user_agent: user_agent.map(Cow::into_owned),
                             key_id: KeyId::from_trusted(key_id.into_owned()),
-                            request_id: request_id.into_owned(),
+                            request_id: RequestId::parse(request_id.as_bytes())
+                                .ok_or_else(|| corrupt("request id"))?,
                             latency_ms,
                         },
                     ));
@@ -1589,7 +1591,7 @@ mod tests {
             async move {
                 let page = store.request_history(&account, &query).await.unwrap();
                 page.into_iter()
-                    .map(|(_, r)| r.request_id)
+                    .map(|(_, r)| r.request_id.to_string())
                     .collect::<Vec<_>>()
             }
         };
@@ -1624,7 +1626,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(newest[0].0, 8, "ids carry on after the migrated rows");
-        assert_eq!(newest[0].1.request_id, "req_new");
+        assert_eq!(newest[0].1.request_id.as_str(), "req_new");
     }
 
     /// Retention deletes the runs that end before the oldest row left, and keeps a run
@@ -1706,7 +1708,7 @@ mod tests {
                 time: OffsetDateTime::from_unix_timestamp(1_790_000_000 + i as i64).unwrap(),
                 status: if i % 7 == 0 { 404 } else { 200 },
                 user_agent: (i % 3 != 0).then(|| odd_agents[i % odd_agents.len()].to_owned()),
-                request_id: format!("req_{i}"),
+                request_id: RequestId::parse(format!("req_{i}").as_bytes()).unwrap(),
                 latency_ms: u32::try_from(i).unwrap(),
                 ..new_history_row("acct_a", if i % 2 == 0 { "key_even" } else { "key_odd" })
             })
@@ -1822,7 +1824,7 @@ mod tests {
             status: 200,
             user_agent: None,
             key_id: KeyId::from_trusted(key.to_owned()),
-            request_id: "req_new".to_owned(),
+            request_id: RequestId::parse(b"req_new").unwrap(),
             latency_ms: 1,
         }
     }

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use keyward_core::{
     AccountId, KeyId, KeyName, KeyPrefix, KeySecret, KeyStatus, Limits, Metadata, OsRandom, Plan,
-    ScopeSet, StoredStatus,
+    RequestId, ScopeSet, StoredStatus,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -545,7 +545,7 @@ fn record(
         status,
         user_agent: Some("contract/1".into()),
         key_id: key.clone(),
-        request_id: format!("req_{}", ulid::Ulid::generate()),
+        request_id: RequestId::generated(ulid::Ulid::generate()),
         latency_ms: 3,
     }
 }

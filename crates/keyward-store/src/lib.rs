@@ -11,7 +11,8 @@ use std::borrow::Cow;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, RequestId, ScopeSet,
+    StoredStatus,
 };
 use time::OffsetDateTime;
 
@@ -258,7 +259,7 @@ pub struct RequestRecord {
     /// The key that authenticated.
     pub key_id: KeyId,
     /// The request id.
-    pub request_id: String,
+    pub request_id: RequestId,
     /// Time to answer, in milliseconds.
     pub latency_ms: u32,
 }

@@ -315,7 +315,7 @@ mod tests {
             status: 200,
             user_agent: None,
             key_id: key.clone(),
-            request_id: "req_1".into(),
+            request_id: keyward_core::RequestId::parse(b"req_1").unwrap(),
             latency_ms: 1,
         }
     }

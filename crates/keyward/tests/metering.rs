@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Reply, Server, client, create_key, get, patch, post, send};
-use keyward_core::{AccountId, KeyId, KeyPrefix, KeySecret, timefmt};
+use keyward_core::{AccountId, KeyId, KeyPrefix, KeySecret, RequestId, timefmt};
 use keyward_store::{MeterBatch, RequestRecord, UsageKey};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -1542,7 +1542,7 @@ async fn pruning_removes_only_old_history_and_keeps_usage_counters() {
             status: 200,
             user_agent: Some("retention-test".into()),
             key_id: key_id.clone(),
-            request_id: id.into(),
+            request_id: RequestId::parse(id.as_bytes()).unwrap(),
             latency_ms: 3,
         });
         if age > 90 {
