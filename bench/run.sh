@@ -16,6 +16,11 @@
 #   dataset, each with 10 keys; wrk cycles through them. Creates use as many other accounts
 #   (or, with fewer than twice that many accounts, half of them each), so the listed
 #   accounts keep exactly 10 keys and answer the bytes the bare server answers.
+# Rounds: KEYWARD_BENCH_ROUNDS (default 1) pairs of runs per scenario, bare-server then
+#   keyward, interleaved. The table shows the round whose ratio is the median (the lower
+#   middle for an even count) and every round's ratio beside it: one 10-second pair's
+#   ratio moves by up to 10 points with the host's load, and neighbouring pairs see the
+#   same host.
 # Scenarios, each `wrk -t2 -cCONNECTIONS -dDURATION_SECONDS s`, bare-server then keyward:
 #   list      GET /v1/api-keys (an account with 10 keys)
 #   validate  POST /v1/api-keys/validate
@@ -39,10 +44,11 @@ backend="${3:-sqlite}"
 limits="${4:-unlimited}"
 accounts="${5:-100000}"
 sample="${KEYWARD_BENCH_SAMPLE:-1000}"
+rounds="${KEYWARD_BENCH_ROUNDS:-1}"
 history_rows="${KEYWARD_BENCH_HISTORY_ROWS:-$((accounts * 10))}"
 die() { echo "$*" >&2; exit 2; }
 [ $# -le 5 ] || die "$usage"
-for n in "$duration" "$connections" "$accounts" "$sample" "$history_rows"; do
+for n in "$duration" "$connections" "$accounts" "$sample" "$history_rows" "$rounds"; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "$usage (not a whole number: $n)"
 done
 [ "$duration" -ge 1 ] || die "DURATION_SECONDS must be at least 1"
@@ -50,6 +56,7 @@ done
 [ "$connections" -ge 2 ] || die "CONNECTIONS must be at least 2"
 [ "$accounts" -ge 2 ] || die "ACCOUNTS must be at least 2 (listed accounts and accounts that get the creates)"
 [ "$sample" -ge 1 ] || die "KEYWARD_BENCH_SAMPLE must be at least 1"
+[ "$rounds" -ge 1 ] || die "KEYWARD_BENCH_ROUNDS must be at least 1"
 case "$backend" in sqlite | postgres) ;; *) die "$usage" ;; esac
 case "$limits" in unlimited | limited) ;; *) die "$usage" ;; esac
 callers=$((accounts / 2 < sample ? accounts / 2 : sample))
@@ -135,8 +142,8 @@ target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" "$o
 pids+=("$!")
 bare="$(wait_for "$work/bare.log" "bare-server listening on")"
 
-run() { # TARGET SCENARIO BASE_URL -> one line: TARGET-SCENARIO rps=... (wrk's RESULT line)
-    local name="$1-$2"
+run() { # TARGET SCENARIO BASE_URL ROUND -> one line: TARGET-SCENARIO-rROUND rps=... (wrk's RESULT line)
+    local name="$1-$2-r$4"
     echo "wrk: $name" >&2
     if ! WRK_SCENARIO="$2" WRK_KEYS_FILE="$work/callers.txt" WRK_CREATE_KEYS_FILE="$work/creators.txt" \
         WRK_BODY="$create_body" timeout $((duration + 60)) \
@@ -150,8 +157,10 @@ run() { # TARGET SCENARIO BASE_URL -> one line: TARGET-SCENARIO rps=... (wrk's R
 
 scenarios=(list validate get create mix)
 for s in "${scenarios[@]}"; do
-    run bare "$s" "$bare"
-    run keyward "$s" "$keyward"
+    for r in $(seq 1 "$rounds"); do
+        run bare "$s" "$bare" "$r"
+        run keyward "$s" "$keyward" "$r"
+    done
 done > "$out/results.txt"
 
 sleep 1.5 # let the last metering batch land
@@ -161,17 +170,24 @@ dropped="$(awk '/^keyward_meter_dropped_rows_total/ {print $2}' "$out/metrics.tx
 flushed="$(awk '/^keyward_meter_flushed_rows_total/ {print $2}' "$out/metrics.txt")"
 
 field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")"; }
+ratio_of() { awk -v k="$(field "keyward-$1-r$2" rps)" -v b="$(field "bare-$1-r$2" rps)" \
+    'BEGIN { if (b > 0) printf "%.0f", 100 * k / b; else print 0 }'; }
 {
-    echo "| scenario | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| scenario | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors | every round's ratio |"
+    echo "|---|---|---|---|---|---|---|---|"
     for s in "${scenarios[@]}"; do
-        b="$(field "bare-$s" rps)"
-        k="$(field "keyward-$s" rps)"
-        ratio="$(awk -v k="$k" -v b="$b" 'BEGIN { if (b > 0) printf "%.0f %%", 100 * k / b; else print "-" }')"
-        echo "| $s | $b | $k | $ratio | $(field "bare-$s" p99_ms) | $(field "keyward-$s" p50_ms) / $(field "keyward-$s" p99_ms) / $(field "keyward-$s" p999_ms) | $(field "keyward-$s" errors) |"
-        bare_errors="$(field "bare-$s" errors)"
-        [ "$bare_errors" = 0 ] || echo "bare-server had $bare_errors errors in $s" >&2
+        # Rounds sorted by ratio; the median round is the lower middle one.
+        by_ratio="$(for r in $(seq 1 "$rounds"); do echo "$(ratio_of "$s" "$r") $r"; done | sort -n -k1,1)"
+        m="$(sed -n "$(((rounds + 1) / 2))p" <<< "$by_ratio" | awk '{print $2}')"
+        every="$(for r in $(seq 1 "$rounds"); do echo -n "$(ratio_of "$s" "$r") "; done | sed 's/ $//; s/ /, /g') %"
+        errors=0
+        for r in $(seq 1 "$rounds"); do
+            errors=$((errors + $(field "keyward-$s-r$r" errors)))
+            bare_errors="$(field "bare-$s-r$r" errors)"
+            [ "$bare_errors" = 0 ] || echo "bare-server had $bare_errors errors in $s, round $r" >&2
+        done
+        echo "| $s | $(field "bare-$s-r$m" rps) | $(field "keyward-$s-r$m" rps) | $(ratio_of "$s" "$m") % | $(field "bare-$s-r$m" p99_ms) | $(field "keyward-$s-r$m" p50_ms) / $(field "keyward-$s-r$m" p99_ms) / $(field "keyward-$s-r$m" p999_ms) | $errors | $every |"
     done
     echo
-    echo "$backend, $limits; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates)"
+    echo "$backend, $limits; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates); $rounds round(s) per scenario"
 } | tee "$out/results.md"
