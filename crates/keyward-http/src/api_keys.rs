@@ -132,7 +132,7 @@ fn audit(caller: &Caller, changes: Value) -> AuditContext {
     AuditContext {
         actor_key_id: Some(caller.record.key.key_id.clone()),
         request_id: caller.request_id().to_owned(),
-        time: caller.now,
+        time: caller.now(),
         changes,
     }
 }
@@ -272,7 +272,7 @@ async fn account_listing(
                 status: None,
                 limit: Some(MAX_CACHED_LISTING),
                 after: None,
-                now: caller.now,
+                now: caller.now(),
             };
             let (keys, more) = state.store.list_keys(account, &query).await?;
             Ok((!more).then(|| Arc::new(Listing::new(keys))))
@@ -368,7 +368,7 @@ pub async fn list_api_keys(
         && limit.is_none()
         && after.is_none()
     {
-        return Ok(rendered_json(all.whole_page(caller.now)?));
+        return Ok(rendered_json(all.whole_page(caller.now())?));
     }
     let from_storage;
     let body = match &listing {
@@ -378,13 +378,13 @@ pub async fn list_api_keys(
                 .keys
                 .iter()
                 .enumerate()
-                .filter(|(_, k)| status.is_none_or(|s| k.status_at(caller.now) == s))
+                .filter(|(_, k)| status.is_none_or(|s| k.status_at(caller.now()) == s))
                 .filter(|(_, k)| after.as_ref().is_none_or(|a| k.key_id > *a));
             let wanted = limit.map_or(usize::MAX, |l| l as usize);
             let api_keys: Vec<ApiKeyObject> = matching
                 .by_ref()
                 .take(wanted)
-                .map(|(i, _)| all.object(i, caller.now))
+                .map(|(i, _)| all.object(i, caller.now()))
                 .collect();
             let more = matching.next().is_some();
             ApiKeyList {
@@ -401,7 +401,7 @@ pub async fn list_api_keys(
                         status,
                         limit,
                         after,
-                        now: caller.now,
+                        now: caller.now(),
                     },
                 )
                 .await?;
@@ -409,7 +409,7 @@ pub async fn list_api_keys(
             ApiKeyList {
                 api_keys: keys
                     .iter()
-                    .map(|k| ApiKeyObject::new(k, caller.now))
+                    .map(|k| ApiKeyObject::new(k, caller.now()))
                     .collect(),
                 has_more: limit.map(|_| *more),
             }
@@ -437,11 +437,11 @@ pub async fn get_api_key(
     let key = match &listing {
         Some(all) => {
             let i = all.index_of(&key_id).ok_or_else(ApiError::key_not_found)?;
-            all.object(i, caller.now)
+            all.object(i, caller.now())
         }
         None => {
             from_storage = load_key(&state, &caller, &key_id).await?;
-            ApiKeyObject::new(&from_storage, caller.now)
+            ApiKeyObject::new(&from_storage, caller.now())
         }
     };
     Ok(no_store(StatusCode::OK, Json(key)))
@@ -463,7 +463,7 @@ pub async fn create_api_key(
     let req: CreateApiKeyRequest = body.parse()?;
     let name = req.name.as_deref().map(parse_name).transpose()?;
     let scopes = parse_scopes(&req.scopes)?;
-    let now = timefmt::truncate(caller.now);
+    let now = timefmt::truncate(caller.now());
     let expires_at = match (req.expires_at.as_deref(), req.expires_in) {
         (Some(_), Some(_)) => {
             return Err(ApiError::validation(
@@ -513,7 +513,7 @@ pub async fn create_api_key(
         .await?;
     state.forget_changed_key(Some(&stored.account_id), &[]);
     let body = ApiKeyWithSecret {
-        key: ApiKeyObject::new(&stored, caller.now),
+        key: ApiKeyObject::new(&stored, caller.now()),
         api_key: secret.expose(),
     };
     Ok(no_store(StatusCode::CREATED, Json(body)))
@@ -542,7 +542,7 @@ pub async fn update_api_key(
     caller.require(&state, Scope::WRITE).await?;
     let key_id = key_id.parse()?;
     let req: UpdateApiKeyRequest = body.parse()?;
-    let now = timefmt::truncate(caller.now);
+    let now = timefmt::truncate(caller.now());
     let patch = KeyPatch {
         name: req
             .name
@@ -637,7 +637,7 @@ pub async fn update_api_key(
     if changes.is_empty() {
         return Ok(no_store(
             StatusCode::OK,
-            Json(ApiKeyObject::new(&current, caller.now)),
+            Json(ApiKeyObject::new(&current, caller.now())),
         ));
     }
     let changed = state
@@ -654,7 +654,7 @@ pub async fn update_api_key(
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     Ok(no_store(
         StatusCode::OK,
-        Json(ApiKeyObject::new(&key, caller.now)),
+        Json(ApiKeyObject::new(&key, caller.now())),
     ))
 }
 
@@ -689,8 +689,8 @@ pub async fn rotate_api_key(
     // Storage keeps whole seconds: a grace period is rounded up to the next second so
     // the old secret never stops working before the promised end (0 means at once).
     let old_end = match i64::try_from(grace).unwrap_or(0) {
-        0 => caller.now,
-        secs => timefmt::truncate(caller.now) + Duration::seconds(secs + 1),
+        0 => caller.now(),
+        secs => timefmt::truncate(caller.now()) + Duration::seconds(secs + 1),
     };
     let changes = json!({
         "grace_period_seconds": grace,
@@ -711,7 +711,7 @@ pub async fn rotate_api_key(
     state.forget_changed_key(Some(&current.account_id), &changed.stale_digests);
     let key = changed.key.ok_or_else(ApiError::key_not_found)?;
     let body = ApiKeyWithSecret {
-        key: ApiKeyObject::new(&key, caller.now),
+        key: ApiKeyObject::new(&key, caller.now()),
         api_key: secret.expose(),
     };
     Ok(no_store(StatusCode::OK, Json(body)))

@@ -227,8 +227,6 @@ async fn check_key(
 pub struct Caller {
     /// The caller's key and account.
     pub record: Arc<CachedKey>,
-    /// The request's time, one clock read for the whole request.
-    pub now: OffsetDateTime,
     ctx: Arc<RequestContext>,
 }
 
@@ -239,20 +237,19 @@ impl Caller {
         self.ctx.request_id.as_str()
     }
 
+    /// The request's time: its arrival, one clock read for the whole request.
+    #[must_use]
+    pub fn now(&self) -> OffsetDateTime {
+        self.ctx.arrived
+    }
+
     /// Checks the scope, then counts the request against the plan's limits.
     ///
     /// # Errors
     /// `403 INSUFFICIENT_PERMISSIONS` or `429 RATE_LIMIT_EXCEEDED`.
     pub async fn require(&self, state: &AppState, scope: &str) -> Result<(), ApiError> {
-        let account = &self.record.key.account_id;
         if !self.record.key.scopes.grants(scope) {
-            // As in `count`: an unlimited plan has no decision to show.
-            if !self.record.limits.is_unlimited()
-                && let Some(decision) = state
-                    .limiter
-                    .peek(account, self.record.limits, self.now)
-                    .await
-            {
+            if let Some(decision) = self.rate_decision(state, false).await {
                 let _ = self.ctx.rate.set(decision);
             }
             return Err(ApiError::forbidden(&[scope.to_owned()]));
@@ -265,17 +262,7 @@ impl Caller {
     /// # Errors
     /// `429 RATE_LIMIT_EXCEEDED`.
     pub async fn count(&self, state: &AppState) -> Result<(), ApiError> {
-        // A limiter has no decision for an unlimited plan; not asking spares the boxed
-        // future of its trait method on every request of such a plan.
-        if self.record.limits.is_unlimited() {
-            return Ok(());
-        }
-        let account = &self.record.key.account_id;
-        let Some(decision) = state
-            .limiter
-            .acquire(account, self.record.limits, self.now)
-            .await
-        else {
+        let Some(decision) = self.rate_decision(state, true).await else {
             return Ok(());
         };
         let _ = self.ctx.rate.set(decision);
@@ -286,6 +273,22 @@ impl Caller {
             Err(ApiError::rate_limited(
                 decision.retry_after_secs.unwrap_or(1),
             ))
+        }
+    }
+
+    /// The limiter's decision, counting this request if `consume`. An unlimited plan has
+    /// none (the limiter's contract), so the limiter is not asked: that spares the boxed
+    /// future of its trait method on every request of such a plan.
+    async fn rate_decision(&self, state: &AppState, consume: bool) -> Option<RateDecision> {
+        let limits = self.record.limits;
+        if limits.is_unlimited() {
+            return None;
+        }
+        let account = &self.record.key.account_id;
+        if consume {
+            state.limiter.acquire(account, limits, self.now()).await
+        } else {
+            state.limiter.peek(account, limits, self.now()).await
         }
     }
 }
@@ -329,12 +332,13 @@ impl FromRequestParts<AppState> for CallerAttempt {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ctx = context(parts);
-        let now = ctx.arrived;
-        Ok(Self(authenticate(state, &parts.headers, now).await.map(
-            |record| {
-                ctx.set_caller(record.clone());
-                Caller { record, now, ctx }
-            },
-        )))
+        Ok(Self(
+            authenticate(state, &parts.headers, ctx.arrived)
+                .await
+                .map(|record| {
+                    ctx.set_caller(record.clone());
+                    Caller { record, ctx }
+                }),
+        ))
     }
 }

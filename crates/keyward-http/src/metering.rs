@@ -226,7 +226,7 @@ pub async fn get_usage(
         Some(raw) => {
             parse_month(&raw).ok_or_else(|| ApiError::validation("month", "must be YYYY-MM"))?
         }
-        None => keyward_workers::month_of(caller.now),
+        None => keyward_workers::month_of(caller.now()),
     };
     query.finish()?;
     let counters = state
