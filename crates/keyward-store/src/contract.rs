@@ -559,14 +559,19 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         endpoint: "GET /v1/api-keys".into(),
         key_id: key.key_id.clone(),
     };
+    let plain = record(&acct.account_id, &key.key_id, "GET /v1/api-keys", 200, t);
+    // Bytes that text encodings of a row must escape (PostgreSQL's COPY text format, CSV,
+    // JSON) come back as they went in, and so does a missing user agent.
+    let odd_agent = RequestRecord {
+        user_agent: Some("tab\there\nline \\N \"quoted\" \r é 🔑 \u{7f}".into()),
+        ..record(&acct.account_id, &key.key_id, "GET /v1/api-keys", 200, t)
+    };
+    let no_agent = RequestRecord {
+        user_agent: None,
+        ..record(&acct.account_id, &key.key_id, "GET /v1/api-keys", 200, t)
+    };
     let batch = MeterBatch {
-        requests: vec![record(
-            &acct.account_id,
-            &key.key_id,
-            "GET /v1/api-keys",
-            200,
-            t,
-        )],
+        requests: vec![plain, odd_agent, no_agent],
         last_used: vec![(acct.account_id.clone(), key.key_id.clone(), t)],
         usage: vec![(usage_key.clone(), 3)],
     };
@@ -610,8 +615,9 @@ async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
         )
         .await
         .unwrap();
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].1, batch.requests[0]);
+    // Newest first: the batch's rows in reverse.
+    let read_back: Vec<RequestRecord> = history.into_iter().rev().map(|(_, r)| r).collect();
+    assert_eq!(read_back, batch.requests);
 }
 
 async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
