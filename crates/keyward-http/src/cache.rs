@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // foldhash rather than std's SipHash, which hashed a 32-byte digest at every lookup: the
 // keys are SHA-256 digests and account ids that keyward made, which no caller can steer
@@ -14,13 +14,32 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use keyward_store::StoreResult;
 use metrics::Counter;
+use quick_cache::UnitWeighter;
+use quick_cache::sync::DefaultLifecycle;
 
 /// Shards of the invalidation epoch.
 const EPOCH_SHARDS: usize = 64;
+/// Entries a cache makes room for when created; it grows from there up to its capacity,
+/// so an idle node does not hold the memory of a full one.
+const INITIAL_ENTRIES: usize = 4_096;
+
+/// A cached value and the end of its life.
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    expires: Instant,
+}
 
 /// A bounded cache with a time to live, invalidated explicitly.
+///
+/// Built on `quick_cache` rather than `moka`: a hit is one shard's read lock and a hash
+/// lookup, where moka's also logged the read for its eviction policy and ran that log's
+/// upkeep on request threads (about 2.5 % of keyward's CPU under a validate load,
+/// `docs/BENCHMARKS.md`). quick_cache has no time to live, so each entry carries its
+/// deadline and an expired one reads as a miss.
 pub struct CoherentCache<K, V> {
-    cache: moka::sync::Cache<K, V, RandomState>,
+    cache: quick_cache::sync::Cache<K, Entry<V>, UnitWeighter, RandomState>,
+    ttl: Duration,
     /// Bumped by every invalidation of a key of the shard: a fill that read storage
     /// before the bump removes what it inserted. Sharded because one epoch for the whole
     /// cache made every fill that overlapped any change (a key created anywhere) throw
@@ -50,10 +69,14 @@ where
         misses_metric: &'static str,
     ) -> Self {
         Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build_with_hasher(RandomState::default()),
+            cache: quick_cache::sync::Cache::with(
+                usize::try_from(capacity).map_or(INITIAL_ENTRIES, |c| c.min(INITIAL_ENTRIES)),
+                capacity,
+                UnitWeighter,
+                RandomState::default(),
+                DefaultLifecycle::default(),
+            ),
+            ttl,
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             shard_hasher: RandomState::default(),
             coherent: AtomicBool::new(true),
@@ -76,7 +99,7 @@ where
             self.bypassed.increment(1);
             return load().await;
         }
-        if let Some(hit) = self.cache.get(key) {
+        if let Some(hit) = self.live(key) {
             self.hits.increment(1);
             return Ok(Some(hit));
         }
@@ -86,11 +109,17 @@ where
         let Some(value) = load().await? else {
             return Ok(None);
         };
-        self.cache.insert(key.clone(), value.clone());
+        self.cache.insert(
+            key.clone(),
+            Entry {
+                value: value.clone(),
+                expires: Instant::now() + self.ttl,
+            },
+        );
         // Checked after the insert: an invalidation since the read either removed this
         // entry or bumped the epoch before this check.
         if shard.load(Ordering::Acquire) != epoch {
-            self.cache.invalidate(key);
+            self.cache.remove(key);
         }
         Ok(Some(value))
     }
@@ -98,17 +127,25 @@ where
     /// The cached value, if any, without loading or counting a hit or miss.
     pub fn peek(&self, key: &K) -> Option<V> {
         if self.coherent.load(Ordering::Acquire) {
-            self.cache.get(key)
+            self.live(key)
         } else {
             None
         }
+    }
+
+    /// The entry's value unless it has expired.
+    fn live(&self, key: &K) -> Option<V> {
+        self.cache
+            .get(key)
+            .filter(|entry| entry.expires > Instant::now())
+            .map(|entry| entry.value)
     }
 
     /// Drops these entries; the next read goes to storage.
     pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a K>) {
         for key in keys {
             self.epoch_of(key).fetch_add(1, Ordering::AcqRel);
-            self.cache.invalidate(key);
+            self.cache.remove(key);
         }
     }
 
@@ -117,7 +154,7 @@ where
         for epoch in &self.epochs {
             epoch.fetch_add(1, Ordering::AcqRel);
         }
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
     fn epoch_of(&self, key: &K) -> &AtomicU64 {
@@ -216,6 +253,30 @@ mod tests {
                 .unwrap(),
             Some(10)
         );
+    }
+
+    #[tokio::test]
+    async fn an_expired_entry_is_loaded_again() {
+        let c: CoherentCache<u32, u32> =
+            CoherentCache::new(10, Duration::ZERO, "test_hits", "test_misses");
+        c.get_or_load(&1, || async { Ok(Some(10)) }).await.unwrap();
+        assert_eq!(c.peek(&1), None);
+        assert_eq!(
+            c.get_or_load(&1, || async { Ok(Some(11)) }).await.unwrap(),
+            Some(11)
+        );
+    }
+
+    #[tokio::test]
+    async fn it_holds_at_most_its_capacity() {
+        let c = cache();
+        for k in 0..1_000 {
+            c.get_or_load(&k, || async move { Ok(Some(k)) })
+                .await
+                .unwrap();
+        }
+        assert!(c.cache.len() <= 10, "{} entries", c.cache.len());
+        assert!(!c.cache.is_empty());
     }
 
     #[tokio::test]
