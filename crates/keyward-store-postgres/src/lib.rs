@@ -653,6 +653,11 @@ async fn key_in_tx(
 /// share of the two cores is what the metering flush fell behind on under load (fifth
 /// and ninth sessions, `docs/BENCHMARKS.md`). The binary format needs no escaping of
 /// user agents. Rows are inserted in stream order, so their ids grow in batch order.
+///
+/// The rows are encoded and sent [`COPY_CHUNK_ROWS`] at a time: a flush that fell behind
+/// carries hundreds of thousands of rows, and encoding them all first held a second copy
+/// of the batch (and a third in the connection's write buffer) at the moment memory was
+/// highest.
 async fn insert_requests(
     tx: &mut Transaction<'static, Postgres>,
     requests: &[RequestRecord],
@@ -660,7 +665,6 @@ async fn insert_requests(
     if requests.is_empty() {
         return Ok(());
     }
-    let data = history_copy_data(requests);
     let mut copy = tx
         .copy_in_raw(
             "copy request_log (account_id, time, method, endpoint, status, user_agent, \
@@ -668,16 +672,32 @@ async fn insert_requests(
         )
         .await
         .map_err(map_err)?;
-    copy.send(data).await.map_err(map_err)?;
+    let mut data = Vec::with_capacity(COPY_CHUNK_ROWS.min(requests.len()) * 160);
+    data.extend_from_slice(COPY_HEADER);
+    for chunk in requests.chunks(COPY_CHUNK_ROWS) {
+        for request in chunk {
+            encode_copy_row(&mut data, request);
+        }
+        copy.send(data.as_slice()).await.map_err(map_err)?;
+        data.clear();
+    }
+    copy.send(COPY_TRAILER).await.map_err(map_err)?;
     copy.finish().await.map_err(map_err)?;
     Ok(())
 }
 
-/// The rows of a batch in `COPY`'s binary format: a fixed header, then per row its field
-/// count and each field as a big-endian length and its bytes (texts as UTF-8, `bigint`s as
-/// eight big-endian bytes, `NULL` as length -1), then a trailer of -1.
-fn history_copy_data(requests: &[RequestRecord]) -> Vec<u8> {
-    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// History rows encoded and sent to PostgreSQL at a time (about 0.6 MB).
+const COPY_CHUNK_ROWS: usize = 4_096;
+/// The start of `COPY`'s binary format: its signature, then no flags and no header
+/// extension (two 32-bit zeros).
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The end of `COPY`'s binary format: a field count of -1.
+const COPY_TRAILER: &[u8] = &(-1_i16).to_be_bytes();
+
+/// One history row in `COPY`'s binary format: its field count, then each field as a
+/// big-endian length and its bytes (texts as UTF-8, `bigint`s as eight big-endian bytes,
+/// `NULL` as length -1), in the column order of [`insert_requests`]' statement.
+fn encode_copy_row(out: &mut Vec<u8>, r: &RequestRecord) {
     const FIELDS: i16 = 9;
     fn text(out: &mut Vec<u8>, value: &str) {
         let len = i32::try_from(value.len()).expect("history texts are bounded far below 2 GiB");
@@ -688,27 +708,19 @@ fn history_copy_data(requests: &[RequestRecord]) -> Vec<u8> {
         out.extend_from_slice(&8_i32.to_be_bytes());
         out.extend_from_slice(&value.to_be_bytes());
     }
-    let mut out = Vec::with_capacity(19 + requests.len() * 160);
-    out.extend_from_slice(SIGNATURE);
-    out.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
-    out.extend_from_slice(&0_i32.to_be_bytes()); // header extension length
-    for r in requests {
-        out.extend_from_slice(&FIELDS.to_be_bytes());
-        text(&mut out, r.account_id.as_str());
-        bigint(&mut out, ts(r.time));
-        text(&mut out, &r.method);
-        text(&mut out, &r.endpoint);
-        bigint(&mut out, i64::from(r.status));
-        match &r.user_agent {
-            Some(agent) => text(&mut out, agent),
-            None => out.extend_from_slice(&(-1_i32).to_be_bytes()),
-        }
-        text(&mut out, r.key_id.as_str());
-        text(&mut out, r.request_id.as_str());
-        bigint(&mut out, i64::from(r.latency_ms));
+    out.extend_from_slice(&FIELDS.to_be_bytes());
+    text(out, r.account_id.as_str());
+    bigint(out, ts(r.time));
+    text(out, &r.method);
+    text(out, &r.endpoint);
+    bigint(out, i64::from(r.status));
+    match &r.user_agent {
+        Some(agent) => text(out, agent),
+        None => out.extend_from_slice(&(-1_i32).to_be_bytes()),
     }
-    out.extend_from_slice(&(-1_i16).to_be_bytes());
-    out
+    text(out, r.key_id.as_str());
+    text(out, r.request_id.as_str());
+    bigint(out, i64::from(r.latency_ms));
 }
 
 /// Moves `last_used` forward.

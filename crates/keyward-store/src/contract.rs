@@ -38,6 +38,7 @@ where
     meter_batches_record_history_usage_and_last_used(&make().await.0).await;
     history_pages_by_cursor_and_filters_and_prunes(&make().await.0).await;
     interleaved_history_reads_back_whole_in_order_page_by_page(&make().await.0).await;
+    a_large_batch_reads_back_whole_in_order(&make().await.0).await;
     concurrent_creations_each_commit_and_fail_alone(&make().await.0).await;
 }
 
@@ -801,6 +802,49 @@ async fn interleaved_history_reads_back_whole_in_order_page_by_page<S: Store>(st
             assert_eq!(read, expected, "{key_id:?} {endpoint:?} limit {limit}");
         }
     }
+}
+
+/// One batch far larger than any piece a backend writes at a time (PostgreSQL's `COPY`
+/// chunks of 4,096 rows, SQLite's runs of 256 rows and statements of 64), as a flush that
+/// fell behind under load carries: every row is stored once, in batch order.
+async fn a_large_batch_reads_back_whole_in_order<S: Store>(store: &S) {
+    const ROWS: i64 = 10_000;
+    let (acct, key, _) = seeded(store, Plan::Pro).await;
+    let t = now() - Duration::days(1);
+    let requests: Vec<RequestRecord> = (0..ROWS)
+        .map(|i| {
+            let status = if i % 7 == 0 { 404 } else { 200 };
+            let mut row = record(&acct.account_id, &key.key_id, "GET /v1/api-keys", status, t);
+            row.latency_ms = u32::try_from(i).unwrap();
+            row
+        })
+        .collect();
+    store
+        .write_meter_batch(&MeterBatch {
+            requests: requests.clone(),
+            ..MeterBatch::default()
+        })
+        .await
+        .unwrap();
+    let mut read: Vec<(i64, RequestRecord)> = Vec::new();
+    loop {
+        let query = PageQuery {
+            limit: 1_000,
+            before: read.last().map(|(seq, _)| *seq),
+            ..PageQuery::default()
+        };
+        let page = store
+            .request_history(&acct.account_id, &query)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        read.extend(page);
+    }
+    let read_back: Vec<RequestRecord> = read.into_iter().rev().map(|(_, r)| r).collect();
+    assert_eq!(read_back.len(), requests.len());
+    assert!(read_back == requests, "rows differ or are out of order");
 }
 
 /// Creations arriving together (which a backend may commit in one transaction) each get
