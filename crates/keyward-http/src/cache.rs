@@ -34,7 +34,7 @@ struct Entry<V> {
 ///
 /// Built on `quick_cache` rather than `moka`: a hit is one shard's read lock and a hash
 /// lookup, where moka's also logged the read for its eviction policy and ran that log's
-/// upkeep on request threads (about 2.5 % of keyward's CPU under a validate load,
+/// upkeep on request threads (about 2 % of keyward's CPU under a validate load,
 /// `docs/BENCHMARKS.md`). quick_cache has no time to live, so each entry carries its
 /// deadline and an expired one reads as a miss.
 pub struct CoherentCache<K, V> {
