@@ -35,7 +35,7 @@ struct Entry<V> {
 /// Built on `quick_cache` rather than `moka`: a hit is one shard's read lock and a hash
 /// lookup, where moka's also logged the read for its eviction policy and ran that log's
 /// upkeep on request threads (about 2 % of keyward's CPU under a validate load,
-/// `docs/BENCHMARKS.md`). quick_cache has no time to live, so each entry carries its
+/// `docs/BENCHMARKS.md`). `quick_cache` has no time to live, so each entry carries its
 /// deadline and an expired one reads as a miss.
 pub struct CoherentCache<K, V> {
     cache: quick_cache::sync::Cache<K, Entry<V>, UnitWeighter, RandomState>,
