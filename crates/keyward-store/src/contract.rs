@@ -551,6 +551,17 @@ fn record(
     }
 }
 
+/// Stores these history rows as one metering batch (no usage, no `last_used`) and hands
+/// them back.
+async fn write_history<S: Store>(store: &S, requests: Vec<RequestRecord>) -> Vec<RequestRecord> {
+    let batch = MeterBatch {
+        requests,
+        ..MeterBatch::default()
+    };
+    store.write_meter_batch(&batch).await.unwrap();
+    batch.requests
+}
+
 async fn meter_batches_record_history_usage_and_last_used<S: Store>(store: &S) {
     let (acct, key, _) = seeded(store, Plan::Pro).await;
     let t = now();
@@ -643,13 +654,7 @@ async fn history_pages_by_cursor_and_filters_and_prunes<S: Store>(store: &S) {
         200,
         t,
     ));
-    store
-        .write_meter_batch(&MeterBatch {
-            requests,
-            ..MeterBatch::default()
-        })
-        .await
-        .unwrap();
+    write_history(store, requests).await;
 
     let page = |before, status| PageQuery {
         limit: 4,
@@ -747,14 +752,7 @@ async fn interleaved_history_reads_back_whole_in_order_page_by_page<S: Store>(st
             let time = t - Duration::minutes(100 - batch * 12 - i);
             requests.push(record(acct, key, endpoint, 200, time));
         }
-        store
-            .write_meter_batch(&MeterBatch {
-                requests: requests.clone(),
-                ..MeterBatch::default()
-            })
-            .await
-            .unwrap();
-        written.extend(requests);
+        written.extend(write_history(store, requests).await);
     }
 
     let queries = [
@@ -819,13 +817,7 @@ async fn a_large_batch_reads_back_whole_in_order<S: Store>(store: &S) {
             row
         })
         .collect();
-    store
-        .write_meter_batch(&MeterBatch {
-            requests: requests.clone(),
-            ..MeterBatch::default()
-        })
-        .await
-        .unwrap();
+    let requests = write_history(store, requests).await;
     let mut read: Vec<(i64, RequestRecord)> = Vec::new();
     loop {
         let query = PageQuery {
