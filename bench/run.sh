@@ -28,6 +28,7 @@
 #   create    POST /v1/api-keys with a JSON body; every 201 is a durable commit
 #   mix       per request, by fixed weights: 70 % validate, 15 % list, 10 % get, 5 % create
 #             (the order is in bench/wrk/keyward.lua)
+#   KEYWARD_BENCH_SCENARIOS (default "list validate get create mix") runs a subset.
 # postgres: a fresh schema in KEYWARD_BENCH_PG_URL (default
 #   postgres://postgres@127.0.0.1:5432/test), dropped on exit.
 # limited: every account gets limits too high to reach (10^9 per minute and per day), so
@@ -59,6 +60,11 @@ done
 [ "$rounds" -ge 1 ] || die "KEYWARD_BENCH_ROUNDS must be at least 1"
 case "$backend" in sqlite | postgres) ;; *) die "$usage" ;; esac
 case "$limits" in unlimited | limited) ;; *) die "$usage" ;; esac
+read -r -a scenarios <<< "${KEYWARD_BENCH_SCENARIOS:-list validate get create mix}"
+[ "${#scenarios[@]}" -ge 1 ] || die "KEYWARD_BENCH_SCENARIOS names no scenario"
+for s in "${scenarios[@]}"; do
+    case "$s" in list | validate | get | create | mix) ;; *) die "unknown scenario: $s" ;; esac
+done
 callers=$((accounts / 2 < sample ? accounts / 2 : sample))
 keys_stored=$((accounts * 10))
 
@@ -155,7 +161,6 @@ run() { # TARGET SCENARIO BASE_URL ROUND -> one line: TARGET-SCENARIO-rROUND rps
     grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT/$name/"
 }
 
-scenarios=(list validate get create mix)
 for s in "${scenarios[@]}"; do
     for r in $(seq 1 "$rounds"); do
         run bare "$s" "$bare" "$r"
