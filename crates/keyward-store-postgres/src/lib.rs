@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, RequestId, ScopeSet,
-    StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
 };
+use keyward_store::runs::{self, Run};
 use keyward_store::{
     Account, AccountSummary, ApiKey, AuditAction, AuditContext, AuditEvent, AuthRecord, Changed,
     KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, PageQuery, RequestRecord, Store, StoreError,
@@ -40,6 +40,8 @@ pub const KEY_USES_CHANNEL: &str = "keyward_key_uses";
 
 /// The longest payload sent on [`KEY_USES_CHANNEL`] (PostgreSQL refuses 8,000 bytes).
 const MAX_USES_PAYLOAD: usize = 7_000;
+/// The advisory lock a node holds while it prunes history (an arbitrary constant: "kwprune").
+const PRUNE_LOCK: i64 = 0x006b_7770_7275_6e65;
 
 /// What a node hears from [`PgStore::follow_key_changes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +158,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "history rows per run",
         include_str!("../migrations/0004_history_rows_per_run.sql"),
+    ),
+    (
+        5,
+        "history by runs",
+        include_str!("../migrations/0005_history_by_runs.sql"),
     ),
 ];
 
@@ -477,30 +484,6 @@ fn account_from_row(row: &PgRow) -> StoreResult<Account> {
     })
 }
 
-fn request_from_row(row: &PgRow) -> StoreResult<(i64, RequestRecord)> {
-    let status: i64 = row.try_get("status").map_err(get_err)?;
-    let latency: i64 = row.try_get("latency_ms").map_err(get_err)?;
-    Ok((
-        row.try_get("request_log_id").map_err(get_err)?,
-        RequestRecord {
-            account_id: AccountId::from_trusted(row.try_get("account_id").map_err(get_err)?),
-            time: from_ts(row.try_get("time").map_err(get_err)?)?,
-            method: Cow::Owned(row.try_get("method").map_err(get_err)?),
-            endpoint: Cow::Owned(row.try_get("endpoint").map_err(get_err)?),
-            status: u16::try_from(status).map_err(|_| corrupt("status"))?,
-            user_agent: row.try_get("user_agent").map_err(get_err)?,
-            key_id: KeyId::from_trusted(row.try_get("key_id").map_err(get_err)?),
-            request_id: RequestId::parse(
-                row.try_get::<&str, _>("request_id")
-                    .map_err(get_err)?
-                    .as_bytes(),
-            )
-            .ok_or_else(|| corrupt("request id"))?,
-            latency_ms: u32::try_from(latency).unwrap_or(u32::MAX),
-        },
-    ))
-}
-
 fn audit_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
     let action: String = row.try_get("action").map_err(get_err)?;
     let changes: String = row.try_get("changes").map_err(get_err)?;
@@ -645,83 +628,94 @@ async fn key_in_tx(
     key_from_row(&row)
 }
 
-/// Appends the history rows of a batch with one `COPY ... FROM STDIN` in PostgreSQL's
-/// binary format.
+/// Writes a batch's history rows as runs ([`keyward_store::runs`], migration 5), with
+/// their spans, each table in one statement over arrays.
 ///
-/// Why `COPY` and not an `insert ... select from unnest(...)` over arrays: PostgreSQL
-/// spends less per row on it (no array decoding, no executor node per row), and its
-/// share of the two cores is what the metering flush fell behind on under load (fifth
-/// and ninth sessions, `docs/BENCHMARKS.md`). The binary format needs no escaping of
-/// user agents. Rows are inserted in stream order, so their ids grow in batch order.
-///
-/// The rows are encoded and sent [`COPY_CHUNK_ROWS`] at a time: a flush that fell behind
-/// carries hundreds of thousands of rows, and encoding them all first held a second copy
-/// of the batch (and a third in the connection's write buffer) at the moment memory was
-/// highest.
-async fn insert_requests(
+/// The ids come from `request_log_next_id`, moved forward by the batch's row count. Its
+/// row lock is held until the flush commits, so the flushes of several nodes commit one
+/// after another in id order, and a reader paging by cursor never misses rows committed
+/// later below it. It is the first lock a flush takes, so flushes can't deadlock on the
+/// keys and counters they lock after it.
+async fn write_history(
     tx: &mut Transaction<'static, Postgres>,
-    requests: &[RequestRecord],
+    rows: &[RequestRecord],
 ) -> StoreResult<()> {
-    if requests.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
-    let mut copy = tx
-        .copy_in_raw(
-            "copy request_log (account_id, time, method, endpoint, status, user_agent, \
-             key_id, request_id, latency_ms) from stdin (format binary)",
-        )
-        .await
-        .map_err(map_err)?;
-    let mut data = Vec::with_capacity(COPY_CHUNK_ROWS.min(requests.len()) * 160);
-    data.extend_from_slice(COPY_HEADER);
-    for chunk in requests.chunks(COPY_CHUNK_ROWS) {
-        for request in chunk {
-            encode_copy_row(&mut data, request);
+    let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let first_id: i64 = sqlx::query_scalar(
+        "update request_log_next_id set next_id = next_id + $1 returning next_id - $1",
+    )
+    .bind(count)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let mut runs = runs::runs_of(rows, first_id)?;
+    sqlx::query(
+        "insert into request_log_run (last_id, first_time, last_time, row_count, rows) \
+         select * from unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[])",
+    )
+    .bind(runs.iter().map(|run| run.last_id).collect::<Vec<_>>())
+    .bind(runs.iter().map(|run| run.first_time).collect::<Vec<_>>())
+    .bind(runs.iter().map(|run| run.last_time).collect::<Vec<_>>())
+    .bind(runs.iter().map(Run::row_count).collect::<Vec<_>>())
+    .bind(
+        runs.iter_mut()
+            .map(|run| std::mem::take(&mut run.rows))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    sqlx::query(
+        "insert into request_log_span (account_id, first_id, last_id) \
+         select * from unnest($1::text[], $2::bigint[], $3::bigint[])",
+    )
+    .bind(runs.iter().map(|run| run.account_id).collect::<Vec<_>>())
+    .bind(runs.iter().map(|run| run.first_id).collect::<Vec<_>>())
+    .bind(runs.iter().map(|run| run.last_id).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let narrower: [(&str, NarrowingValues); 2] = [
+        (
+            "insert into request_log_key_span (account_id, key_id, first_id, last_id) \
+             select * from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])",
+            |run| &run.key_ids,
+        ),
+        (
+            "insert into request_log_endpoint_span (account_id, endpoint, first_id, last_id) \
+             select * from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])",
+            |run| &run.endpoints,
+        ),
+    ];
+    for (insert, values_of) in narrower {
+        // One row per run and key (or endpoint) that has rows in it.
+        let (mut account_ids, mut values, mut first_ids, mut last_ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in &runs {
+            for value in values_of(run) {
+                account_ids.push(run.account_id);
+                values.push(*value);
+                first_ids.push(run.first_id);
+                last_ids.push(run.last_id);
+            }
         }
-        copy.send(data.as_slice()).await.map_err(map_err)?;
-        data.clear();
+        sqlx::query(insert)
+            .bind(account_ids)
+            .bind(values)
+            .bind(first_ids)
+            .bind(last_ids)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
     }
-    copy.send(COPY_TRAILER).await.map_err(map_err)?;
-    copy.finish().await.map_err(map_err)?;
     Ok(())
 }
 
-/// History rows encoded and sent to PostgreSQL at a time (about 0.6 MB).
-const COPY_CHUNK_ROWS: usize = 4_096;
-/// The start of `COPY`'s binary format: its signature, then no flags and no header
-/// extension (two 32-bit zeros).
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-/// The end of `COPY`'s binary format: a field count of -1.
-const COPY_TRAILER: &[u8] = &(-1_i16).to_be_bytes();
-
-/// One history row in `COPY`'s binary format: its field count, then each field as a
-/// big-endian length and its bytes (texts as UTF-8, `bigint`s as eight big-endian bytes,
-/// `NULL` as length -1), in the column order of [`insert_requests`]' statement.
-fn encode_copy_row(out: &mut Vec<u8>, r: &RequestRecord) {
-    const FIELDS: i16 = 9;
-    fn text(out: &mut Vec<u8>, value: &str) {
-        let len = i32::try_from(value.len()).expect("history texts are bounded far below 2 GiB");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(value.as_bytes());
-    }
-    fn bigint(out: &mut Vec<u8>, value: i64) {
-        out.extend_from_slice(&8_i32.to_be_bytes());
-        out.extend_from_slice(&value.to_be_bytes());
-    }
-    out.extend_from_slice(&FIELDS.to_be_bytes());
-    text(out, r.account_id.as_str());
-    bigint(out, ts(r.time));
-    text(out, &r.method);
-    text(out, &r.endpoint);
-    bigint(out, i64::from(r.status));
-    match &r.user_agent {
-        Some(agent) => text(out, agent),
-        None => out.extend_from_slice(&(-1_i32).to_be_bytes()),
-    }
-    text(out, r.key_id.as_str());
-    text(out, r.request_id.as_str());
-    bigint(out, i64::from(r.latency_ms));
-}
+/// The keys or the endpoints with rows in a run.
+type NarrowingValues = for<'r> fn(&'r Run<'r>) -> &'r [&'r str];
 
 /// Moves `last_used` forward.
 ///
@@ -1173,7 +1167,7 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        insert_requests(&mut tx, &batch.requests).await?;
+        write_history(&mut tx, &batch.requests).await?;
         touch_last_used(&mut tx, &batch.last_used).await?;
         add_usage(&mut tx, &batch.usage).await?;
         announce_uses(&mut tx, batch).await?;
@@ -1185,22 +1179,44 @@ impl Store for PgStore {
         account_id: &AccountId,
         query: &PageQuery,
     ) -> StoreResult<Vec<(i64, RequestRecord)>> {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "select request_log_id, account_id, time, method, endpoint, status, user_agent, \
-             key_id, request_id, latency_ms from request_log where account_id = ",
-        );
-        qb.push_bind(account_id.as_str());
-        push_page_filters(&mut qb, query, "request_log_id");
-        if let Some(endpoint) = &query.endpoint {
-            qb.push(" and endpoint = ").push_bind(endpoint.clone());
+        let (spans, narrowed_by) = runs::spans_for(query);
+        // `from` the runs, each joined to its rows if `with_rows`.
+        let push_runs_of = |qb: &mut QueryBuilder<Postgres>, with_rows: bool| {
+            qb.push(spans).push(" s");
+            if with_rows {
+                qb.push(" join request_log_run r on r.last_id = s.last_id");
+            }
+            qb.push(" where s.account_id = ")
+                .push_bind(account_id.as_str().to_owned());
+            if let Some((column, value)) = narrowed_by {
+                qb.push(format_args!(" and s.{column} = "))
+                    .push_bind(value.to_owned());
+            }
+        };
+        let upper = runs::newest_wanted_id(query);
+        let mut newest_run = upper;
+        if query.before.is_some() && query.limit > 0 {
+            let mut qb = QueryBuilder::<Postgres>::new("select min(s.last_id) from ");
+            push_runs_of(&mut qb, false);
+            qb.push(" and s.last_id > ").push_bind(upper);
+            let straddling: Option<i64> = qb
+                .build_query_scalar()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+            newest_run = straddling.unwrap_or(upper);
         }
-        if let Some(status) = query.status {
-            qb.push(" and status = ").push_bind(i64::from(status));
-        }
-        qb.push(" order by request_log_id desc limit ")
-            .push_bind(i64::from(query.limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
-        rows.iter().map(request_from_row).collect()
+        let pool = &self.pool;
+        runs::read_history(account_id, query, newest_run, |newest| {
+            let mut qb = QueryBuilder::<Postgres>::new("select s.last_id, r.rows from ");
+            push_runs_of(&mut qb, true);
+            qb.push(" and s.last_id <= ")
+                .push_bind(newest)
+                .push(" order by s.last_id desc limit ")
+                .push_bind(runs::RUNS_PER_READ);
+            async move { qb.build_query_as().fetch_all(pool).await.map_err(map_err) }
+        })
+        .await
     }
 
     async fn usage(
@@ -1252,25 +1268,62 @@ impl Store for PgStore {
     }
 
     async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64> {
-        // `skip locked`: when retention runs on several nodes at once, each deletes rows
-        // the others have not claimed instead of queueing behind their locks.
-        // Only the `batch` oldest rows by id are looked at: ids grow with time (nodes'
-        // batches interleave by at most a flush interval), so the rows past the cutoff are
-        // a prefix, and a sweep with nothing to delete reads one batch, not the table
-        // (there is no time index; see migration 2).
-        let done = sqlx::query(
-            "delete from request_log where request_log_id in \
-             (select request_log_id from \
-              (select request_log_id, time from request_log order by request_log_id limit $2 \
-               for update skip locked) oldest \
-              where time < $1)",
-        )
-        .bind(ts(cutoff))
-        .bind(i64::from(batch))
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(done.rows_affected())
+        // How, and why only the oldest runs: [`runs::PRUNE_OLDEST_RUNS`]. One node prunes
+        // at a time: the others' sweeps find the lock taken and prune nothing this time,
+        // instead of rewriting the same straddling runs.
+        let cutoff = ts(cutoff);
+        let mut tx = self.begin().await?;
+        let pruning: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
+            .bind(PRUNE_LOCK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if !pruning {
+            return Ok(0);
+        }
+        let oldest: Vec<(i64, i64, i64)> = sqlx::query_as(runs::PRUNE_OLDEST_RUNS)
+            .bind(cutoff)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let (whole, straddling): (Vec<_>, Vec<_>) = oldest
+            .into_iter()
+            .partition(|(_, last_time, _)| *last_time < cutoff);
+        let mut pruned: u64 = whole.iter().map(|(_, _, n)| n.unsigned_abs()).sum();
+        if let Some(newest_whole) = whole.iter().map(|(last_id, _, _)| *last_id).max() {
+            sqlx::query(runs::PRUNE_WHOLE_RUNS)
+                .bind(newest_whole)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        for (last_id, _, row_count) in straddling {
+            let rows: String = sqlx::query_scalar(runs::PRUNE_READ_RUN)
+                .bind(last_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let (kept, first_time, kept_count) = runs::rows_since(&rows, cutoff)?;
+            sqlx::query(runs::PRUNE_REWRITE_RUN)
+                .bind(kept)
+                .bind(first_time)
+                .bind(kept_count)
+                .bind(last_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            pruned += (row_count - kept_count).unsigned_abs();
+        }
+        for delete in runs::PRUNE_EMPTY_SPANS {
+            sqlx::query(delete)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(pruned)
     }
 }
 
@@ -1303,6 +1356,7 @@ mod tests {
     use tokio::task::JoinSet;
 
     use super::*;
+    use keyward_core::RequestId;
 
     const URL_VAR: &str = "KEYWARD_TEST_PG_URL";
     const SCHEMA_PREFIX: &str = "kw_test_";
@@ -1705,6 +1759,175 @@ mod tests {
         }
         node_a.close().await;
         node_b.close().await;
+        db.cleanup().await;
+    }
+
+    /// Rows stored one per request before migration 5 read back the same afterwards, by
+    /// account, key, endpoint and cursor, with their ids; ids go on after the last one
+    /// handed out, even one whose row is gone.
+    #[tokio::test]
+    async fn migration_5_turns_the_rows_written_before_it_into_runs() {
+        let Some(db) = TestDb::from_env("migration 5").await else {
+            return;
+        };
+        let schema = db.new_schema();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                parse_url(&db.url)
+                    .unwrap()
+                    .options([("search_path", &schema)]),
+            )
+            .await
+            .unwrap();
+        let mut before_runs = migrator(Some(&schema));
+        before_runs.migrations = before_runs
+            .migrations
+            .iter()
+            .filter(|m| m.version < 5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before_runs.run(&pool).await.unwrap();
+        // Interleaved accounts, then one account's 300 rows in a row (more than a run
+        // holds), with an odd user agent and a missing one among them.
+        let (usage, list) = ("GET /v1/usage", "GET /v1/api-keys");
+        let mut shape: Vec<(&str, &str, &str)> = vec![
+            ("acct_a", "key_a1", usage),
+            ("acct_b", "key_b1", list),
+            ("acct_a", "key_a2", list),
+            ("acct_a", "key_a1", usage),
+            ("acct_b", "key_b1", usage),
+        ];
+        shape.extend(
+            (0..300).map(|i| ("acct_a", if i % 3 == 0 { "key_a2" } else { "key_a1" }, list)),
+        );
+        let t0 = 1_790_000_000_i64;
+        let mut written: Vec<(i64, RequestRecord)> = Vec::new();
+        for (i, (account, key, endpoint)) in shape.into_iter().enumerate() {
+            let n = i64::try_from(i).unwrap();
+            let user_agent = match i {
+                2 => None,
+                3 => Some("tab\t \"quoted\" \\N é 🦀".to_owned()),
+                _ => Some(format!("agent/{i}")),
+            };
+            let record = RequestRecord {
+                account_id: AccountId::from_trusted(account.to_owned()),
+                time: OffsetDateTime::from_unix_timestamp(t0 + n).unwrap(),
+                method: endpoint.split(' ').next().unwrap().to_owned().into(),
+                endpoint: endpoint.to_owned().into(),
+                status: if i % 4 == 0 { 404 } else { 200 },
+                user_agent,
+                key_id: KeyId::from_trusted(key.to_owned()),
+                request_id: RequestId::parse(format!("req_{i}").as_bytes()).unwrap(),
+                latency_ms: u32::try_from(i).unwrap(),
+            };
+            let id: i64 = sqlx::query_scalar(
+                "insert into request_log (account_id, time, method, endpoint, status, \
+                 user_agent, key_id, request_id, latency_ms) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning request_log_id",
+            )
+            .bind(record.account_id.as_str())
+            .bind(ts(record.time))
+            .bind(&*record.method)
+            .bind(&*record.endpoint)
+            .bind(i64::from(record.status))
+            .bind(record.user_agent.as_deref())
+            .bind(record.key_id.as_str())
+            .bind(record.request_id.as_str())
+            .bind(i64::from(record.latency_ms))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            written.push((id, record));
+        }
+        // The newest row is gone (retention, say), but its id was handed out.
+        let (gone_id, _) = written.pop().unwrap();
+        sqlx::query("delete from request_log where request_log_id = $1")
+            .bind(gone_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = PgStore::connect_with_schema(&db.url, &schema)
+            .await
+            .unwrap();
+        let largest_run: i64 = sqlx::query_scalar("select max(row_count) from request_log_run")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(largest_run, i64::try_from(runs::ROWS_PER_RUN).unwrap());
+        let expect = |account: &str, wanted: &dyn Fn(&RequestRecord) -> bool| {
+            let mut rows: Vec<(i64, RequestRecord)> = written
+                .iter()
+                .filter(|(_, r)| r.account_id.as_str() == account && wanted(r))
+                .cloned()
+                .collect();
+            rows.reverse();
+            rows
+        };
+        let read = |account: &str, query: PageQuery| {
+            let store = store.clone();
+            let account = AccountId::from_trusted(account.to_owned());
+            async move { store.request_history(&account, &query).await.unwrap() }
+        };
+        let all = PageQuery {
+            limit: 1_000,
+            ..PageQuery::default()
+        };
+        assert_eq!(
+            read("acct_a", all.clone()).await,
+            expect("acct_a", &|_| true)
+        );
+        assert_eq!(
+            read("acct_b", all.clone()).await,
+            expect("acct_b", &|_| true)
+        );
+        let by_key = PageQuery {
+            key_id: Some(KeyId::from_trusted("key_a2".to_owned())),
+            ..all.clone()
+        };
+        assert_eq!(
+            read("acct_a", by_key).await,
+            expect("acct_a", &|r| r.key_id.as_str() == "key_a2")
+        );
+        let by_endpoint = PageQuery {
+            endpoint: Some(usage.to_owned()),
+            ..all.clone()
+        };
+        assert_eq!(
+            read("acct_a", by_endpoint).await,
+            expect("acct_a", &|r| r.endpoint == usage)
+        );
+        // A cursor inside a run, and a page that ends inside another.
+        let everything = expect("acct_a", &|_| true);
+        let cursor = everything[100].0;
+        let page = read(
+            "acct_a",
+            PageQuery {
+                before: Some(cursor),
+                limit: 200,
+                ..PageQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(page, everything[101..301]);
+
+        let (account_id, keys) = seed(&store, 1).await;
+        let batch = MeterBatch {
+            requests: vec![RequestRecord {
+                account_id: account_id.clone(),
+                key_id: keys[0].clone(),
+                ..written[0].1.clone()
+            }],
+            ..MeterBatch::default()
+        };
+        store.write_meter_batch(&batch).await.unwrap();
+        let new = store.request_history(&account_id, &all).await.unwrap();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].0, gone_id + 1);
+        store.close().await;
         db.cleanup().await;
     }
 

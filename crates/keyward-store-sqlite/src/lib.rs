@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, RequestId, ScopeSet,
-    StoredStatus,
+    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, ScopeSet, StoredStatus,
 };
+use keyward_store::runs::{self, Run};
 use keyward_store::{
     Account, AccountSummary, ApiKey, AuditAction, AuditContext, AuditEvent, AuthRecord, Changed,
     KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, PageQuery, RequestRecord, Store, StoreError,
     StoreResult,
 };
-use serde::{Deserialize, Serialize};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -47,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "history rows per run",
         include_str!("../migrations/0004_history_rows_per_run.sql"),
+    ),
+    (
+        5,
+        "history by runs",
+        include_str!("../migrations/0005_history_by_runs.sql"),
     ),
 ];
 
@@ -171,17 +175,6 @@ static RUN_INSERT: Shapes = Shapes::new(
     "(?,?,?,?,?)",
     "",
 );
-/// History rows per run at most (migration 4): one account's rows of a flush are split
-/// into runs of this many, so that a page of history decodes a few hundred rows at most.
-const ROWS_PER_RUN: usize = 256;
-/// Runs a history read fetches at a time, newest first, until its page is full.
-const RUNS_PER_READ: i64 = 16;
-/// The tables of history runs (migration 3): an account's, its keys', its endpoints'.
-const HISTORY_RUN_TABLES: [&str; 3] = [
-    "request_log_span",
-    "request_log_key_span",
-    "request_log_endpoint_span",
-];
 static SPAN_INSERT: Shapes = Shapes::new(
     "insert or fail into request_log_span (account_id, first_id, last_id) values ",
     "(?,?,?)",
@@ -509,10 +502,9 @@ fn account_from_row(row: &SqliteRow) -> StoreResult<Account> {
     })
 }
 
-/// Writes a batch's history rows and their spans (migration 3). Each account's rows get
-/// consecutive ids, in the order they were recorded, so that one span row per account (and
-/// one per key and per endpoint in it) replaces three index entries per row; the rows
-/// themselves are only appended.
+/// Writes a batch's history rows as runs ([`keyward_store::runs`], migrations 3 and 4),
+/// with their spans: one span row per account (and one per key and per endpoint in it)
+/// replaces three index entries per row.
 async fn write_history(
     tx: &mut Transaction<'static, Sqlite>,
     rows: &[RequestRecord],
@@ -520,60 +512,14 @@ async fn write_history(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut order: Vec<&RequestRecord> = rows.iter().collect();
-    // Stable, so each account's rows keep their order.
-    order.sort_by(|a, b| a.account_id.cmp(&b.account_id));
     // A counter of its own, so that ids are never reused, even after retention has
     // emptied the history (migration 4).
-    let mut next_id: i64 = sqlx::query_scalar("select next_id from request_log_next_id")
+    let next_id: i64 = sqlx::query_scalar("select next_id from request_log_next_id")
         .fetch_one(&mut **tx)
         .await
         .map_err(map_err)?;
-    let mut spans: Vec<Span<'_>> = Vec::new();
-    let runs_of_rows = order
-        .chunk_by(|a, b| a.account_id == b.account_id)
-        .flat_map(|account_rows| account_rows.chunks(ROWS_PER_RUN));
-    for run_rows in runs_of_rows {
-        let first_id = next_id;
-        let mut stored = Vec::with_capacity(run_rows.len());
-        let (mut key_ids, mut endpoints) = (Vec::new(), Vec::new());
-        for r in run_rows {
-            stored.push(StoredRow(
-                next_id,
-                ts(r.time),
-                Cow::Borrowed(&r.method),
-                Cow::Borrowed(&r.endpoint),
-                r.status,
-                r.user_agent.as_deref().map(Cow::Borrowed),
-                Cow::Borrowed(r.key_id.as_str()),
-                Cow::Borrowed(r.request_id.as_str()),
-                r.latency_ms,
-            ));
-            // Rows of one key and endpoint often follow each other: skipping repeats here
-            // leaves little for the sort below.
-            if key_ids.last() != Some(&r.key_id.as_str()) {
-                key_ids.push(r.key_id.as_str());
-            }
-            if endpoints.last() != Some(&&*r.endpoint) {
-                endpoints.push(&*r.endpoint);
-            }
-            next_id += 1;
-        }
-        for values in [&mut key_ids, &mut endpoints] {
-            values.sort_unstable();
-            values.dedup();
-        }
-        spans.push(Span {
-            account_id: run_rows[0].account_id.as_str(),
-            first_id,
-            last_id: next_id - 1,
-            first_time: stored.iter().map(StoredRow::time).min().unwrap_or(0),
-            last_time: stored.iter().map(StoredRow::time).max().unwrap_or(0),
-            rows: serde_json::to_string(&stored).map_err(|e| StoreError::Other(e.into()))?,
-            key_ids,
-            endpoints,
-        });
-    }
+    let mut spans = runs::runs_of(rows, next_id)?;
+    let next_id = spans.last().map_or(next_id, |run| run.last_id + 1);
     sqlx::query("update request_log_next_id set next_id = ?")
         .bind(next_id)
         .execute(&mut **tx)
@@ -584,7 +530,7 @@ async fn write_history(
             .bind(span.last_id)
             .bind(span.first_time)
             .bind(span.last_time)
-            .bind(span.last_id - span.first_id + 1)
+            .bind(span.row_count())
             .bind(std::mem::take(&mut span.rows))
     });
     let account_spans = SPAN_INSERT.bound(&spans, |insert, span| {
@@ -601,34 +547,11 @@ async fn write_history(
     Ok(())
 }
 
-/// One history row as a run stores it: a JSON array of id, time, method, endpoint,
-/// status, user agent, key id, request id and latency, the order of `json_array` in
-/// migration 4 (a tuple struct, which serde writes as an array). The account is the run's.
-/// Texts are borrowed from the stored JSON when they have no escapes.
-#[derive(Serialize, Deserialize)]
-struct StoredRow<'a>(
-    i64,
-    i64,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    u16,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    u32,
-);
-
-impl StoredRow<'_> {
-    fn time(&self) -> i64 {
-        self.1
-    }
-}
-
 /// One row per span and key (or endpoint) that has rows in it.
 fn narrower_spans<'a>(
     insert: &'static Shapes,
-    spans: &'a [Span<'a>],
-    values: impl Fn(&'a Span<'a>) -> &'a [&'a str],
+    spans: &'a [Run<'a>],
+    values: impl Fn(&'a Run<'a>) -> &'a [&'a str],
 ) -> Vec<ShapedQuery> {
     let rows = spans
         .iter()
@@ -640,21 +563,6 @@ fn narrower_spans<'a>(
             .bind(span.first_id)
             .bind(span.last_id)
     })
-}
-
-/// One account's rows of a flush, at most [`ROWS_PER_RUN`]: ids `first_id..=last_id`,
-/// their times, the keys and endpoints that have rows in it, and the rows encoded for
-/// `request_log_run` (taken when bound).
-struct Span<'a> {
-    account_id: &'a str,
-    first_id: i64,
-    last_id: i64,
-    first_time: i64,
-    last_time: i64,
-    key_ids: Vec<&'a str>,
-    endpoints: Vec<&'a str>,
-    /// A JSON array of [`StoredRow`]s, oldest first.
-    rows: String,
 }
 
 /// Inserts new keys, their secrets and their `key.created` events, one statement per
@@ -1216,22 +1124,7 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         query: &PageQuery,
     ) -> StoreResult<Vec<(i64, RequestRecord)>> {
-        // The account's runs (or, filtered by key or endpoint, the runs that have its rows)
-        // newest first, a few at a time, and each run's rows newest first: both come in
-        // order, so there is no sort. A `before` cursor usually falls inside a run: that
-        // run is the oldest one ending at or after it, and only its rows below the cursor
-        // count. Filters the runs cannot narrow (status, time, the key within a run) are
-        // applied to the decoded rows, as SQL applied them to the rows the runs led to.
-        let upper = query
-            .before
-            .map_or(i64::MAX, |before| before.saturating_sub(1));
-        let (spans, narrowed_by) = match (&query.key_id, &query.endpoint) {
-            (Some(key_id), _) => ("request_log_key_span", Some(("key_id", key_id.as_str()))),
-            (None, Some(endpoint)) => {
-                ("request_log_endpoint_span", Some(("endpoint", &**endpoint)))
-            }
-            (None, None) => ("request_log_span", None),
-        };
+        let (spans, narrowed_by) = runs::spans_for(query);
         // `from` the runs, each joined to its rows if `with_rows`.
         let push_runs_of = |qb: &mut QueryBuilder<Sqlite>, with_rows: bool| {
             qb.push(spans).push(" s");
@@ -1246,8 +1139,9 @@ impl Store for SqliteStore {
                     .push_bind(value.to_owned());
             }
         };
+        let upper = runs::newest_wanted_id(query);
         let mut newest_run = upper;
-        if query.before.is_some() {
+        if query.before.is_some() && query.limit > 0 {
             let mut qb = QueryBuilder::<Sqlite>::new("select min(s.last_id) from ");
             push_runs_of(&mut qb, false);
             qb.push(" and s.last_id > ").push_bind(upper);
@@ -1258,74 +1152,17 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             newest_run = straddling.unwrap_or(upper);
         }
-        let (since, until) = (query.since.map(ts), query.until.map(ts));
-        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
-        let mut page = Vec::new();
-        // The API asks for 1 to 1,000 rows; an empty page must not read every run.
-        if limit == 0 {
-            return Ok(page);
-        }
-        loop {
+        let reader = &self.reader;
+        runs::read_history(account_id, query, newest_run, |newest| {
             let mut qb = QueryBuilder::<Sqlite>::new("select s.last_id, r.rows from ");
             push_runs_of(&mut qb, true);
             qb.push(" and s.last_id <= ")
-                .push_bind(newest_run)
+                .push_bind(newest)
                 .push(" order by s.last_id desc limit ")
-                .push_bind(RUNS_PER_READ);
-            let runs: Vec<(i64, String)> = qb
-                .build_query_as()
-                .fetch_all(&self.reader)
-                .await
-                .map_err(map_err)?;
-            for (last_id, rows) in &runs {
-                let rows: Vec<StoredRow<'_>> =
-                    serde_json::from_str(rows).map_err(|_| corrupt("history run"))?;
-                for StoredRow(
-                    id,
-                    time,
-                    method,
-                    endpoint,
-                    status,
-                    user_agent,
-                    key_id,
-                    request_id,
-                    latency_ms,
-                ) in rows.into_iter().rev()
-                {
-                    let wanted = id <= upper
-                        && query.key_id.as_ref().is_none_or(|k| k.as_str() == key_id)
-                        && query.endpoint.as_ref().is_none_or(|e| *e == endpoint)
-                        && query.status.is_none_or(|s| s == status)
-                        && since.is_none_or(|since| time >= since)
-                        && until.is_none_or(|until| time < until);
-                    if !wanted {
-                        continue;
-                    }
-                    page.push((
-                        id,
-                        RequestRecord {
-                            account_id: account_id.clone(),
-                            time: from_ts(time)?,
-                            method: Cow::Owned(method.into_owned()),
-                            endpoint: Cow::Owned(endpoint.into_owned()),
-                            status,
-                            user_agent: user_agent.map(Cow::into_owned),
-                            key_id: KeyId::from_trusted(key_id.into_owned()),
-                            request_id: RequestId::parse(request_id.as_bytes())
-                                .ok_or_else(|| corrupt("request id"))?,
-                            latency_ms,
-                        },
-                    ));
-                    if page.len() == limit {
-                        return Ok(page);
-                    }
-                }
-                newest_run = last_id - 1;
-            }
-            if i64::try_from(runs.len()).unwrap_or(i64::MAX) < RUNS_PER_READ {
-                return Ok(page);
-            }
-        }
+                .push_bind(runs::RUNS_PER_READ);
+            async move { qb.build_query_as().fetch_all(reader).await.map_err(map_err) }
+        })
+        .await
     }
 
     async fn usage(
@@ -1392,34 +1229,21 @@ impl Store for SqliteStore {
     }
 
     async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64> {
-        // Only the oldest runs holding about `batch` rows are looked at: ids grow with
-        // time, so the rows past the cutoff are a prefix, and a sweep with nothing to
-        // delete reads a few runs instead of the whole table (there is no time index).
-        // A run that ends before the cutoff goes whole; one that straddles it is
-        // rewritten without its old rows.
+        // How, and why only the oldest runs: [`runs::PRUNE_OLDEST_RUNS`].
         let cutoff = ts(cutoff);
         let mut tx = self.begin().await?;
-        let oldest: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "select last_id, last_time, row_count from \
-             (select last_id, first_time, last_time, row_count, \
-              sum(row_count) over (order by last_id) - row_count as rows_before \
-              from (select last_id, first_time, last_time, row_count from request_log_run \
-                    order by last_id limit $2)) \
-             where rows_before < $2 and first_time < $1",
-        )
-        .bind(cutoff)
-        .bind(i64::from(batch))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let oldest: Vec<(i64, i64, i64)> = sqlx::query_as(runs::PRUNE_OLDEST_RUNS)
+            .bind(cutoff)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let (whole, straddling): (Vec<_>, Vec<_>) = oldest
             .into_iter()
             .partition(|(_, last_time, _)| *last_time < cutoff);
         let mut pruned: u64 = whole.iter().map(|(_, _, n)| n.unsigned_abs()).sum();
-        // The whole runs are every run up to the newest of them that ends before the
-        // cutoff: a straddling run among them ends after it.
         if let Some(newest_whole) = whole.iter().map(|(last_id, _, _)| *last_id).max() {
-            sqlx::query("delete from request_log_run where last_id <= $1 and last_time < $2")
+            sqlx::query(runs::PRUNE_WHOLE_RUNS)
                 .bind(newest_whole)
                 .bind(cutoff)
                 .execute(&mut *tx)
@@ -1427,42 +1251,27 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
         }
         for (last_id, _, row_count) in straddling {
-            let rows: String =
-                sqlx::query_scalar("select rows from request_log_run where last_id = $1")
-                    .bind(last_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            let rows: Vec<StoredRow<'_>> =
-                serde_json::from_str(&rows).map_err(|_| corrupt("history run"))?;
-            let kept: Vec<&StoredRow<'_>> =
-                rows.iter().filter(|row| row.time() >= cutoff).collect();
-            let kept_count = i64::try_from(kept.len()).unwrap_or(i64::MAX);
-            sqlx::query(
-                "update request_log_run set rows = $1, first_time = $2, row_count = $3 \
-                 where last_id = $4",
-            )
-            .bind(serde_json::to_string(&kept).map_err(|e| StoreError::Other(e.into()))?)
-            // A straddling run keeps its newest row at least.
-            .bind(kept.iter().map(|row| row.time()).min().unwrap_or(cutoff))
-            .bind(kept_count)
-            .bind(last_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+            let rows: String = sqlx::query_scalar(runs::PRUNE_READ_RUN)
+                .bind(last_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let (kept, first_time, kept_count) = runs::rows_since(&rows, cutoff)?;
+            sqlx::query(runs::PRUNE_REWRITE_RUN)
+                .bind(kept)
+                .bind(first_time)
+                .bind(kept_count)
+                .bind(last_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             pruned += (row_count - kept_count).unsigned_abs();
         }
-        // Runs that end before the oldest run left have no rows. A run whose rows went
-        // while an older run stays is deleted with that run, later; it reads nothing
-        // meanwhile (its rows are gone).
-        for spans in HISTORY_RUN_TABLES {
-            sqlx::query(AssertSqlSafe(format!(
-                "delete from {spans} where last_id < \
-                 coalesce((select min(last_id) from request_log_run), 9223372036854775807)"
-            )))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        for delete in runs::PRUNE_EMPTY_SPANS {
+            sqlx::query(delete)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(pruned)
@@ -1498,6 +1307,14 @@ fn push_time_filters(qb: &mut QueryBuilder<Sqlite>, query: &PageQuery, time_colu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_core::RequestId;
+
+    /// The tables of history runs (migration 3): an account's, its keys', its endpoints'.
+    const HISTORY_RUN_TABLES: [&str; 3] = [
+        "request_log_span",
+        "request_log_key_span",
+        "request_log_endpoint_span",
+    ];
 
     async fn fresh() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -1703,7 +1520,7 @@ mod tests {
             "ünïcode ✓",
             "</script>",
         ];
-        let rows: Vec<RequestRecord> = (0..ROWS_PER_RUN * 2 + 17)
+        let rows: Vec<RequestRecord> = (0..runs::ROWS_PER_RUN * 2 + 17)
             .map(|i| RequestRecord {
                 time: OffsetDateTime::from_unix_timestamp(1_790_000_000 + i as i64).unwrap(),
                 status: if i % 7 == 0 { 404 } else { 200 },

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 #[cfg(feature = "testing")]
 pub mod contract;
+pub mod runs;
 
 /// What can go wrong in storage, in terms callers can act on.
 #[derive(Debug, thiserror::Error)]
