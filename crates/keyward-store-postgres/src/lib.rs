@@ -1762,6 +1762,106 @@ mod tests {
         db.cleanup().await;
     }
 
+    /// Two nodes flushing history at once each take their own ids: every row is stored
+    /// once, each account's history reads back whole and newest first, and each flush's
+    /// rows of one account keep consecutive ids.
+    #[tokio::test]
+    async fn concurrent_history_flushes_from_two_nodes_take_distinct_ids() {
+        let Some(db) = TestDb::from_env("concurrent history").await else {
+            return;
+        };
+        let (node_a, schema) = db.fresh().await;
+        let node_b = PgStore::connect_with_schema(&db.url, &schema)
+            .await
+            .unwrap();
+        // History has no foreign keys: accounts and keys need not exist for it.
+        let accounts: Vec<(AccountId, Vec<KeyId>)> = (0..3)
+            .map(|_| {
+                (
+                    AccountId::from_ulid(ulid::Ulid::generate()),
+                    vec![KeyId::from_ulid(ulid::Ulid::generate())],
+                )
+            })
+            .collect();
+        let t = keyward_core::timefmt::truncate(OffsetDateTime::now_utc());
+        const BATCHES: usize = 32;
+        const ROWS: usize = 60;
+        let mut tasks = JoinSet::new();
+        for batch_no in 0..BATCHES {
+            // Accounts interleaved within the batch, as requests arrive.
+            let requests: Vec<RequestRecord> = (0..ROWS)
+                .map(|i| {
+                    let (account_id, keys) = &accounts[i % accounts.len()];
+                    RequestRecord {
+                        account_id: account_id.clone(),
+                        time: t,
+                        method: "GET".into(),
+                        endpoint: "GET /v1/usage".into(),
+                        status: 200,
+                        user_agent: None,
+                        key_id: keys[0].clone(),
+                        request_id: RequestId::parse(format!("req_{batch_no}_{i}").as_bytes())
+                            .unwrap(),
+                        latency_ms: 1,
+                    }
+                })
+                .collect();
+            let store = if batch_no % 2 == 0 {
+                node_a.clone()
+            } else {
+                node_b.clone()
+            };
+            tasks.spawn(async move {
+                store
+                    .write_meter_batch(&MeterBatch {
+                        requests,
+                        ..MeterBatch::default()
+                    })
+                    .await
+            });
+        }
+        for result in tasks.join_all().await {
+            result.unwrap();
+        }
+        let mut all_ids = Vec::new();
+        for (account_id, _) in &accounts {
+            let page = PageQuery {
+                limit: 1_000,
+                ..PageQuery::default()
+            };
+            let rows = node_b.request_history(account_id, &page).await.unwrap();
+            assert_eq!(rows.len(), BATCHES * ROWS / accounts.len());
+            assert!(rows.windows(2).all(|w| w[0].0 > w[1].0), "newest first");
+            // A flush's rows of this account: consecutive ids, in the order recorded.
+            let mut by_batch: std::collections::BTreeMap<&str, Vec<(i64, usize)>> =
+                std::collections::BTreeMap::new();
+            for (id, row) in &rows {
+                let (batch_no, i) = row.request_id.as_str()[4..].split_once('_').unwrap();
+                by_batch
+                    .entry(batch_no)
+                    .or_default()
+                    .push((*id, i.parse().unwrap()));
+            }
+            assert_eq!(by_batch.len(), BATCHES);
+            for mut flush in by_batch.into_values() {
+                flush.sort_unstable();
+                assert!(
+                    flush
+                        .windows(2)
+                        .all(|w| w[1].0 == w[0].0 + 1 && w[1].1 > w[0].1),
+                    "{flush:?}"
+                );
+            }
+            all_ids.extend(rows.iter().map(|(id, _)| *id));
+        }
+        all_ids.sort_unstable();
+        all_ids.dedup();
+        assert_eq!(all_ids.len(), BATCHES * ROWS);
+        node_a.close().await;
+        node_b.close().await;
+        db.cleanup().await;
+    }
+
     /// Rows stored one per request before migration 5 read back the same afterwards, by
     /// account, key, endpoint and cursor, with their ids; ids go on after the last one
     /// handed out, even one whose row is gone.
