@@ -70,45 +70,40 @@ select greatest(
     coalesce(pg_sequence_last_value(pg_get_serial_sequence('request_log', 'request_log_id')::regclass), 0)
 ) + 1;
 
--- The rows written so far: each island of one account's consecutive rows (in id order),
--- cut into pieces of at most 256, becomes a run. Within an island, the overall rank and
--- the rank among the account's rows differ by a constant.
+-- The rows written so far: each account's rows, in id order, cut into runs of at most
+-- 256. Requests of many accounts interleave, so one account's runs span other accounts'
+-- ids; reads only need an account's own runs not to overlap, and each row keeps its id.
 create temporary table old_row on commit drop as
-select request_log_id, account_id, island,
-    (row_number() over (partition by account_id, island order by request_log_id) - 1) / 256
-        as piece
+select request_log_id, account_id,
+    min(request_log_id) over run as first_id,
+    max(request_log_id) over run as last_id
 from (
     select request_log_id, account_id,
-        row_number() over (order by request_log_id)
-            - row_number() over (partition by account_id order by request_log_id) as island
+        (row_number() over (partition by account_id order by request_log_id) - 1) / 256
+            as piece
     from request_log
-) numbered;
-
-create temporary table old_run on commit drop as
-select account_id, island, piece, min(request_log_id) as first_id,
-    max(request_log_id) as last_id
-from old_row
-group by account_id, island, piece;
+) pieces
+window run as (partition by account_id, piece);
 
 insert into request_log_run (last_id, first_time, last_time, row_count, rows)
-select run.last_id, min(r.time), max(r.time), count(*),
+select o.last_id, min(r.time), max(r.time), count(*),
     json_agg(json_build_array(r.request_log_id, r.time, r.method, r.endpoint, r.status,
         r.user_agent, r.key_id, r.request_id, r.latency_ms) order by r.request_log_id)::text
-from old_run run
-join request_log r on r.request_log_id between run.first_id and run.last_id
-group by run.last_id;
+from old_row o
+join request_log r using (request_log_id)
+group by o.last_id;
 
 insert into request_log_span (account_id, last_id, first_id)
-select account_id, last_id, first_id from old_run;
+select distinct account_id, last_id, first_id from old_row;
 
 insert into request_log_key_span (account_id, key_id, last_id, first_id)
-select distinct run.account_id, r.key_id, run.last_id, run.first_id
-from old_run run
-join request_log r on r.request_log_id between run.first_id and run.last_id;
+select distinct o.account_id, r.key_id, o.last_id, o.first_id
+from old_row o
+join request_log r using (request_log_id);
 
 insert into request_log_endpoint_span (account_id, endpoint, last_id, first_id)
-select distinct run.account_id, r.endpoint, run.last_id, run.first_id
-from old_run run
-join request_log r on r.request_log_id between run.first_id and run.last_id;
+select distinct o.account_id, r.endpoint, o.last_id, o.first_id
+from old_row o
+join request_log r using (request_log_id);
 
 drop table request_log;

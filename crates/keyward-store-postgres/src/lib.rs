@@ -2002,7 +2002,7 @@ mod tests {
         );
         // A cursor inside a run, and a page that ends inside another.
         let everything = expect("acct_a", &|_| true);
-        let cursor = everything[100].0;
+        let cursor = everything[20].0;
         let page = read(
             "acct_a",
             PageQuery {
@@ -2012,7 +2012,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(page, everything[101..301]);
+        assert_eq!(page, everything[21..221]);
 
         let (account_id, keys) = seed(&store, 1).await;
         let batch = MeterBatch {
