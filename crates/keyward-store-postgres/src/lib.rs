@@ -1193,21 +1193,19 @@ impl Store for PgStore {
                     .push_bind(value.to_owned());
             }
         };
-        let upper = runs::newest_wanted_id(query);
-        let mut newest_run = upper;
-        if query.before.is_some() && query.limit > 0 {
+        let pool = &self.pool;
+        let straddling = |upper: i64| {
             let mut qb = QueryBuilder::<Postgres>::new("select min(s.last_id) from ");
             push_runs_of(&mut qb, false);
             qb.push(" and s.last_id > ").push_bind(upper);
-            let straddling: Option<i64> = qb
-                .build_query_scalar()
-                .fetch_one(&self.pool)
-                .await
-                .map_err(map_err)?;
-            newest_run = straddling.unwrap_or(upper);
-        }
-        let pool = &self.pool;
-        runs::read_history(account_id, query, newest_run, |newest| {
+            async move {
+                qb.build_query_scalar()
+                    .fetch_one(pool)
+                    .await
+                    .map_err(map_err)
+            }
+        };
+        runs::read_history(account_id, query, straddling, |newest| {
             let mut qb = QueryBuilder::<Postgres>::new("select s.last_id, r.rows from ");
             push_runs_of(&mut qb, true);
             qb.push(" and s.last_id <= ")

@@ -1139,21 +1139,19 @@ impl Store for SqliteStore {
                     .push_bind(value.to_owned());
             }
         };
-        let upper = runs::newest_wanted_id(query);
-        let mut newest_run = upper;
-        if query.before.is_some() && query.limit > 0 {
+        let reader = &self.reader;
+        let straddling = |upper: i64| {
             let mut qb = QueryBuilder::<Sqlite>::new("select min(s.last_id) from ");
             push_runs_of(&mut qb, false);
             qb.push(" and s.last_id > ").push_bind(upper);
-            let straddling: Option<i64> = qb
-                .build_query_scalar()
-                .fetch_one(&self.reader)
-                .await
-                .map_err(map_err)?;
-            newest_run = straddling.unwrap_or(upper);
-        }
-        let reader = &self.reader;
-        runs::read_history(account_id, query, newest_run, |newest| {
+            async move {
+                qb.build_query_scalar()
+                    .fetch_one(reader)
+                    .await
+                    .map_err(map_err)
+            }
+        };
+        runs::read_history(account_id, query, straddling, |newest| {
             let mut qb = QueryBuilder::<Sqlite>::new("select s.last_id, r.rows from ");
             push_runs_of(&mut qb, true);
             qb.push(" and s.last_id <= ")

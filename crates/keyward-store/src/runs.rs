@@ -137,8 +137,7 @@ pub fn runs_of(rows: &[RequestRecord], mut next_id: i64) -> StoreResult<Vec<Run<
 }
 
 /// The newest id a page may hold: one below its cursor, if it has one.
-#[must_use]
-pub fn newest_wanted_id(query: &PageQuery) -> i64 {
+fn newest_wanted_id(query: &PageQuery) -> i64 {
     query
         .before
         .map_or(i64::MAX, |before| before.saturating_sub(1))
@@ -147,23 +146,26 @@ pub fn newest_wanted_id(query: &PageQuery) -> i64 {
 /// Reads a page of an account's history from its runs. `fetch(newest)` returns up to
 /// [`RUNS_PER_READ`] of the runs the query can use (the account's, or those with rows of
 /// its key or endpoint) whose `last_id` is at most `newest`, newest first, as
-/// `(last_id, rows)`. `newest_run` is the `last_id` of the run to start from: with a
-/// cursor, the oldest such run ending at or after [`newest_wanted_id`] (a cursor usually
-/// falls inside a run), else `i64::MAX`.
+/// `(last_id, rows)`. `straddling(upper)` returns the smallest `last_id` of those runs
+/// above `upper`: with a cursor, the page starts in that run (a cursor usually falls
+/// inside a run), and only its rows up to `upper` count.
 ///
 /// Runs and each run's rows both come in order, so there is no sort. Filters the runs
 /// cannot narrow (status, time, the key or endpoint within a run) are applied to the
 /// decoded rows.
 ///
 /// # Errors
-/// What `fetch` returns, or `Other` for a run or row that does not decode.
-pub async fn read_history<F, Fut>(
+/// What `straddling` or `fetch` returns, or `Other` for a run or row that does not
+/// decode.
+pub async fn read_history<S, StraddlingFut, F, Fut>(
     account_id: &AccountId,
     query: &PageQuery,
-    mut newest_run: i64,
+    straddling: S,
     mut fetch: F,
 ) -> StoreResult<Vec<(i64, RequestRecord)>>
 where
+    S: FnOnce(i64) -> StraddlingFut,
+    StraddlingFut: Future<Output = StoreResult<Option<i64>>>,
     F: FnMut(i64) -> Fut,
     Fut: Future<Output = StoreResult<Vec<(i64, String)>>>,
 {
@@ -178,6 +180,10 @@ where
     if limit == 0 {
         return Ok(page);
     }
+    let mut newest_run = match query.before {
+        Some(_) => straddling(upper).await?.unwrap_or(upper),
+        None => upper,
+    };
     loop {
         let runs = fetch(newest_run).await?;
         for (last_id, rows) in &runs {
