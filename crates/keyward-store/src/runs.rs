@@ -85,11 +85,9 @@ impl Run<'_> {
 /// # Errors
 /// `Other` if a row can't be encoded (it can't: every field is a plain value).
 pub fn runs_of(rows: &[RequestRecord], mut next_id: i64) -> StoreResult<Vec<Run<'_>>> {
-    let mut order: Vec<&RequestRecord> = rows.iter().collect();
-    // Stable, so each account's rows keep their order.
-    order.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    let runs_of_rows = order
-        .chunk_by(|a, b| a.account_id == b.account_id)
+    let by_account = rows_by_account(rows);
+    let runs_of_rows = by_account
+        .iter()
         .flat_map(|account_rows| account_rows.chunks(ROWS_PER_RUN));
     let mut runs = Vec::new();
     for run_rows in runs_of_rows {
@@ -134,6 +132,22 @@ pub fn runs_of(rows: &[RequestRecord], mut next_id: i64) -> StoreResult<Vec<Run<
         });
     }
     Ok(runs)
+}
+
+/// `rows` grouped by account, each account's rows in the order they were recorded, the
+/// accounts in the order of their first row. One hash lookup per row: sorting by account
+/// compared ids some fifteen times per row in a flush of 25,000 rows.
+fn rows_by_account(rows: &[RequestRecord]) -> Vec<Vec<&RequestRecord>> {
+    let mut group_of: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
+    let mut groups: Vec<Vec<&RequestRecord>> = Vec::new();
+    for row in rows {
+        let group = *group_of.entry(row.account_id.as_str()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(row);
+    }
+    groups
 }
 
 /// The newest id a page may hold: one below its cursor, if it has one.
@@ -305,4 +319,75 @@ pub const PRUNE_EMPTY_SPANS: [&str; 3] = [
 
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::Other(what.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(account: &str, n: usize) -> RequestRecord {
+        RequestRecord {
+            account_id: AccountId::from_trusted(account.to_owned()),
+            time: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(i64::try_from(n).unwrap()),
+            method: Cow::Borrowed("GET"),
+            endpoint: Cow::Borrowed("GET /v1/api-keys"),
+            status: 200,
+            user_agent: None,
+            key_id: KeyId::from_trusted(format!("key_{account}")),
+            request_id: RequestId::parse(format!("req_{n}").as_bytes()).unwrap(),
+            latency_ms: 1,
+        }
+    }
+
+    #[test]
+    fn each_accounts_rows_get_consecutive_ids_in_the_order_they_were_recorded() {
+        // Three accounts interleaved; `c` comes first, then `b`, then `a`. `a` and `b`
+        // have more rows than a run holds.
+        let rows: Vec<RequestRecord> = (0..700)
+            .map(|n| match n {
+                _ if n % 7 == 0 => row("acct_c", n),
+                _ if n % 2 == 0 => row("acct_a", n),
+                _ => row("acct_b", n),
+            })
+            .collect();
+        let runs = runs_of(&rows, 1_000).unwrap();
+
+        let mut order: Vec<&str> = runs.iter().map(|run| run.account_id).collect();
+        order.dedup();
+        assert_eq!(
+            order,
+            ["acct_c", "acct_b", "acct_a"],
+            "each account's runs together, accounts by their first row"
+        );
+        let mut next = 1_000;
+        for run in &runs {
+            assert_eq!(run.first_id, next, "runs number the rows without a gap");
+            assert!(run.row_count() <= ROWS_PER_RUN as i64);
+            let stored: Vec<StoredRow<'_>> = serde_json::from_str(&run.rows).unwrap();
+            let ids: Vec<i64> = stored.iter().map(|r| r.0).collect();
+            assert_eq!(ids, (run.first_id..=run.last_id).collect::<Vec<_>>());
+            next = run.last_id + 1;
+        }
+        assert_eq!(next, 1_700);
+        assert_eq!(
+            runs.len(),
+            5,
+            "c: 100 rows; a and b: 300 each, two runs each"
+        );
+
+        for account in ["acct_a", "acct_b", "acct_c"] {
+            let recorded: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.account_id.as_str() == account)
+                .map(|r| r.request_id.as_str())
+                .collect();
+            let stored: Vec<String> = runs
+                .iter()
+                .filter(|run| run.account_id == account)
+                .flat_map(|run| serde_json::from_str::<Vec<StoredRow<'_>>>(&run.rows).unwrap())
+                .map(|r| r.7.into_owned())
+                .collect();
+            assert_eq!(stored, recorded, "{account}'s rows in the order recorded");
+        }
+    }
 }
