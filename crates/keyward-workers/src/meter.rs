@@ -130,7 +130,10 @@ impl Meter {
         } = &mut pending;
         // Counted under borrowed keys: one owned `UsageKey` per distinct counter rather
         // than four allocations per row (the rows of a busy flush share a few counters).
-        let mut counts: HashMap<BorrowedUsageKey<'_>, (u64, &RequestRecord)> = HashMap::new();
+        // Each counter also keeps its latest time, so that `last_used` is moved once per
+        // counter rather than looked up again for every row.
+        let mut counts: HashMap<BorrowedUsageKey<'_>, (u64, &RequestRecord, OffsetDateTime)> =
+            HashMap::new();
         for request in requests.iter() {
             let utc = request.time.to_offset(time::UtcOffset::UTC);
             let counter = (
@@ -139,11 +142,13 @@ impl Meter {
                 &*request.endpoint,
                 request.key_id.as_str(),
             );
-            counts.entry(counter).or_insert((0, request)).0 += 1;
-            move_forward(last_used, request);
+            let (n, _, latest) = counts.entry(counter).or_insert((0, request, request.time));
+            *n += 1;
+            *latest = (*latest).max(request.time);
         }
-        for (n, request) in counts.into_values() {
+        for (n, request, latest) in counts.into_values() {
             *usage.entry(usage_key(request)).or_insert(0) += n;
+            move_forward(last_used, request, latest);
         }
         let mut last_used: Vec<_> = pending
             .last_used
@@ -180,23 +185,21 @@ fn add_usage(
     request: &RequestRecord,
 ) {
     *usage.entry(usage_key(request)).or_insert(0) += 1;
-    move_forward(last_used, request);
+    move_forward(last_used, request, request.time);
 }
 
-/// Moves the request's key's `last_used` forward (never back); the ids are cloned only
-/// the first time the key is seen.
+/// Moves the request's key's `last_used` forward to `time` (never back); the ids are
+/// cloned only the first time the key is seen.
 fn move_forward(
     last_used: &mut HashMap<KeyId, (AccountId, OffsetDateTime)>,
     request: &RequestRecord,
+    time: OffsetDateTime,
 ) {
     match last_used.get_mut(&request.key_id) {
-        Some((_, last)) if *last < request.time => *last = request.time,
+        Some((_, last)) if *last < time => *last = time,
         Some(_) => {}
         None => {
-            last_used.insert(
-                request.key_id.clone(),
-                (request.account_id.clone(), request.time),
-            );
+            last_used.insert(request.key_id.clone(), (request.account_id.clone(), time));
         }
     }
 }
@@ -352,6 +355,28 @@ mod tests {
         meter.record(request(&key, t));
         meter.record(request(&key, t - time::Duration::seconds(5)));
         assert_eq!(keys_and_times(&meter.take()), vec![(key, t)]);
+    }
+
+    #[test]
+    fn last_used_is_the_latest_of_one_counters_rows_whatever_their_order() {
+        let meter = Meter::new(10);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let t = OffsetDateTime::now_utc();
+        let account = AccountId::from_ulid(ulid::Ulid::generate());
+        for at in [
+            t - time::Duration::seconds(5),
+            t,
+            t - time::Duration::seconds(3),
+        ] {
+            meter.record(RequestRecord {
+                account_id: account.clone(),
+                ..request(&key, at)
+            });
+        }
+        let batch = meter.take();
+        assert_eq!(batch.usage.len(), 1, "one account, key, endpoint and month");
+        assert_eq!(batch.usage[0].1, 3);
+        assert_eq!(keys_and_times(&batch), vec![(key, t)]);
     }
 
     #[test]
