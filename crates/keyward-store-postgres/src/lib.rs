@@ -24,7 +24,7 @@ use keyward_store::{
 };
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row, SqlSafeStr, Transaction};
+use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, Row, SqlSafeStr, Transaction};
 use time::OffsetDateTime;
 
 /// The migrations, embedded. Their versions and names match the SQLite tree's.
@@ -1171,6 +1171,10 @@ impl Store for PgStore {
         touch_last_used(&mut tx, &batch.last_used).await?;
         add_usage(&mut tx, &batch.usage).await?;
         announce_uses(&mut tx, batch).await?;
+        // A busy flush sends messages of several megabytes, and sqlx keeps a
+        // connection's buffers at their largest. Flushes land on any of the pool's
+        // connections, so without this each one would keep its own.
+        tx.shrink_buffers();
         tx.commit().await.map_err(map_err)
     }
 
