@@ -1414,6 +1414,15 @@ mod tests {
             (store, schema)
         }
 
+        /// Two nodes on one migrated, empty schema: each its own pool, as two processes.
+        async fn two_nodes(&self) -> (PgStore, PgStore) {
+            let (node_a, schema) = self.fresh().await;
+            let node_b = PgStore::connect_with_schema(&self.url, &schema)
+                .await
+                .unwrap();
+            (node_a, node_b)
+        }
+
         async fn cleanup(self) {
             let schemas = std::mem::take(&mut *self.schemas.lock().unwrap());
             for schema in schemas {
@@ -1635,10 +1644,7 @@ mod tests {
         let Some(db) = TestDb::from_env("optimistic concurrency").await else {
             return;
         };
-        let (node_a, schema) = db.fresh().await;
-        let node_b = PgStore::connect_with_schema(&db.url, &schema)
-            .await
-            .unwrap();
+        let (node_a, node_b) = db.two_nodes().await;
         let (account_id, keys) = seed(&node_a, 1).await;
         // Several rounds: a lost race shows up only when two checks interleave.
         for round in 0..6 {
@@ -1695,10 +1701,7 @@ mod tests {
         let Some(db) = TestDb::from_env("concurrent metering").await else {
             return;
         };
-        let (node_a, schema) = db.fresh().await;
-        let node_b = PgStore::connect_with_schema(&db.url, &schema)
-            .await
-            .unwrap();
+        let (node_a, node_b) = db.two_nodes().await;
         let (account_id, keys) = seed(&node_a, 16).await;
         let base = keyward_core::timefmt::truncate(OffsetDateTime::now_utc());
         let endpoints = [
@@ -1772,10 +1775,7 @@ mod tests {
         let Some(db) = TestDb::from_env("concurrent history").await else {
             return;
         };
-        let (node_a, schema) = db.fresh().await;
-        let node_b = PgStore::connect_with_schema(&db.url, &schema)
-            .await
-            .unwrap();
+        let (node_a, node_b) = db.two_nodes().await;
         // History has no foreign keys: accounts and keys need not exist for it.
         let accounts: Vec<(AccountId, Vec<KeyId>)> = (0..3)
             .map(|_| {
