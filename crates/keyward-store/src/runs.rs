@@ -1,9 +1,10 @@
 //! Request history stored by runs, the part both backends share; each keeps its own SQL.
 //!
 //! A run is one account's rows of one flush, at most [`ROWS_PER_RUN`], with consecutive
-//! ids. It is stored as one row holding its history rows as a JSON array, oldest first,
-//! and is found through span rows (the account's, and one per key and per endpoint that
-//! has rows in it) that carry its first and last id. A flush of N requests from A
+//! ids. It is stored as one row holding its history rows as JSON, oldest first (a
+//! `CompactRun`; runs written before it are arrays of `StoredRow`s), and is found
+//! through span rows (the account's, and one per key and per endpoint that has rows in
+//! it) that carry its first and last id. A flush of N requests from A
 //! accounts so writes about A run rows instead of N rows and 3N index entries: the
 //! metering writer's cost follows the number of active accounts, not of requests.
 //! ARCHITECTURE.md tells why; the backends' migrations give the tables.
@@ -24,10 +25,11 @@ pub const ROWS_PER_RUN: usize = 256;
 /// Runs a history read fetches at a time, newest first, until its page is full.
 pub const RUNS_PER_READ: i64 = 16;
 
-/// One history row as a run stores it: a JSON array of id, time, method, endpoint,
-/// status, user agent, key id, request id and latency (a tuple struct, which serde writes
-/// as an array). The account is the run's. Texts are borrowed from the stored JSON when
-/// they have no escapes.
+/// One history row as a run stored it before runs were stored compact: a JSON array of id,
+/// time, method, endpoint, status, user agent, key id, request id and latency (a tuple
+/// struct, which serde writes as an array). The account is the run's. Texts are borrowed
+/// from the stored JSON when they have no escapes. Still read: runs written before are
+/// kept as they are until retention rewrites them.
 #[derive(Serialize, Deserialize)]
 struct StoredRow<'a>(
     i64,
@@ -41,9 +43,233 @@ struct StoredRow<'a>(
     u32,
 );
 
-impl StoredRow<'_> {
-    fn time(&self) -> i64 {
-        self.1
+/// A run as written now: a JSON object whose texts that repeat from row to row (the
+/// route, the key, the user agent) are written once, in lists the rows index, and whose
+/// ids and times are offsets from the run's first. A row of `POST /v1/api-keys/validate`
+/// takes about 55 bytes instead of 135, so a flush encodes, writes and logs less than
+/// half as many bytes (`docs/BENCHMARKS.md`, twelfth session).
+#[derive(Serialize, Deserialize)]
+struct CompactRun<'a> {
+    first_id: i64,
+    first_time: i64,
+    /// Method and route template (`["GET", "GET /v1/api-keys"]`).
+    routes: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    keys: Vec<Cow<'a, str>>,
+    agents: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    rows: Vec<CompactRow<'a>>,
+}
+
+/// One row of a [`CompactRun`]: id and time as offsets from the run's first, the index
+/// of its route, its status, the index of its user agent (if any) and of its key, its
+/// request id and its latency.
+#[derive(Serialize, Deserialize)]
+struct CompactRow<'a>(
+    i64,
+    i64,
+    u32,
+    u16,
+    Option<u32>,
+    u32,
+    #[serde(borrow)] Cow<'a, str>,
+    u32,
+);
+
+/// One history row of a run, borrowed from the run's encoding (or from the records of a
+/// flush): what both stored forms hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowView<'r> {
+    id: i64,
+    time: i64,
+    method: &'r str,
+    endpoint: &'r str,
+    status: u16,
+    user_agent: Option<&'r str>,
+    key_id: &'r str,
+    request_id: &'r str,
+    latency_ms: u32,
+}
+
+impl<'r> RowView<'r> {
+    fn of_record(id: i64, r: &'r RequestRecord) -> Self {
+        Self {
+            id,
+            time: r.time.unix_timestamp(),
+            method: &r.method,
+            endpoint: &r.endpoint,
+            status: r.status,
+            user_agent: r.user_agent.as_deref(),
+            key_id: r.key_id.as_str(),
+            request_id: r.request_id.as_str(),
+            latency_ms: r.latency_ms,
+        }
+    }
+}
+
+/// A stored run, decoded in whichever form it was written.
+enum DecodedRun<'a> {
+    Rows(Vec<StoredRow<'a>>),
+    Compact(CompactRun<'a>),
+}
+
+impl<'a> DecodedRun<'a> {
+    /// Decodes a run's stored text: a JSON array is the earlier form, an object the
+    /// compact one.
+    fn decode(json: &'a str) -> StoreResult<Self> {
+        let decoded = if json.trim_start().starts_with('[') {
+            serde_json::from_str(json).map(Self::Rows)
+        } else {
+            serde_json::from_str(json).map(Self::Compact)
+        };
+        decoded.map_err(|_| corrupt("history run"))
+    }
+
+    /// Its rows, oldest first.
+    ///
+    /// # Errors
+    /// `Other` if a compact row points past its run's lists or its offsets overflow.
+    fn rows(&self) -> StoreResult<Vec<RowView<'_>>> {
+        match self {
+            Self::Rows(rows) => Ok(rows
+                .iter()
+                .map(|r| RowView {
+                    id: r.0,
+                    time: r.1,
+                    method: &r.2,
+                    endpoint: &r.3,
+                    status: r.4,
+                    user_agent: r.5.as_deref(),
+                    key_id: &r.6,
+                    request_id: &r.7,
+                    latency_ms: r.8,
+                })
+                .collect()),
+            Self::Compact(run) => run
+                .rows
+                .iter()
+                .map(|r| {
+                    let (method, endpoint) = listed(&run.routes, r.2)?;
+                    Ok(RowView {
+                        id: run
+                            .first_id
+                            .checked_add(r.0)
+                            .ok_or_else(|| corrupt("history id"))?,
+                        time: run
+                            .first_time
+                            .checked_add(r.1)
+                            .ok_or_else(|| corrupt("history time"))?,
+                        method,
+                        endpoint,
+                        status: r.3,
+                        user_agent: r
+                            .4
+                            .map(|i| listed(&run.agents, i).map(|a| &**a))
+                            .transpose()?,
+                        key_id: listed(&run.keys, r.5)?,
+                        request_id: &r.6,
+                        latency_ms: r.7,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Entry `index` of one of a compact run's lists.
+fn listed<T>(list: &[T], index: u32) -> StoreResult<&T> {
+    list.get(index as usize)
+        .ok_or_else(|| corrupt("history run"))
+}
+
+/// Rows encoded as a [`CompactRun`], with what the run's span rows need.
+struct EncodedRun<'r> {
+    json: String,
+    first_time: i64,
+    last_time: i64,
+    /// The keys with rows in it, sorted.
+    key_ids: Vec<&'r str>,
+    /// The endpoints with rows in it, sorted.
+    endpoints: Vec<&'r str>,
+}
+
+/// Encodes rows, oldest first, as a [`CompactRun`].
+fn encode_run<'r>(rows: &[RowView<'r>]) -> StoreResult<EncodedRun<'r>> {
+    let first_id = rows.first().map_or(0, |r| r.id);
+    let first_time = rows.iter().map(|r| r.time).min().unwrap_or(0);
+    let last_time = rows.iter().map(|r| r.time).max().unwrap_or(0);
+    let (mut routes, mut keys, mut agents) = (Listed::new(), Listed::new(), Listed::new());
+    let mut compact = Vec::with_capacity(rows.len());
+    for r in rows {
+        compact.push(CompactRow(
+            r.id.checked_sub(first_id)
+                .ok_or_else(|| corrupt("history id"))?,
+            r.time - first_time,
+            routes.index_of((r.method, r.endpoint)),
+            r.status,
+            r.user_agent.map(|agent| agents.index_of(agent)),
+            keys.index_of(r.key_id),
+            Cow::Borrowed(r.request_id),
+            r.latency_ms,
+        ));
+    }
+    let run = CompactRun {
+        first_id,
+        first_time,
+        routes: routes
+            .values
+            .iter()
+            .map(|&(method, endpoint)| (Cow::Borrowed(method), Cow::Borrowed(endpoint)))
+            .collect(),
+        keys: keys.values.iter().map(|&k| Cow::Borrowed(k)).collect(),
+        agents: agents.values.iter().map(|&a| Cow::Borrowed(a)).collect(),
+        rows: compact,
+    };
+    let json = serde_json::to_string(&run).map_err(|e| StoreError::Other(e.into()))?;
+    let mut key_ids = keys.values;
+    key_ids.sort_unstable();
+    let mut endpoints: Vec<&str> = routes.values.iter().map(|&(_, e)| e).collect();
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    Ok(EncodedRun {
+        json,
+        first_time,
+        last_time,
+        key_ids,
+        endpoints,
+    })
+}
+
+/// The distinct values of a run's rows in order of first appearance, and each one's
+/// index. Consecutive rows mostly repeat the same value, so the last one is checked
+/// before the map.
+struct Listed<T> {
+    values: Vec<T>,
+    index: foldhash::HashMap<T, u32>,
+    last: Option<(T, u32)>,
+}
+
+impl<T: Copy + Eq + std::hash::Hash> Listed<T> {
+    fn new() -> Self {
+        Self {
+            values: Vec::new(),
+            index: foldhash::HashMap::default(),
+            last: None,
+        }
+    }
+
+    fn index_of(&mut self, value: T) -> u32 {
+        if let Some((last, i)) = self.last
+            && last == value
+        {
+            return i;
+        }
+        let next = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        let i = *self.index.entry(value).or_insert_with(|| {
+            self.values.push(value);
+            next
+        });
+        self.last = Some((value, i));
+        i
     }
 }
 
@@ -66,7 +292,7 @@ pub struct Run<'a> {
     pub key_ids: Vec<&'a str>,
     /// The endpoints with rows in it.
     pub endpoints: Vec<&'a str>,
-    /// A JSON array of its rows, oldest first.
+    /// Its rows, oldest first, encoded for the run's row.
     pub rows: String,
 }
 
@@ -90,45 +316,27 @@ pub fn runs_of(rows: &[RequestRecord], mut next_id: i64) -> StoreResult<Vec<Run<
         .iter()
         .flat_map(|account_rows| account_rows.chunks(ROWS_PER_RUN));
     let mut runs = Vec::new();
+    let mut views = Vec::with_capacity(ROWS_PER_RUN);
     for run_rows in runs_of_rows {
         let first_id = next_id;
-        let mut stored = Vec::with_capacity(run_rows.len());
-        let (mut key_ids, mut endpoints) = (Vec::new(), Vec::new());
-        for r in run_rows {
-            stored.push(StoredRow(
-                next_id,
-                r.time.unix_timestamp(),
-                Cow::Borrowed(&r.method),
-                Cow::Borrowed(&r.endpoint),
-                r.status,
-                r.user_agent.as_deref().map(Cow::Borrowed),
-                Cow::Borrowed(r.key_id.as_str()),
-                Cow::Borrowed(r.request_id.as_str()),
-                r.latency_ms,
-            ));
-            // Rows of one key and endpoint often follow each other: skipping repeats here
-            // leaves little for the sort below.
-            if key_ids.last() != Some(&r.key_id.as_str()) {
-                key_ids.push(r.key_id.as_str());
-            }
-            if endpoints.last() != Some(&&*r.endpoint) {
-                endpoints.push(&*r.endpoint);
-            }
-            next_id += 1;
-        }
-        for values in [&mut key_ids, &mut endpoints] {
-            values.sort_unstable();
-            values.dedup();
-        }
+        views.clear();
+        views.extend(
+            run_rows
+                .iter()
+                .zip(first_id..)
+                .map(|(r, id)| RowView::of_record(id, r)),
+        );
+        next_id += i64::try_from(run_rows.len()).unwrap_or(i64::MAX);
+        let encoded = encode_run(&views)?;
         runs.push(Run {
             account_id: run_rows[0].account_id.as_str(),
             first_id,
             last_id: next_id - 1,
-            first_time: stored.iter().map(StoredRow::time).min().unwrap_or(0),
-            last_time: stored.iter().map(StoredRow::time).max().unwrap_or(0),
-            rows: serde_json::to_string(&stored).map_err(|e| StoreError::Other(e.into()))?,
-            key_ids,
-            endpoints,
+            first_time: encoded.first_time,
+            last_time: encoded.last_time,
+            rows: encoded.json,
+            key_ids: encoded.key_ids,
+            endpoints: encoded.endpoints,
         });
     }
     Ok(runs)
@@ -201,43 +409,34 @@ where
     loop {
         let runs = fetch(newest_run).await?;
         for (last_id, rows) in &runs {
-            let rows: Vec<StoredRow<'_>> =
-                serde_json::from_str(rows).map_err(|_| corrupt("history run"))?;
-            for StoredRow(
-                id,
-                time,
-                method,
-                endpoint,
-                status,
-                user_agent,
-                key_id,
-                request_id,
-                latency_ms,
-            ) in rows.into_iter().rev()
-            {
-                let wanted = id <= upper
-                    && query.key_id.as_ref().is_none_or(|k| k.as_str() == key_id)
-                    && query.endpoint.as_ref().is_none_or(|e| *e == endpoint)
-                    && query.status.is_none_or(|s| s == status)
-                    && since.is_none_or(|since| time >= since)
-                    && until.is_none_or(|until| time < until);
+            let run = DecodedRun::decode(rows)?;
+            for row in run.rows()?.into_iter().rev() {
+                let wanted = row.id <= upper
+                    && query
+                        .key_id
+                        .as_ref()
+                        .is_none_or(|k| k.as_str() == row.key_id)
+                    && query.endpoint.as_ref().is_none_or(|e| e == row.endpoint)
+                    && query.status.is_none_or(|s| s == row.status)
+                    && since.is_none_or(|since| row.time >= since)
+                    && until.is_none_or(|until| row.time < until);
                 if !wanted {
                     continue;
                 }
                 page.push((
-                    id,
+                    row.id,
                     RequestRecord {
                         account_id: account_id.clone(),
-                        time: OffsetDateTime::from_unix_timestamp(time)
+                        time: OffsetDateTime::from_unix_timestamp(row.time)
                             .map_err(|_| corrupt("history time"))?,
-                        method: Cow::Owned(method.into_owned()),
-                        endpoint: Cow::Owned(endpoint.into_owned()),
-                        status,
-                        user_agent: user_agent.map(Cow::into_owned),
-                        key_id: KeyId::from_trusted(key_id.into_owned()),
-                        request_id: RequestId::parse(request_id.as_bytes())
+                        method: Cow::Owned(row.method.to_owned()),
+                        endpoint: Cow::Owned(row.endpoint.to_owned()),
+                        status: row.status,
+                        user_agent: row.user_agent.map(str::to_owned),
+                        key_id: KeyId::from_trusted(row.key_id.to_owned()),
+                        request_id: RequestId::parse(row.request_id.as_bytes())
                             .ok_or_else(|| corrupt("request id"))?,
-                        latency_ms,
+                        latency_ms: row.latency_ms,
                     },
                 ));
                 if page.len() == limit {
@@ -259,13 +458,17 @@ where
 /// # Errors
 /// `Other` if the stored rows do not decode.
 pub fn rows_since(rows: &str, cutoff: i64) -> StoreResult<(String, i64, i64)> {
-    let rows: Vec<StoredRow<'_>> =
-        serde_json::from_str(rows).map_err(|_| corrupt("history run"))?;
-    let kept: Vec<&StoredRow<'_>> = rows.iter().filter(|row| row.time() >= cutoff).collect();
-    let first_time = kept.iter().map(|row| row.time()).min().unwrap_or(cutoff);
-    let kept_json = serde_json::to_string(&kept).map_err(|e| StoreError::Other(e.into()))?;
+    let run = DecodedRun::decode(rows)?;
+    let mut kept = run.rows()?;
+    kept.retain(|row| row.time >= cutoff);
+    let encoded = encode_run(&kept)?;
+    let first_time = if kept.is_empty() {
+        cutoff
+    } else {
+        encoded.first_time
+    };
     Ok((
-        kept_json,
+        encoded.json,
         first_time,
         i64::try_from(kept.len()).unwrap_or(i64::MAX),
     ))
@@ -363,8 +566,8 @@ mod tests {
         for run in &runs {
             assert_eq!(run.first_id, next, "runs number the rows without a gap");
             assert!(run.row_count() <= ROWS_PER_RUN as i64);
-            let stored: Vec<StoredRow<'_>> = serde_json::from_str(&run.rows).unwrap();
-            let ids: Vec<i64> = stored.iter().map(|r| r.0).collect();
+            let decoded = DecodedRun::decode(&run.rows).unwrap();
+            let ids: Vec<i64> = decoded.rows().unwrap().iter().map(|r| r.id).collect();
             assert_eq!(ids, (run.first_id..=run.last_id).collect::<Vec<_>>());
             next = run.last_id + 1;
         }
@@ -384,10 +587,177 @@ mod tests {
             let stored: Vec<String> = runs
                 .iter()
                 .filter(|run| run.account_id == account)
-                .flat_map(|run| serde_json::from_str::<Vec<StoredRow<'_>>>(&run.rows).unwrap())
-                .map(|r| r.7.into_owned())
+                .flat_map(|run| {
+                    let decoded = DecodedRun::decode(&run.rows).unwrap();
+                    let ids: Vec<String> = decoded
+                        .rows()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.request_id.to_owned())
+                        .collect();
+                    ids
+                })
                 .collect();
             assert_eq!(stored, recorded, "{account}'s rows in the order recorded");
+        }
+    }
+
+    fn varied_rows() -> Vec<RequestRecord> {
+        (0..300)
+            .map(|n| {
+                let mut r = row("acct_a", n / 3);
+                if n % 2 == 0 {
+                    r.method = Cow::Borrowed("POST");
+                    r.endpoint = Cow::Borrowed("POST /v1/api-keys/validate");
+                    r.status = 401;
+                }
+                r.user_agent = match n % 4 {
+                    0 => None,
+                    1 => Some("curl/8.5".to_owned()),
+                    2 => Some("quote \" backslash \\ \u{e9}\u{1}".to_owned()),
+                    _ => Some(format!("agent {n}")),
+                };
+                r.key_id = KeyId::from_trusted(format!("key_{}", n % 5));
+                r.latency_ms = u32::try_from(n).unwrap();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compact_runs_give_back_every_field_of_every_row() {
+        let rows = varied_rows();
+        let runs = runs_of(&rows, 41).unwrap();
+        assert_eq!(runs.len(), 2);
+        let mut read = Vec::new();
+        for run in &runs {
+            assert!(run.rows.starts_with('{'), "written compact");
+            let decoded = DecodedRun::decode(&run.rows).unwrap();
+            let views = decoded.rows().unwrap();
+            assert_eq!(views.first().unwrap().id, run.first_id);
+            assert_eq!(views.last().unwrap().id, run.last_id);
+            assert_eq!(run.first_time, views.iter().map(|r| r.time).min().unwrap());
+            assert_eq!(run.last_time, views.iter().map(|r| r.time).max().unwrap());
+            let mut keys: Vec<&str> = views.iter().map(|r| r.key_id).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            assert_eq!(run.key_ids, keys);
+            let mut endpoints: Vec<&str> = views.iter().map(|r| r.endpoint).collect();
+            endpoints.sort_unstable();
+            endpoints.dedup();
+            assert_eq!(run.endpoints, endpoints);
+            read.extend(views.iter().map(|v| format!("{v:?}")));
+        }
+        let written: Vec<String> = rows
+            .iter()
+            .zip(41..)
+            .map(|(r, id)| format!("{:?}", RowView::of_record(id, r)))
+            .collect();
+        assert_eq!(read, written);
+    }
+
+    #[test]
+    fn a_compact_run_holds_a_typical_row_in_well_under_half_the_bytes() {
+        // Validate rows as the benchmark makes them: one key, no user agent.
+        let rows: Vec<RequestRecord> = (0..256)
+            .map(|n| {
+                let mut r = row("acct_a", 1_800_000_000 + n);
+                r.method = Cow::Borrowed("POST");
+                r.endpoint = Cow::Borrowed("POST /v1/api-keys/validate");
+                r.key_id = KeyId::from_trusted("key_01KB2D3E4F5G6H7J8K9M0N1P2Q".to_owned());
+                r.request_id =
+                    RequestId::parse(format!("req_01KB2D3E4F5G6H7J8K9M0N{n:04}").as_bytes())
+                        .unwrap();
+                r
+            })
+            .collect();
+        let runs = runs_of(&rows, 1).unwrap();
+        let views: Vec<RowView<'_>> = rows
+            .iter()
+            .zip(1..)
+            .map(|(r, id)| RowView::of_record(id, r))
+            .collect();
+        let earlier = serde_json::to_string(&earlier_form(&views)).unwrap();
+        assert!(
+            runs[0].rows.len() * 2 < earlier.len(),
+            "{} bytes against {}",
+            runs[0].rows.len(),
+            earlier.len()
+        );
+    }
+
+    /// Rows in the form runs were written in before they were compact.
+    fn earlier_form<'r>(rows: &[RowView<'r>]) -> Vec<StoredRow<'r>> {
+        rows.iter()
+            .map(|r| {
+                StoredRow(
+                    r.id,
+                    r.time,
+                    Cow::Borrowed(r.method),
+                    Cow::Borrowed(r.endpoint),
+                    r.status,
+                    r.user_agent.map(Cow::Borrowed),
+                    Cow::Borrowed(r.key_id),
+                    Cow::Borrowed(r.request_id),
+                    r.latency_ms,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_written_before_compaction_are_read_and_pruned_into_the_compact_form() {
+        let rows = varied_rows();
+        // Ids with gaps, as migration 4 wrote an account's rows: pruning keeps them.
+        let views: Vec<RowView<'_>> = rows
+            .iter()
+            .zip((7..).step_by(3))
+            .map(|(r, id)| RowView::of_record(id, r))
+            .collect();
+        let stored = serde_json::to_string(&earlier_form(&views)).unwrap();
+        assert_eq!(DecodedRun::decode(&stored).unwrap().rows().unwrap(), views);
+
+        let cutoff = views[150].time;
+        let (kept, first_time, count) = rows_since(&stored, cutoff).unwrap();
+        assert!(kept.starts_with('{'));
+        let wanted: Vec<RowView<'_>> = views.iter().filter(|r| r.time >= cutoff).copied().collect();
+        assert_eq!(DecodedRun::decode(&kept).unwrap().rows().unwrap(), wanted);
+        assert_eq!(first_time, cutoff);
+        assert_eq!(count, i64::try_from(wanted.len()).unwrap());
+
+        // A compact run prunes the same way.
+        let compact = encode_run(&views).unwrap().json;
+        assert_eq!(
+            rows_since(&compact, cutoff).unwrap(),
+            (kept, first_time, count)
+        );
+        let (none_left, time, count) = rows_since(&compact, i64::MAX).unwrap();
+        assert_eq!((time, count), (i64::MAX, 0));
+        assert!(
+            DecodedRun::decode(&none_left)
+                .unwrap()
+                .rows()
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_compact_row_that_points_outside_its_run_is_refused() {
+        let base = r#"{"first_id":1,"first_time":10,"routes":[["GET","GET /v1/api-keys"]],"keys":["key_a"],"agents":["curl"],"rows":[ROW]}"#;
+        let good = base.replace("ROW", r#"[0,0,0,200,0,0,"req_1",3]"#);
+        let rows = DecodedRun::decode(&good).unwrap().rows().unwrap().len();
+        assert_eq!(rows, 1);
+        for bad in [
+            r#"[0,0,1,200,0,0,"req_1",3]"#,
+            r#"[0,0,0,200,1,0,"req_1",3]"#,
+            r#"[0,0,0,200,0,1,"req_1",3]"#,
+            r#"[9223372036854775807,0,0,200,0,0,"req_1",3]"#,
+            r#"[0,0,0,200,0,0,"req_1"]"#,
+        ] {
+            let run = base.replace("ROW", bad);
+            let refused = DecodedRun::decode(&run).and_then(|run| run.rows().map(|_| ()));
+            assert!(refused.is_err(), "{bad}");
         }
     }
 }
