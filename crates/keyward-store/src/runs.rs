@@ -203,7 +203,9 @@ fn encode_run<'r>(rows: &[RowView<'r>]) -> StoreResult<EncodedRun<'r>> {
         compact.push(CompactRow(
             r.id.checked_sub(first_id)
                 .ok_or_else(|| corrupt("history id"))?,
-            r.time - first_time,
+            r.time
+                .checked_sub(first_time)
+                .ok_or_else(|| corrupt("history time"))?,
             routes.index_of((r.method, r.endpoint)),
             r.status,
             r.user_agent.map(|agent| agents.index_of(agent)),
