@@ -16,11 +16,16 @@
 #   dataset, each with 10 keys; wrk cycles through them. Creates use as many other accounts
 #   (or, with fewer than twice that many accounts, half of them each), so the listed
 #   accounts keep exactly 10 keys and answer the bytes the bare server answers.
-# Rounds: KEYWARD_BENCH_ROUNDS (default 1) pairs of runs per scenario, bare-server then
-#   keyward, interleaved. The table shows the round whose ratio is the median (the lower
-#   middle for an even count) and every round's ratio beside it: one 10-second pair's
-#   ratio moves by up to 10 points with the host's load, and neighbouring pairs see the
-#   same host.
+# Rounds: KEYWARD_BENCH_ROUNDS (default 1) pairs of runs per scenario, interleaved: odd
+#   rounds run bare-server then keyward, even rounds keyward then bare-server, so a host
+#   that speeds up or slows down over a scenario favours neither. Every run starts after
+#   a pause of KEYWARD_BENCH_PAUSE seconds (default 1), so that keyward's last metering
+#   flush (every 250 ms) and its database's work land before the next run, not in it.
+#   The ratio is the rounds' keyward requests over their bare-server requests (the runs
+#   are equally long); the latencies are each percentile's median over the rounds; every
+#   round's ratio is listed beside them, to show the spread. One 10-second pair's ratio
+#   moves by 10-20 points with the host (two-second pairs by 50), so a single pair
+#   decides nothing.
 # Scenarios, each `wrk -t2 -cCONNECTIONS -dDURATION_SECONDS s`, bare-server then keyward:
 #   list      GET /v1/api-keys (an account with 10 keys)
 #   validate  POST /v1/api-keys/validate
@@ -46,10 +51,11 @@ limits="${4:-unlimited}"
 accounts="${5:-100000}"
 sample="${KEYWARD_BENCH_SAMPLE:-1000}"
 rounds="${KEYWARD_BENCH_ROUNDS:-1}"
+pause="${KEYWARD_BENCH_PAUSE:-1}"
 history_rows="${KEYWARD_BENCH_HISTORY_ROWS:-$((accounts * 10))}"
 die() { echo "$*" >&2; exit 2; }
 [ $# -le 5 ] || die "$usage"
-for n in "$duration" "$connections" "$accounts" "$sample" "$history_rows" "$rounds"; do
+for n in "$duration" "$connections" "$accounts" "$sample" "$history_rows" "$rounds" "$pause"; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "$usage (not a whole number: $n)"
 done
 [ "$duration" -ge 1 ] || die "DURATION_SECONDS must be at least 1"
@@ -161,12 +167,21 @@ run() { # TARGET SCENARIO BASE_URL ROUND -> one line: TARGET-SCENARIO-rROUND rps
     grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT/$name/"
 }
 
+# The host's steal time over the runs, from /proc/stat's cpu line: (steal, total) ticks.
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t }' /proc/stat; }
+read -r steal_before ticks_before <<< "$(cpu_ticks)"
 for s in "${scenarios[@]}"; do
     for r in $(seq 1 "$rounds"); do
-        run bare "$s" "$bare" "$r"
-        run keyward "$s" "$keyward" "$r"
+        if [ $((r % 2)) -eq 1 ]; then order=(bare keyward); else order=(keyward bare); fi
+        for target in "${order[@]}"; do
+            sleep "$pause"
+            if [ "$target" = bare ]; then run bare "$s" "$bare" "$r"; else run keyward "$s" "$keyward" "$r"; fi
+        done
     done
 done > "$out/results.txt"
+read -r steal_after ticks_after <<< "$(cpu_ticks)"
+steal="$(awk -v s=$((steal_after - steal_before)) -v t=$((ticks_after - ticks_before)) \
+    'BEGIN { if (t > 0) printf "%.1f", 100 * s / t; else print 0 }')"
 
 sleep 1.5 # let the last metering batch land
 fetch "$keyward/metrics" > "$out/metrics.txt"
@@ -177,22 +192,25 @@ flushed="$(awk '/^keyward_meter_flushed_rows_total/ {print $2}' "$out/metrics.tx
 field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")"; }
 ratio_of() { awk -v k="$(field "keyward-$1-r$2" rps)" -v b="$(field "bare-$1-r$2" rps)" \
     'BEGIN { if (b > 0) printf "%.0f", 100 * k / b; else print 0 }'; }
+# TARGET SCENARIO FIELD -> the field summed over the rounds
+sum_of() { for r in $(seq 1 "$rounds"); do field "$1-$2-r$r" "$3"; done | awk '{ t += $1 } END { printf "%.0f", t }'; }
+# TARGET SCENARIO FIELD -> the field's median over the rounds (the lower middle for an even count)
+median_of() {
+    for r in $(seq 1 "$rounds"); do field "$1-$2-r$r" "$3"; done | sort -g |
+        sed -n "$(((rounds + 1) / 2))p"
+}
 {
     echo "| scenario | bare rps | keyward rps | ratio | bare p99 ms | keyward p50 / p99 / p99.9 ms | keyward errors | every round's ratio |"
     echo "|---|---|---|---|---|---|---|---|"
     for s in "${scenarios[@]}"; do
-        # Rounds sorted by ratio; the median round is the lower middle one.
-        by_ratio="$(for r in $(seq 1 "$rounds"); do echo "$(ratio_of "$s" "$r") $r"; done | sort -n -k1,1)"
-        m="$(sed -n "$(((rounds + 1) / 2))p" <<< "$by_ratio" | awk '{print $2}')"
+        bare_sum="$(sum_of bare "$s" rps)"
+        keyward_sum="$(sum_of keyward "$s" rps)"
+        ratio="$(awk -v k="$keyward_sum" -v b="$bare_sum" 'BEGIN { if (b > 0) printf "%.0f", 100 * k / b; else print 0 }')"
         every="$(for r in $(seq 1 "$rounds"); do echo -n "$(ratio_of "$s" "$r") "; done | sed 's/ $//; s/ /, /g') %"
-        errors=0
-        for r in $(seq 1 "$rounds"); do
-            errors=$((errors + $(field "keyward-$s-r$r" errors)))
-            bare_errors="$(field "bare-$s-r$r" errors)"
-            [ "$bare_errors" = 0 ] || echo "bare-server had $bare_errors errors in $s, round $r" >&2
-        done
-        echo "| $s | $(field "bare-$s-r$m" rps) | $(field "keyward-$s-r$m" rps) | $(ratio_of "$s" "$m") % | $(field "bare-$s-r$m" p99_ms) | $(field "keyward-$s-r$m" p50_ms) / $(field "keyward-$s-r$m" p99_ms) / $(field "keyward-$s-r$m" p999_ms) | $errors | $every |"
+        bare_errors="$(sum_of bare "$s" errors)"
+        [ "$bare_errors" = 0 ] || echo "bare-server had $bare_errors errors in $s" >&2
+        echo "| $s | $((bare_sum / rounds)) | $((keyward_sum / rounds)) | $ratio % | $(median_of bare "$s" p99_ms) | $(median_of keyward "$s" p50_ms) / $(median_of keyward "$s" p99_ms) / $(median_of keyward "$s" p999_ms) | $(sum_of keyward "$s" errors) | $every |"
     done
     echo
-    echo "$backend, $limits; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates); $rounds round(s) per scenario"
+    echo "$backend, $limits; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates); $rounds round(s) per scenario, rps the mean of the rounds, latencies the median; host steal during the runs: $steal %"
 } | tee "$out/results.md"
