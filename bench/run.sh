@@ -26,7 +26,7 @@
 #   round's ratio is listed beside them, to show the spread. One 10-second pair's ratio
 #   moves by 10-20 points with the host (two-second pairs by 50), so a single pair
 #   decides nothing.
-# Scenarios, each `wrk -t2 -cCONNECTIONS -dDURATION_SECONDS s`, bare-server then keyward:
+# Scenarios, each `wrk -t2 -cCONNECTIONS -dDURATION_SECONDS s` against both servers (order above):
 #   list      GET /v1/api-keys (an account with 10 keys)
 #   validate  POST /v1/api-keys/validate
 #   get       GET /v1/api-keys/{key_id}, the caller's own key
