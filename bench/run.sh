@@ -167,6 +167,9 @@ run() { # TARGET SCENARIO BASE_URL ROUND -> one line: TARGET-SCENARIO-rROUND rps
     grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT/$name/"
 }
 
+# PART WHOLE [FORMAT=%.0f] -> 100 * PART / WHOLE, or 0 if WHOLE is 0
+percent() { awk -v a="$1" -v b="$2" -v f="${3:-%.0f}" 'BEGIN { if (b > 0) printf f, 100 * a / b; else print 0 }'; }
+declare -A url_of=([bare]="$bare" [keyward]="$keyward")
 # The host's steal time over the runs, from /proc/stat's cpu line: (steal, total) ticks.
 cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t }' /proc/stat; }
 read -r steal_before ticks_before <<< "$(cpu_ticks)"
@@ -175,13 +178,12 @@ for s in "${scenarios[@]}"; do
         if [ $((r % 2)) -eq 1 ]; then order=(bare keyward); else order=(keyward bare); fi
         for target in "${order[@]}"; do
             sleep "$pause"
-            if [ "$target" = bare ]; then run bare "$s" "$bare" "$r"; else run keyward "$s" "$keyward" "$r"; fi
+            run "$target" "$s" "${url_of[$target]}" "$r"
         done
     done
 done > "$out/results.txt"
 read -r steal_after ticks_after <<< "$(cpu_ticks)"
-steal="$(awk -v s=$((steal_after - steal_before)) -v t=$((ticks_after - ticks_before)) \
-    'BEGIN { if (t > 0) printf "%.1f", 100 * s / t; else print 0 }')"
+steal="$(percent $((steal_after - steal_before)) $((ticks_after - ticks_before)) %.1f)"
 
 sleep 1.5 # let the last metering batch land
 fetch "$keyward/metrics" > "$out/metrics.txt"
@@ -190,8 +192,7 @@ dropped="$(awk '/^keyward_meter_dropped_rows_total/ {print $2}' "$out/metrics.tx
 flushed="$(awk '/^keyward_meter_flushed_rows_total/ {print $2}' "$out/metrics.txt")"
 
 field() { sed -E "s/.*$2=([0-9.]+).*/\1/" <<< "$(grep "^$1 " "$out/results.txt")"; }
-ratio_of() { awk -v k="$(field "keyward-$1-r$2" rps)" -v b="$(field "bare-$1-r$2" rps)" \
-    'BEGIN { if (b > 0) printf "%.0f", 100 * k / b; else print 0 }'; }
+ratio_of() { percent "$(field "keyward-$1-r$2" rps)" "$(field "bare-$1-r$2" rps)"; }
 # TARGET SCENARIO FIELD -> the field summed over the rounds
 sum_of() { for r in $(seq 1 "$rounds"); do field "$1-$2-r$r" "$3"; done | awk '{ t += $1 } END { printf "%.0f", t }'; }
 # TARGET SCENARIO FIELD -> the field's median over the rounds (the lower middle for an even count)
@@ -205,7 +206,7 @@ median_of() {
     for s in "${scenarios[@]}"; do
         bare_sum="$(sum_of bare "$s" rps)"
         keyward_sum="$(sum_of keyward "$s" rps)"
-        ratio="$(awk -v k="$keyward_sum" -v b="$bare_sum" 'BEGIN { if (b > 0) printf "%.0f", 100 * k / b; else print 0 }')"
+        ratio="$(percent "$keyward_sum" "$bare_sum")"
         every="$(for r in $(seq 1 "$rounds"); do echo -n "$(ratio_of "$s" "$r") "; done | sed 's/ $//; s/ /, /g') %"
         bare_errors="$(sum_of bare "$s" errors)"
         [ "$bare_errors" = 0 ] || echo "bare-server had $bare_errors errors in $s" >&2
