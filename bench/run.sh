@@ -6,7 +6,7 @@
 # axum server answering the same paths with the same bytes (captured from keyward), the
 # ceiling; so the ratio survives a noisy machine. Loopback only; every step is bounded.
 #
-# Usage: bench/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [sqlite|postgres] [unlimited|limited] [ACCOUNTS=100000]
+# Usage: bench/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [sqlite|postgres] [unlimited|limited|policies] [ACCOUNTS=100000]
 #
 # Dataset: ACCOUNTS x 10 keys (default 1,000,000), created through the store by seed-keys;
 #   then ACCOUNTS x 10 request-history rows (KEYWARD_BENCH_HISTORY_ROWS overrides) written
@@ -38,12 +38,18 @@
 #   postgres://postgres@127.0.0.1:5432/test), dropped on exit.
 # limited: every account gets limits too high to reach (10^9 per minute and per day), so
 #   every request also goes through the rate limiter and carries x-ratelimit-* headers.
+# policies: limited, and every key also has key policies none of which refuses: its own
+#   rate limit (10^9 per minute and per day), credits (10^9, refilled daily) and an
+#   allowlist of four ranges that holds loopback; so every request also finds the client
+#   address, matches it, and is counted and charged in the key's windows and balance.
+#   Compare its validate row with the unlimited run's (the aim: at least 70 % of the
+#   bare server).
 # Output: a Markdown table on stdout and in bench/out/<timestamp>/results.md (the directory
 #   is KEYWARD_BENCH_OUT if set), beside the raw wrk output and the captured bodies;
 #   progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: bench/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [sqlite|postgres] [unlimited|limited] [ACCOUNTS=100000]"
+usage="usage: bench/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [sqlite|postgres] [unlimited|limited|policies] [ACCOUNTS=100000]"
 duration="${1:-10}"
 connections="${2:-64}"
 backend="${3:-sqlite}"
@@ -65,7 +71,7 @@ done
 [ "$sample" -ge 1 ] || die "KEYWARD_BENCH_SAMPLE must be at least 1"
 [ "$rounds" -ge 1 ] || die "KEYWARD_BENCH_ROUNDS must be at least 1"
 case "$backend" in sqlite | postgres) ;; *) die "$usage" ;; esac
-case "$limits" in unlimited | limited) ;; *) die "$usage" ;; esac
+case "$limits" in unlimited | limited | policies) ;; *) die "$usage" ;; esac
 read -r -a scenarios <<< "${KEYWARD_BENCH_SCENARIOS:-list validate get create mix}"
 [ "${#scenarios[@]}" -ge 1 ] || die "KEYWARD_BENCH_SCENARIOS names no scenario"
 for s in "${scenarios[@]}"; do
@@ -117,6 +123,7 @@ fi
 echo "seeding $accounts accounts x 10 keys and $history_rows history rows ($backend)" >&2
 limit_args=()
 if [ "$limits" = limited ]; then limit_args=(--limits 1000000000); fi
+if [ "$limits" = policies ]; then limit_args=(--limits 1000000000 --policies); fi
 seed_started="$(now_ms)"
 target/release/seed-keys "$db" "$accounts" 10 "$work/sample.txt" $((2 * callers)) "${limit_args[@]}"
 target/release/seed-history "$db" "$work/sample.txt" "$history_rows"
@@ -137,7 +144,11 @@ read -r creator _ < "$work/creators.txt"
 create_body='{"name":"bench","scopes":["read"],"metadata":{"env":"bench"}}'
 fetch() { curl -sf --max-time 10 "$@"; }
 fetch -X POST "$keyward/v1/api-keys/validate" -H "x-api-key: $key" -D "$out/validate.headers" > "$out/validate.json"
-if [ "$limits" = limited ] && ! grep -qi '^x-ratelimit-limit' "$out/validate.headers"; then
+if [ "$limits" = policies ] && ! grep -q '"credits_remaining"' "$out/validate.json"; then
+    echo "policies, but validate shows no credits_remaining: the key policies did not apply" >&2
+    exit 1
+fi
+if [ "$limits" != unlimited ] && ! grep -qi '^x-ratelimit-limit' "$out/validate.headers"; then
     echo "limited, but keyward sent no x-ratelimit-* headers: the limits did not apply" >&2
     exit 1
 fi

@@ -18,7 +18,7 @@
 --                   so their list body stays the bytes the bare server answers.
 --   WRK_BODY        the create body (default a small named key with scope read).
 --   Without WRK_SCENARIO: WRK_METHOD (GET/POST, default GET) and WRK_BODY (optional) to the
---   URL's path, as earlier versions of this script did.
+--   URL's path, for a quick run against any one route.
 --
 -- Every request is built once in init(), so request() costs the same for the bare server
 -- and for keyward and takes as little as possible of the shared CPUs.

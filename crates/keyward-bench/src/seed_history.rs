@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             let usage_key = UsageKey {
                 account_id: account.clone(),
-                month: keyward_workers::month_of(time),
+                day: keyward_workers::day_of(time),
                 endpoint: endpoint.to_owned(),
                 key_id: key.clone(),
             };

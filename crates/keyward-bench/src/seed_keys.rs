@@ -5,6 +5,8 @@
 //! key (scopes read, write, admin). The sampled accounts are spread evenly over the
 //! dataset rather than taken from its start, so requests touch the whole key table.
 //!
+//! `--policies` gives every key a per-key rate limit and credits too high to reach and an
+//! allowlist that holds loopback (`bench/run.sh`'s `policies` dataset).
 //! `--limits N` gives every account custom limits of N requests per minute and per day,
 //! stored with the account itself, so a "limited" dataset costs no extra commit.
 //!
@@ -13,13 +15,37 @@
 use std::io::Write as _;
 
 use keyward_core::{
-    KeyId, KeyName, KeyPrefix, KeySecret, Limits, Metadata, OsRandom, Plan, ScopeSet, timefmt,
+    AllowedIps, Credits, KeyId, KeyName, KeyPolicies, KeyPrefix, KeySecret, Limits, Metadata,
+    OsRandom, PlanName, Refill, RefillInterval, ScopeSet, timefmt,
 };
 use keyward_store::{AuditContext, NewKey, NewSecret};
 use time::OffsetDateTime;
 
-const USAGE: &str =
-    "usage: seed-keys DATABASE_URL ACCOUNTS KEYS_PER_ACCOUNT SAMPLE_FILE [SAMPLE] [--limits N]";
+const USAGE: &str = "usage: seed-keys DATABASE_URL ACCOUNTS KEYS_PER_ACCOUNT SAMPLE_FILE [SAMPLE] [--limits N] [--policies]";
+
+/// The policies `--policies` gives every key: its own limits and credits too high to
+/// reach (a billion, refilled daily) and an allowlist that holds loopback, so that every
+/// request goes through every policy check and still succeeds.
+fn bench_policies() -> Result<KeyPolicies, Box<dyn std::error::Error>> {
+    Ok(KeyPolicies {
+        rate_limit: Some(Limits::new(Some(1_000_000_000), Some(1_000_000_000))),
+        credits: Some(Credits {
+            remaining: 1_000_000_000,
+            refill: Some(Refill {
+                amount: 1_000_000_000,
+                interval: RefillInterval::Day,
+            }),
+            generation: 1,
+            set_at: OffsetDateTime::now_utc().unix_timestamp(),
+        }),
+        allowed_ips: Some(AllowedIps::parse(&serde_json::json!([
+            "192.0.2.0/24",
+            "2001:db8::/32",
+            "127.0.0.0/8",
+            "::1"
+        ]))?),
+    })
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +57,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Limits::new(Some(n), Some(n))
         }
         None => Limits::default(),
+    };
+    let policies = match args.iter().position(|a| a == "--policies") {
+        Some(i) => {
+            args.remove(i);
+            bench_policies()?
+        }
+        None => KeyPolicies::default(),
     };
     let (url, accounts, per_account, out) = match args.as_slice() {
         [url, accounts, per_account, out, ..] if args.len() <= 5 => (
@@ -66,13 +99,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for a in 0..accounts {
         // The same account and first key as `keyward accounts create`, with the limits
         // stored in the same commit.
-        let (mut created, first, first_audit) = keyward::new_account(
-            &format!("bench-{a}"),
-            Plan::Enterprise,
-            &prefix,
-            "seed-keys",
-        )?;
-        created.account.custom_limits = limits;
+        let new = keyward::NewAccount {
+            name: format!("bench-{a}"),
+            plan: PlanName::enterprise(),
+            external_id: None,
+            metadata: Metadata::default(),
+        };
+        let (mut created, mut first, first_audit) =
+            keyward::new_account(new, &prefix, "seed-keys", OffsetDateTime::now_utc())
+                .map_err(|e| e.message)?;
+        created.account.overrides = limits;
+        first.policies = policies.clone();
         store
             .create_account(&created.account, &first, &first_audit)
             .await?;
@@ -102,6 +139,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     digest: secret.digest(),
                     hint: secret.hint(),
                 },
+                policies: policies.clone(),
+                expire_after_inactive_days: None,
             });
         }
         if batch.len() >= 10_000 || (a + 1 == accounts && !batch.is_empty()) {

@@ -2,7 +2,10 @@
 //!
 //! `<prefix>_<32 random base62 chars><6 base62 chars of CRC32 over the random part>`.
 //! Parsing is pure and rejects any other shape, or a wrong checksum, before storage is
-//! ever asked (API.md §Authentication: check order).
+//! ever asked (API.md §Authentication: check order). A presented key's prefix only has to
+//! be well-formed: the deployment's prefix decides what new keys start with, and keys
+//! issued under an earlier prefix keep working after it changes (API.md §Operator
+//! interface); the checksum and the stored digest decide the rest.
 
 use std::fmt;
 
@@ -41,18 +44,29 @@ impl KeyPrefix {
     /// # Errors
     /// [`KeyPrefixError`] for any other string.
     pub fn parse(raw: &str) -> Result<Self, KeyPrefixError> {
-        let bytes = raw.as_bytes();
-        let well_formed = !bytes.is_empty()
-            && bytes.len() <= MAX_PREFIX_LEN
-            && bytes[0].is_ascii_lowercase()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if well_formed {
+        if Self::is_well_formed(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(KeyPrefixError)
         }
+    }
+
+    /// The prefix of operator keys: this one followed by `op` (`kwop_…`; API.md §Operator
+    /// API), or `None` when that is longer than a prefix may be.
+    #[must_use]
+    pub fn operator(&self) -> Option<Self> {
+        Self::parse(&format!("{}op", self.0)).ok()
+    }
+
+    /// The prefix rule, for configured prefixes and presented keys alike.
+    fn is_well_formed(raw: &str) -> bool {
+        let bytes = raw.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_PREFIX_LEN
+            && bytes[0].is_ascii_lowercase()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     }
 
     /// The prefix as written.
@@ -78,7 +92,7 @@ impl fmt::Display for KeyPrefix {
 /// tests and debugging; the HTTP layer reports all of them as `malformed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFormatError {
-    /// The string does not start with `<prefix>_`.
+    /// The string does not start with a well-formed prefix and `_`.
     #[error("wrong prefix")]
     WrongPrefix,
     /// The part after the prefix is not 38 base62 characters.
@@ -120,12 +134,13 @@ impl KeySecret {
         Self(SecretString::from(format!("{}_{body}", prefix.as_str())))
     }
 
-    /// Parses a presented key: prefix, shape and checksum, nothing else.
+    /// Parses a presented key: a well-formed prefix (any, not only the deployment's
+    /// current one), shape and checksum, nothing else.
     ///
     /// # Errors
     /// A [`KeyFormatError`] naming the first rule the string breaks.
-    pub fn parse(raw: &str, prefix: &KeyPrefix) -> Result<Self, KeyFormatError> {
-        Self::check(raw, prefix)?;
+    pub fn parse(raw: &str) -> Result<Self, KeyFormatError> {
+        Self::check(raw)?;
         Ok(Self(SecretString::from(raw.to_owned())))
     }
 
@@ -134,15 +149,17 @@ impl KeySecret {
     ///
     /// # Errors
     /// As [`KeySecret::parse`].
-    pub fn digest_of(raw: &str, prefix: &KeyPrefix) -> Result<KeyDigest, KeyFormatError> {
-        Self::check(raw, prefix)?;
+    pub fn digest_of(raw: &str) -> Result<KeyDigest, KeyFormatError> {
+        Self::check(raw)?;
         Ok(digest(raw))
     }
 
-    fn check(raw: &str, prefix: &KeyPrefix) -> Result<(), KeyFormatError> {
+    fn check(raw: &str) -> Result<(), KeyFormatError> {
+        // A prefix holds no `_`, so the first one ends it.
         let body = raw
-            .strip_prefix(prefix.as_str())
-            .and_then(|rest| rest.strip_prefix('_'))
+            .split_once('_')
+            .filter(|(prefix, _)| KeyPrefix::is_well_formed(prefix))
+            .map(|(_, body)| body)
             .ok_or(KeyFormatError::WrongPrefix)?;
         let bytes = body.as_bytes();
         if bytes.len() != RANDOM_LEN + CHECKSUM_LEN || !bytes.iter().all(u8::is_ascii_alphanumeric)
@@ -221,7 +238,8 @@ impl KeyDigest {
     /// Reads [`KeyDigest::to_hex`] back; `None` for anything else.
     #[must_use]
     pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 || !hex.is_ascii() {
+        // Hex digits only: `from_str_radix` alone would also take a sign (`+f`).
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut out = [0u8; 32];
@@ -300,22 +318,26 @@ mod tests {
     }
 
     #[test]
-    fn other_prefix_and_garbage_are_rejected() {
+    fn keys_under_any_well_formed_prefix_parse_and_garbage_is_rejected() {
         let key = KeySecret::generate(&kw(), &mut OsRandom);
-        let other = KeyPrefix::parse("sk").unwrap();
-        assert_eq!(
-            KeySecret::parse(key.expose(), &other).unwrap_err(),
-            KeyFormatError::WrongPrefix
-        );
-        for raw in ["", "kw_", "kw", "kw_short", "kw__", "kwx_0123", "KW_abc"] {
-            assert!(
-                KeySecret::parse(raw, &kw()).is_err(),
-                "{raw:?} was accepted"
+        let body = &key.expose()[3..];
+        for prefix in ["sk", "acme", "a", "abcdefghijklmnop"] {
+            let other = format!("{prefix}_{body}");
+            assert!(KeySecret::parse(&other).is_ok(), "{other:?} was refused");
+        }
+        for bad in ["Kw", "2kw", "k-w", "abcdefghijklmnopq", ""] {
+            assert_eq!(
+                KeySecret::parse(&format!("{bad}_{body}")).unwrap_err(),
+                KeyFormatError::WrongPrefix,
+                "{bad:?}"
             );
+        }
+        for raw in ["", "kw_", "kw", "kw_short", "kw__", "kwx_0123", "KW_abc"] {
+            assert!(KeySecret::parse(raw).is_err(), "{raw:?} was accepted");
         }
         let long = format!("{}0", key.expose());
         assert_eq!(
-            KeySecret::parse(&long, &kw()).unwrap_err(),
+            KeySecret::parse(&long).unwrap_err(),
             KeyFormatError::WrongShape
         );
     }
@@ -332,9 +354,8 @@ mod tests {
 
     #[test]
     fn digest_is_sha256_of_the_whole_key() {
-        let key =
-            KeySecret::parse(KeySecret::generate(&kw(), &mut Fixed(9)).expose(), &kw()).unwrap();
-        let again = KeySecret::parse(key.expose(), &kw()).unwrap();
+        let key = KeySecret::parse(KeySecret::generate(&kw(), &mut Fixed(9)).expose()).unwrap();
+        let again = KeySecret::parse(key.expose()).unwrap();
         assert!(key.digest().ct_eq(&again.digest()));
         let expected: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
         assert_eq!(key.digest().0, expected);
@@ -343,7 +364,7 @@ mod tests {
     #[test]
     fn digest_of_agrees_with_parse_then_digest() {
         let key = KeySecret::generate(&kw(), &mut OsRandom);
-        let digest = KeySecret::digest_of(key.expose(), &kw()).unwrap();
+        let digest = KeySecret::digest_of(key.expose()).unwrap();
         assert!(digest.ct_eq(&key.digest()));
         let mut bad_checksum = key.expose().to_owned();
         let last = if bad_checksum.ends_with('0') {
@@ -352,15 +373,10 @@ mod tests {
             "0"
         };
         bad_checksum.replace_range(bad_checksum.len() - 1.., last);
-        let other = KeyPrefix::parse("sk").unwrap();
-        for (raw, prefix) in [
-            (bad_checksum.as_str(), kw()),
-            (key.expose(), other),
-            ("kw_short", kw()),
-        ] {
+        for raw in [bad_checksum.as_str(), "Kw_short", "kw_short"] {
             assert_eq!(
-                KeySecret::digest_of(raw, &prefix).unwrap_err(),
-                KeySecret::parse(raw, &prefix).unwrap_err(),
+                KeySecret::digest_of(raw).unwrap_err(),
+                KeySecret::parse(raw).unwrap_err(),
                 "{raw:?}"
             );
         }
@@ -378,12 +394,24 @@ mod tests {
         assert!(KeyDigest::from_hex(&"g".repeat(64)).is_none());
     }
 
+    #[test]
+    fn a_digest_reads_back_only_from_hex_digits() {
+        // Found by the `key` fuzz target: a `+` passed for a digit.
+        let hex = KeySecret::generate(&kw(), &mut Fixed(5)).digest().to_hex();
+        let signed = format!("+{}", &hex[1..]);
+        assert!(KeyDigest::from_hex(&signed).is_none(), "{signed}");
+        let inner = format!("{}+{}", &hex[..10], &hex[11..]);
+        assert!(KeyDigest::from_hex(&inner).is_none(), "{inner}");
+        assert!(KeyDigest::from_hex(&format!("{}-1", &hex[..62])).is_none());
+        assert!(KeyDigest::from_hex(&hex.to_ascii_uppercase()).is_some());
+    }
+
     proptest! {
         #[test]
         fn every_generated_key_parses_back(seed in any::<u8>(), prefix in "[a-z][a-z0-9]{0,15}") {
             let prefix = KeyPrefix::parse(&prefix).unwrap();
             let key = KeySecret::generate(&prefix, &mut Fixed(seed));
-            let parsed = KeySecret::parse(key.expose(), &prefix).unwrap();
+            let parsed = KeySecret::parse(key.expose()).unwrap();
             prop_assert_eq!(parsed.expose(), key.expose());
         }
 
@@ -400,7 +428,7 @@ mod tests {
             prop_assume!(bytes[at] != new);
             bytes[at] = new;
             let tampered = String::from_utf8(bytes).unwrap();
-            prop_assert!(KeySecret::parse(&tampered, &kw()).is_err());
+            prop_assert!(KeySecret::parse(&tampered).is_err());
         }
     }
 }

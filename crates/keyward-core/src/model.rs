@@ -18,8 +18,8 @@ macro_rules! ulid_id {
         ///
         /// Shared text: a clone is a reference count, not an allocation. Every metered
         /// request clones its key's id and account id into the history row, which lives
-        /// until the next flush; as copies those were two allocations per request whose
-        /// memory was cold by the time it was reused.
+        /// until the next flush; copies would be two allocations per request, freed by the
+        /// flush on another thread and cold by the time a later request reuses them.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
 
@@ -78,6 +78,21 @@ ulid_id!(
     "Public id of an API key (`key_01J…`), never derived from the secret."
 );
 ulid_id!(AccountId, "acct_", "Id of an account (`acct_01J…`).");
+ulid_id!(
+    OperatorId,
+    "op_",
+    "Id of an operator: the holder of an operator key (`op_01J…`)."
+);
+ulid_id!(
+    WebhookId,
+    "wh_",
+    "Id of a webhook subscription (`wh_01J…`)."
+);
+ulid_id!(
+    EventId,
+    "msg_",
+    "Id of an event sent to subscriptions (`msg_01J…`): the `webhook-id` of each delivery."
+);
 
 /// Longest key name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -118,10 +133,10 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 /// A request's id: 1 to 64 of `[A-Za-z0-9._-]`, echoed from the client or made by the
 /// server (`req_` and a ULID), held inline.
 ///
-/// Inline because every history row holds one until the next flush: as a heap string
-/// that was an allocation per request, and its memory, freed by the flush on another
-/// thread, was cold when a later request reused it. The allocator's load of such a free
-/// block was the costliest instruction of the request path under load.
+/// Inline because every history row holds one until the next flush: a heap string would
+/// be an allocation per request whose memory, freed by the flush on another thread, is
+/// cold when a later request reuses it, and the allocator's load of such a free block is
+/// then the costliest instruction of the request path under load.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RequestId {
     len: u8,
@@ -226,85 +241,187 @@ impl Metadata {
     }
 }
 
-/// An account's tier, which sets its rate limits (API.md §Rate limits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Plan {
-    /// 10 per minute, 100 per day.
-    Free,
-    /// 60 per minute, 1000 per day.
-    Pro,
-    /// 300 per minute, 10000 per day.
-    Scale,
-    /// Set per account; unlimited by default.
-    Enterprise,
-}
+/// Longest plan name.
+pub const MAX_PLAN_NAME_LEN: usize = 32;
 
-impl Plan {
-    /// Every plan, in price order.
-    pub const ALL: [Self; 4] = [Self::Free, Self::Pro, Self::Scale, Self::Enterprise];
+/// The name of an account's plan (API.md §Plans, rate limits, quotas and credits). Plans
+/// are data: the store's `plan` table gives each name its limits, and starts with
+/// KonPro's four (`free`, `pro`, `scale`, `enterprise`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanName(String);
 
-    /// The plan's name on the wire and in storage.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Free => "free",
-            Self::Pro => "pro",
-            Self::Scale => "scale",
-            Self::Enterprise => "enterprise",
+impl PlanName {
+    /// The unlimited plan, given to the bootstrap account and by default to new ones.
+    pub const ENTERPRISE: &'static str = "enterprise";
+
+    /// Parses a plan name: 1 to 32 of `[a-z0-9_-]`, starting with a letter, so that it
+    /// reads the same in a URL path, a CLI argument and a log line.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] for anything else.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let bytes = raw.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= MAX_PLAN_NAME_LEN
+            && bytes[0].is_ascii_lowercase()
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidValue(
+                "must be 1 to 32 of a-z, 0-9, _ and -, starting with a letter",
+            ))
         }
     }
 
-    /// The plan's limits; `custom` applies to enterprise accounts only.
+    /// The `enterprise` plan.
     #[must_use]
-    pub const fn limits(self, custom: Limits) -> Limits {
-        match self {
-            Self::Free => Limits::new(Some(10), Some(100)),
-            Self::Pro => Limits::new(Some(60), Some(1000)),
-            Self::Scale => Limits::new(Some(300), Some(10_000)),
-            Self::Enterprise => custom,
-        }
+    pub fn enterprise() -> Self {
+        Self(Self::ENTERPRISE.to_owned())
+    }
+
+    /// The name as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-impl FromStr for Plan {
+impl FromStr for PlanName {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or(InvalidValue("must be one of free, pro, scale, enterprise"))
+        Self::parse(s)
     }
 }
 
-impl fmt::Display for Plan {
+impl fmt::Display for PlanName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.0)
     }
 }
 
-/// Requests allowed per rolling minute and per rolling day; `None` is unlimited.
+/// Requests allowed per rolling minute, per rolling day and per calendar month (UTC);
+/// `None` is unlimited. As an account's overrides, `None` keeps the plan's number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Limits {
     /// At most this many requests in any 60-second span.
     pub per_minute: Option<u32>,
     /// At most this many requests in any 24-hour span.
     pub per_day: Option<u32>,
+    /// At most this many requests in a calendar month (UTC): the monthly quota.
+    pub per_month: Option<u32>,
 }
 
 impl Limits {
-    /// Builds limits.
+    /// Builds limits with no monthly quota.
     #[must_use]
     pub const fn new(per_minute: Option<u32>, per_day: Option<u32>) -> Self {
         Self {
             per_minute,
             per_day,
+            per_month: None,
         }
     }
 
-    /// Whether neither window limits anything.
+    /// The same limits with a monthly quota.
+    #[must_use]
+    pub const fn with_per_month(self, per_month: Option<u32>) -> Self {
+        Self { per_month, ..self }
+    }
+
+    /// Whether no window limits anything.
     #[must_use]
     pub const fn is_unlimited(&self) -> bool {
-        self.per_minute.is_none() && self.per_day.is_none()
+        self.per_minute.is_none() && self.per_day.is_none() && self.per_month.is_none()
+    }
+
+    /// A plan's limits with an account's overrides applied: each number the overrides
+    /// set replaces the plan's, each they leave `None` is the plan's.
+    #[must_use]
+    pub const fn overridden_by(self, overrides: Self) -> Self {
+        Self {
+            per_minute: or(overrides.per_minute, self.per_minute),
+            per_day: or(overrides.per_day, self.per_day),
+            per_month: or(overrides.per_month, self.per_month),
+        }
+    }
+}
+
+const fn or(first: Option<u32>, then: Option<u32>) -> Option<u32> {
+    match first {
+        Some(n) => Some(n),
+        None => then,
+    }
+}
+
+/// Whether an account's keys authenticate (API.md §Operator API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AccountStatus {
+    /// Its keys work.
+    #[default]
+    Active,
+    /// Its keys get `401` with reason `account_suspended` until it is resumed.
+    Suspended,
+}
+
+impl AccountStatus {
+    /// The status on the wire and in storage.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
+impl FromStr for AccountStatus {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Self::Active),
+            "suspended" => Ok(Self::Suspended),
+            _ => Err(InvalidValue("must be one of active, suspended")),
+        }
+    }
+}
+
+impl fmt::Display for AccountStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest external id, in characters.
+pub const MAX_EXTERNAL_ID_CHARS: usize = 128;
+
+/// The platform's own id of an account (its customer id): 1 to 128 characters, no
+/// control characters, unique among accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExternalId(String);
+
+impl ExternalId {
+    /// Parses an external id.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] if it is empty, longer than 128 characters or holds a control
+    /// character.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > MAX_EXTERNAL_ID_CHARS || raw.chars().any(char::is_control) {
+            return Err(InvalidValue(
+                "must be 1 to 128 characters without control characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -318,6 +435,9 @@ pub enum StoredStatus {
 }
 
 impl StoredStatus {
+    /// Every stored status.
+    pub const ALL: [Self; 2] = [Self::Active, Self::Inactive];
+
     /// Name on the wire and in storage.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -351,18 +471,48 @@ pub enum KeyStatus {
 }
 
 impl KeyStatus {
-    /// Derives the status at `now`. A disabled key shows `inactive` even once expired,
-    /// matching the order in which authentication checks status, then expiry.
+    /// Every status a key can show.
+    pub const ALL: [Self; 3] = [Self::Active, Self::Inactive, Self::Expired];
+
+    /// Derives the status at `now`: [`KeyStatus::of`] the stored status and
+    /// [`has_expired`].
     #[must_use]
     pub fn at(
         stored: StoredStatus,
         expires_at: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Self {
-        match stored {
-            StoredStatus::Inactive => Self::Inactive,
-            StoredStatus::Active if expires_at.is_some_and(|t| t <= now) => Self::Expired,
-            StoredStatus::Active => Self::Active,
+        Self::of(stored, has_expired(expires_at, now))
+    }
+
+    /// The status a key shows, from its stored status and whether it has expired. A
+    /// disabled key shows `inactive` even once expired, matching the order in which
+    /// authentication checks status, then expiry. The storage's status filter is built
+    /// from this function, so a listing filtered by status agrees with it.
+    #[must_use]
+    pub const fn of(stored: StoredStatus, expired: bool) -> Self {
+        match (stored, expired) {
+            (StoredStatus::Inactive, _) => Self::Inactive,
+            (StoredStatus::Active, true) => Self::Expired,
+            (StoredStatus::Active, false) => Self::Active,
+        }
+    }
+
+    /// The first instant after `now` at which [`KeyStatus::at`] gives another status
+    /// with nothing written: the expiry of a key active at `now` (it shows `expired`
+    /// from then on). `None` when the status holds until the key is changed. Whatever
+    /// keeps a rendered status (a cached listing page) is good until this instant.
+    #[must_use]
+    pub fn next_change(
+        stored: StoredStatus,
+        expires_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        match Self::at(stored, expires_at, now) {
+            // Active at `now` means no expiry or one still ahead; it takes effect at
+            // the expiry instant itself (`at` counts `expires_at <= now` as expired).
+            Self::Active => expires_at,
+            Self::Inactive | Self::Expired => None,
         }
     }
 
@@ -387,6 +537,14 @@ impl FromStr for KeyStatus {
             _ => Err(InvalidValue("must be one of active, inactive, expired")),
         }
     }
+}
+
+/// Whether a key has expired at `now`: from its `expires_at` on (at that very second it
+/// no longer authenticates). The one definition of expiry; the storage renders it in SQL
+/// for its status filter, next to where it uses [`KeyStatus::of`].
+#[must_use]
+pub fn has_expired(expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    expires_at.is_some_and(|t| t <= now)
 }
 
 #[cfg(test)]
@@ -454,6 +612,27 @@ mod tests {
     }
 
     #[test]
+    fn metadata_numbers_read_back_from_storage_as_they_were_accepted() {
+        // Found by the `json_body` fuzz target: without correctly rounded float parsing,
+        // this number was stored as 1e88 and read back as 1.0000000000000001e88.
+        let long = format!("{}{}", "9".repeat(19), "4".repeat(70));
+        for number in [
+            long.as_str(),
+            "1e88",
+            "0.1",
+            "2.2250738585072014e-308",
+            "-0.0",
+        ] {
+            let raw: serde_json::Value =
+                serde_json::from_str(&format!(r#"{{"a":{number}}}"#)).unwrap();
+            let accepted = Metadata::parse(raw).unwrap();
+            let stored = accepted.to_json();
+            assert_eq!(Metadata::from_stored(&stored), accepted, "{number}");
+            assert_eq!(Metadata::from_stored(&stored).to_json(), stored, "{number}");
+        }
+    }
+
+    #[test]
     fn metadata_is_an_object_of_at_most_4_kib() {
         assert!(Metadata::parse(serde_json::json!({"env": "prod"})).is_ok());
         assert!(Metadata::parse(serde_json::json!([1])).is_err());
@@ -492,17 +671,78 @@ mod tests {
     }
 
     #[test]
-    fn plans_have_the_documented_limits() {
-        let custom = Limits::new(Some(5), None);
-        assert_eq!(Plan::Free.limits(custom), Limits::new(Some(10), Some(100)));
-        assert_eq!(Plan::Pro.limits(custom), Limits::new(Some(60), Some(1000)));
+    fn the_next_status_change_is_the_first_instant_that_shows_another_status() {
+        let now = datetime!(2026-01-01 0:00 UTC);
+        let instants = [
+            None,
+            Some(datetime!(2025-01-01 0:00 UTC)),
+            Some(now - time::Duration::nanoseconds(1)),
+            Some(now),
+            Some(now + time::Duration::nanoseconds(1)),
+            Some(datetime!(2027-01-01 0:00 UTC)),
+        ];
+        let never = datetime!(9999-12-31 23:59:59 UTC);
+        for stored in [StoredStatus::Active, StoredStatus::Inactive] {
+            for expires_at in instants {
+                let case = format!("{stored:?}, expires {expires_at:?}");
+                let shown = KeyStatus::at(stored, expires_at, now);
+                match KeyStatus::next_change(stored, expires_at, now) {
+                    Some(change) => {
+                        assert!(change > now, "{case}");
+                        assert_ne!(KeyStatus::at(stored, expires_at, change), shown, "{case}");
+                        let just_before = change - time::Duration::nanoseconds(1);
+                        assert_eq!(
+                            KeyStatus::at(stored, expires_at, just_before),
+                            shown,
+                            "{case}"
+                        );
+                    }
+                    None => {
+                        assert_eq!(KeyStatus::at(stored, expires_at, never), shown, "{case}");
+                    }
+                }
+            }
+        }
         assert_eq!(
-            Plan::Scale.limits(custom),
-            Limits::new(Some(300), Some(10_000))
+            KeyStatus::next_change(StoredStatus::Active, instants[5], now),
+            instants[5]
         );
-        assert_eq!(Plan::Enterprise.limits(custom), custom);
-        assert!(Plan::Enterprise.limits(Limits::default()).is_unlimited());
-        assert_eq!("pro".parse::<Plan>().unwrap(), Plan::Pro);
-        assert!("gold".parse::<Plan>().is_err());
+    }
+
+    #[test]
+    fn overrides_replace_only_the_numbers_they_set() {
+        let plan = Limits::new(Some(10), Some(100));
+        let overrides = Limits::default().with_per_month(Some(5));
+        assert_eq!(
+            plan.overridden_by(overrides),
+            Limits::new(Some(10), Some(100)).with_per_month(Some(5))
+        );
+        assert_eq!(plan.overridden_by(Limits::default()), plan);
+        assert_eq!(
+            Limits::default().overridden_by(Limits::new(Some(7), None)),
+            Limits::new(Some(7), None)
+        );
+        assert!(!Limits::default().with_per_month(Some(1)).is_unlimited());
+        assert!(Limits::default().is_unlimited());
+    }
+
+    #[test]
+    fn plan_names_external_ids_and_account_statuses_are_checked() {
+        for ok in ["free", "a", "team-2024_b", &"p".repeat(32)] {
+            assert!(PlanName::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "Pro", "1x", "-x", "a b", "a/b", "é", &"p".repeat(33)] {
+            assert!(PlanName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(ExternalId::parse("cus_123").is_ok());
+        assert!(
+            ExternalId::parse(&"é".repeat(128)).is_ok(),
+            "characters, not bytes"
+        );
+        for bad in ["", "a\nb", "\u{7f}", &"x".repeat(129)] {
+            assert!(ExternalId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!("suspended".parse(), Ok(AccountStatus::Suspended));
+        assert!("deleted".parse::<AccountStatus>().is_err());
     }
 }

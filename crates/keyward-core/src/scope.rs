@@ -62,6 +62,13 @@ impl Scope {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether keyward itself enforces this scope (`read`, `write`, `admin`); every
+    /// other scope is a custom scope, carried through for the platform's own use.
+    #[must_use]
+    pub fn is_built_in(&self) -> bool {
+        matches!(self.0.as_str(), Self::READ | Self::WRITE | Self::ADMIN)
+    }
 }
 
 impl fmt::Display for Scope {
@@ -122,6 +129,21 @@ impl ScopeSet {
         self.0
             .iter()
             .filter(|s| !other.0.contains(s))
+            .map(|s| s.0.clone())
+            .collect()
+    }
+
+    /// The scopes of `self` that a caller holding `caller` may not grant, in order:
+    /// the no-escalation rule of API.md §Scopes. A built-in scope is grantable only
+    /// by a caller that holds it; a custom scope by a caller that holds it or holds
+    /// `admin`. Empty means the caller may grant `self`, and so may also update,
+    /// rotate or revoke a key carrying it.
+    #[must_use]
+    pub fn not_grantable_by(&self, caller: &Self) -> Vec<String> {
+        let admin = caller.grants(Scope::ADMIN);
+        self.0
+            .iter()
+            .filter(|s| !caller.0.contains(s) && (s.is_built_in() || !admin))
             .map(|s| s.0.clone())
             .collect()
     }
@@ -191,6 +213,55 @@ mod tests {
         assert!(!admin.is_subset_of(&rw));
         assert_eq!(admin.missing_from(&rw), ["admin"]);
         assert!(rw.same_scopes_as(&ScopeSet::parse(&["write", "read"]).unwrap()));
+    }
+
+    #[test]
+    fn admin_grants_custom_scopes_but_only_built_in_scopes_it_holds() {
+        let admin = ScopeSet::parse(&["read", "admin"]).unwrap();
+        let rw = ScopeSet::parse(&["read", "write"]).unwrap();
+        let custom = ScopeSet::parse(&["videos:create", "read"]).unwrap();
+        assert!(custom.not_grantable_by(&admin).is_empty());
+        assert_eq!(custom.not_grantable_by(&rw), ["videos:create"]);
+        let with_write = ScopeSet::parse(&["write", "billing:read"]).unwrap();
+        assert_eq!(with_write.not_grantable_by(&admin), ["write"]);
+        let holder = ScopeSet::parse(&["videos:create"]).unwrap();
+        assert!(holder.not_grantable_by(&holder).is_empty());
+        assert_eq!(
+            ScopeSet::parse(&["videos:delete"])
+                .unwrap()
+                .not_grantable_by(&holder),
+            ["videos:delete"]
+        );
+    }
+
+    fn scope_list() -> impl Strategy<Value = Vec<String>> {
+        let pool = prop_oneof![
+            Just("read".to_owned()),
+            Just("write".to_owned()),
+            Just("admin".to_owned()),
+            "[a-c][a-c:]{0,3}",
+        ];
+        proptest::collection::hash_set(pool, 1..8).prop_map(|s| s.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn escalation_rule_holds_for_every_pair(wanted in scope_list(), held in scope_list()) {
+            let wanted = ScopeSet::parse(&wanted).unwrap();
+            let held = ScopeSet::parse(&held).unwrap();
+            let refused = wanted.not_grantable_by(&held);
+            for scope in wanted.iter() {
+                let allowed = held.grants(scope.as_str())
+                    || (!scope.is_built_in() && held.grants(Scope::ADMIN));
+                prop_assert_eq!(allowed, !refused.contains(&scope.as_str().to_owned()));
+            }
+            // Anything a caller holds it may grant, and never a built-in scope it lacks.
+            prop_assert!(held.not_grantable_by(&held).is_empty());
+            prop_assert!(refused.iter().all(|s| wanted.grants(s)));
+            if wanted.is_subset_of(&held) {
+                prop_assert!(refused.is_empty());
+            }
+        }
     }
 
     proptest! {

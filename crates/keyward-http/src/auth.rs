@@ -1,158 +1,162 @@
 //! Authentication in the order of API.md §Authentication: format and checksum (no
-//! storage lookup for garbage), lookup by digest, status, expiry; then scope, then rate
-//! limit ([`Caller::require`]).
+//! storage lookup for garbage), lookup by digest, status, expiry (`expires_at` and
+//! inactivity), account suspension; then the key's policies and the limits
+//! ([`check_policies`]): the client address against `allowed_ips`, scope, then rate
+//! limits and credits.
+//! [`Caller::require`] runs them for keyward's own endpoints, [`Caller::require_route`]
+//! for the platform's routes (gateway mode and forward auth).
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
-use keyward_core::{KeyDigest, KeySecret, RequestId, StoredStatus};
-use keyward_store::{AuthRecord, Store, StoreResult};
-use keyward_workers::RateDecision;
+use keyward_core::{AccountStatus, KeySecret, KeyStatus, metric, policy};
+use keyward_ratelimit::{KeyCharge, RateDecision, Window};
 use time::OffsetDateTime;
 
-use crate::cache::CoherentCache;
+use crate::cache::key::CachedKey;
+use crate::context::RequestContext;
 use crate::error::{ApiError, KeyRejection};
 use crate::state::AppState;
 
 /// Made once rather than parsed from a `&str` at every lookup.
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The proxies' record of the addresses a request came through.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// How long a cached key may go unchecked against storage. Changes made through the API
-/// invalidate at once; this only bounds how stale a change made behind the server's back
-/// (an operator's `accounts set-plan`) can be.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// The TCP peer of a request's connection, put in its extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
-/// Keys by digest, in memory, invalidated explicitly whenever a key changes.
-pub struct KeyCache {
-    store: Arc<dyn Store>,
-    cache: CoherentCache<KeyDigest, Arc<CachedKey>>,
+/// The client's address (API.md §Key policies): the peer, or through trusted proxies the
+/// right-most `x-forwarded-for` entry that is not one of them. `None` without a peer (a
+/// request that did not come over a socket) or when that entry is not an address.
+#[must_use]
+pub fn client_address(state: &AppState, parts: &Parts) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<PeerAddr>()?.0.ip();
+    let forwarded = parts
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        // A value that is not text is no address: the client is then unknown.
+        .map(|v| v.to_str().unwrap_or("?"));
+    policy::client_address(peer, forwarded, &state.trusted_proxies)
 }
 
-/// A key as cached: its record, and its answer to `POST /v1/api-keys/validate` once
-/// rendered. That answer holds nothing that changes while the entry lives (any change
-/// of the key drops the entry; expiry and the end of a grace period refuse the key
-/// before the answer is used), and rendering it was a tenth of validate's instructions.
-#[derive(Debug)]
-pub struct CachedKey {
-    record: AuthRecord,
-    validate_body: OnceLock<Bytes>,
+/// What a request asks of its key beyond authenticating: scopes, from an address, at a
+/// cost in credits. The gateway, forward auth, validate and keyward's own endpoints all
+/// check it with [`check_policies`].
+#[derive(Debug, Clone, Copy)]
+pub struct Demand<'a, S = &'a str> {
+    /// Scopes the key must all hold.
+    pub scopes: &'a [S],
+    /// The client's address, if known ([`client_address`]).
+    pub client: Option<IpAddr>,
+    /// Credits the request takes, 1 unless a route or validate says otherwise.
+    pub cost: u32,
 }
 
-impl CachedKey {
-    /// A record not yet answered for.
-    pub(crate) fn new(record: AuthRecord) -> Self {
-        Self {
-            record,
-            validate_body: OnceLock::new(),
+/// Why [`check_policies`] refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key's `allowed_ips` do not hold the client's address (`403`).
+    IpNotAllowed,
+    /// The key lacks these scopes (`403`).
+    Scopes(Vec<String>),
+    /// A limit, the quota or the credits refused (`429`).
+    Limited {
+        /// Which.
+        window: Window,
+        /// When to retry, where known.
+        retry_after_secs: Option<u64>,
+    },
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::IpNotAllowed => Self::ip_not_allowed(),
+            Refusal::Scopes(missing) => Self::forbidden(&missing),
+            Refusal::Limited {
+                window,
+                retry_after_secs,
+            } => Self::rate_limited(window, retry_after_secs),
         }
     }
-
-    /// The validate answer, rendered by `render` the first time it succeeds.
-    pub(crate) fn validate_body<E>(
-        &self,
-        render: impl FnOnce(&AuthRecord) -> Result<Bytes, E>,
-    ) -> Result<Bytes, E> {
-        if let Some(body) = self.validate_body.get() {
-            return Ok(body.clone());
-        }
-        let body = render(&self.record)?;
-        // A concurrent first request may have set it: both rendered the same bytes.
-        let _ = self.validate_body.set(body.clone());
-        Ok(body)
-    }
 }
 
-impl std::ops::Deref for CachedKey {
-    type Target = AuthRecord;
-    fn deref(&self) -> &AuthRecord {
-        &self.record
+/// The checks after authentication, in API.md's order: the client's address against
+/// the key's `allowed_ips`, the scopes, then the account's per-minute and per-day limits,
+/// then the key's own limits and credits. An account's monthly number (`per_month`) is
+/// reported by `GET /v1/usage` as its quota and not counted here. Everything it reads travels with the cached key or
+/// lives with the limiter: no storage round trip. Sets the request's rate-limit headers.
+/// Answers the key's credit balance after the request (`None` without credits).
+///
+/// # Errors
+/// The first check that refuses.
+pub async fn check_policies<S: AsRef<str>>(
+    state: &AppState,
+    caller: &Caller,
+    demand: &Demand<'_, S>,
+) -> Result<Option<u64>, Refusal> {
+    let key = &caller.record.key;
+    if let Some(allowed) = &key.policies.allowed_ips
+        && !demand.client.is_some_and(|ip| allowed.allows(ip))
+    {
+        caller.show_rate(state).await;
+        return Err(Refusal::IpNotAllowed);
     }
-}
-
-impl KeyCache {
-    /// A cache of at most `capacity` keys.
-    #[must_use]
-    pub fn new(store: Arc<dyn Store>, capacity: u64) -> Self {
-        Self {
-            store,
-            cache: CoherentCache::new(
-                capacity,
-                KEY_CACHE_TTL,
-                "keyward_key_cache_hits_total",
-                "keyward_key_cache_misses_total",
-            ),
+    let missing: Vec<String> = demand
+        .scopes
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|s| !key.scopes.grants(s))
+        .map(str::to_owned)
+        .collect();
+    if !missing.is_empty() {
+        caller.show_rate(state).await;
+        return Err(Refusal::Scopes(missing));
+    }
+    let account = caller.rate_decision(state, true).await;
+    if let Some(decision) = account
+        && !decision.allowed
+    {
+        caller.ctx.set_rate(decision);
+        metrics::counter!(metric::RATE_LIMITED).increment(1);
+        return Err(Refusal::Limited {
+            window: decision.window(caller.record.limits),
+            retry_after_secs: Some(decision.retry_after_secs.unwrap_or(1)),
+        });
+    }
+    let charge = caller.key_charge(demand.cost);
+    if charge.is_unlimited() {
+        if let Some(decision) = account {
+            caller.ctx.set_rate(decision);
         }
+        return Ok(None);
     }
-
-    /// The record of a digest, from memory or storage.
-    ///
-    /// # Errors
-    /// The store's error on a miss.
-    pub async fn lookup(&self, digest: &KeyDigest) -> StoreResult<Option<Arc<CachedKey>>> {
-        self.cache
-            .get_or_load(digest, || async {
-                Ok(self
-                    .store
-                    .auth_by_digest(digest)
-                    .await?
-                    .map(|record| Arc::new(CachedKey::new(record))))
+    let own = state.limiter.acquire_key(&charge, caller.now()).await;
+    // The headers show the account's windows, or the key's where it has only its own
+    // or its own refused.
+    let key_window_refused = matches!(own.refused_by, Some(Window::Minute | Window::Day));
+    match (account, own.windows) {
+        (_, Some(windows)) if key_window_refused || account.is_none() => {
+            caller.ctx.set_rate(windows);
+        }
+        (Some(decision), _) => caller.ctx.set_rate(decision),
+        _ => {}
+    }
+    match own.refused_by {
+        None => Ok(own.credits_remaining),
+        Some(window) => {
+            metrics::counter!(metric::RATE_LIMITED).increment(1);
+            Err(Refusal::Limited {
+                window,
+                retry_after_secs: own.retry_after_secs,
             })
-            .await
-    }
-
-    /// Drops these digests; the very next request reads storage.
-    pub fn invalidate(&self, digests: &[KeyDigest]) {
-        self.cache.invalidate(digests);
-    }
-
-    /// Turns the cache on or off; see [`CoherentCache::set_coherent`].
-    pub fn set_coherent(&self, coherent: bool) {
-        self.cache.set_coherent(coherent);
-    }
-}
-
-/// Per-request facts that the metering middleware reads after the handler: who the
-/// caller was (set only once the key authenticated) and the rate-limit decision.
-#[derive(Debug)]
-pub struct RequestContext {
-    /// The request id (echoed or generated).
-    pub request_id: RequestId,
-    /// When the request arrived: the one clock read of its handling and its history row.
-    pub arrived: OffsetDateTime,
-    caller: OnceLock<Arc<CachedKey>>,
-    rate: OnceLock<RateDecision>,
-}
-
-impl RequestContext {
-    /// A context for a request id, arrived at `arrived`.
-    #[must_use]
-    pub fn new(request_id: RequestId, arrived: OffsetDateTime) -> Self {
-        Self {
-            request_id,
-            arrived,
-            caller: OnceLock::new(),
-            rate: OnceLock::new(),
         }
-    }
-
-    /// The authenticated caller, if any.
-    #[must_use]
-    pub fn caller(&self) -> Option<&Arc<CachedKey>> {
-        self.caller.get()
-    }
-
-    /// The rate-limit decision, if the limiter was asked.
-    #[must_use]
-    pub fn rate(&self) -> Option<RateDecision> {
-        self.rate.get().copied()
-    }
-
-    pub(crate) fn set_caller(&self, record: Arc<CachedKey>) {
-        let _ = self.caller.set(record);
     }
 }
 
@@ -185,9 +189,27 @@ pub async fn authenticate(
 ) -> Result<Arc<CachedKey>, AuthFailure> {
     let result = check_key(state, headers, now).await;
     if let Err(AuthFailure::Rejected(reason)) = &result {
-        metrics::counter!("keyward_auth_failures_total", "reason" => reason.as_str()).increment(1);
+        metrics::counter!(metric::AUTH_FAILURES, "reason" => reason.as_str()).increment(1);
     }
     result
+}
+
+/// The digest of the one key in `x-api-key`: shape and checksum checked, no storage
+/// touched. The first checks of both account and operator keys.
+fn presented_digest(headers: &HeaderMap) -> Result<keyward_core::KeyDigest, AuthFailure> {
+    let mut sent = headers.get_all(X_API_KEY).iter();
+    let raw = sent
+        .next()
+        .ok_or(AuthFailure::Rejected(KeyRejection::Missing))?;
+    // Two keys are ambiguous: whichever one a proxy or keyward picked, the other party
+    // may have picked the other (API.md §Authentication).
+    if sent.next().is_some() {
+        return Err(AuthFailure::Rejected(KeyRejection::Malformed));
+    }
+    let raw = raw
+        .to_str()
+        .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
+    KeySecret::digest_of(raw).map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))
 }
 
 async fn check_key(
@@ -195,14 +217,7 @@ async fn check_key(
     headers: &HeaderMap,
     now: OffsetDateTime,
 ) -> Result<Arc<CachedKey>, AuthFailure> {
-    let raw = headers
-        .get(X_API_KEY)
-        .ok_or(AuthFailure::Rejected(KeyRejection::Missing))?;
-    let raw = raw
-        .to_str()
-        .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
-    let digest = KeySecret::digest_of(raw, &state.prefix)
-        .map_err(|_| AuthFailure::Rejected(KeyRejection::Malformed))?;
+    let digest = presented_digest(headers)?;
     let record = state
         .keys
         .lookup(&digest)
@@ -213,13 +228,16 @@ async fn check_key(
     if record.secret_expires_at.is_some_and(|end| end <= now) {
         return Err(AuthFailure::Rejected(KeyRejection::NotFound));
     }
-    if record.key.status == StoredStatus::Inactive {
-        return Err(AuthFailure::Rejected(KeyRejection::Inactive));
+    // Status, then expiry: the order in which `KeyStatus::at` derives what a key shows;
+    // then the account's suspension (API.md §Authentication).
+    match record.key.status_at(now) {
+        KeyStatus::Active if record.account_status == AccountStatus::Suspended => {
+            Err(AuthFailure::Rejected(KeyRejection::AccountSuspended))
+        }
+        KeyStatus::Active => Ok(record),
+        KeyStatus::Inactive => Err(AuthFailure::Rejected(KeyRejection::Inactive)),
+        KeyStatus::Expired => Err(AuthFailure::Rejected(KeyRejection::Expired)),
     }
-    if record.key.expires_at.is_some_and(|t| t <= now) {
-        return Err(AuthFailure::Rejected(KeyRejection::Expired));
-    }
-    Ok(record)
 }
 
 /// An authenticated caller. Handlers state their scope with [`Caller::require`].
@@ -227,6 +245,8 @@ async fn check_key(
 pub struct Caller {
     /// The caller's key and account.
     pub record: Arc<CachedKey>,
+    /// The client's address, found only for a key with `allowed_ips`.
+    pub client: Option<IpAddr>,
     ctx: Arc<RequestContext>,
 }
 
@@ -243,36 +263,67 @@ impl Caller {
         self.ctx.arrived
     }
 
-    /// Checks the scope, then counts the request against the plan's limits.
+    /// Checks the key's policies with `scope` ([`check_policies`]) at a cost of 1.
     ///
     /// # Errors
     /// `403 INSUFFICIENT_PERMISSIONS` or `429 RATE_LIMIT_EXCEEDED`.
     pub async fn require(&self, state: &AppState, scope: &str) -> Result<(), ApiError> {
-        if !self.record.key.scopes.grants(scope) {
-            if let Some(decision) = self.rate_decision(state, false).await {
-                let _ = self.ctx.rate.set(decision);
-            }
-            return Err(ApiError::forbidden(&[scope.to_owned()]));
-        }
-        self.count(state).await
+        let demand = Demand {
+            scopes: &[scope],
+            client: self.client,
+            cost: 1,
+        };
+        check_policies(state, self, &demand).await?;
+        Ok(())
     }
 
-    /// Counts the request against the plan's limits (validate needs no scope).
+    /// The checks of a platform's route (API.md §Gateway), the same for the gateway and
+    /// forward auth: [`check_policies`] with every scope the route names (a `403` lists
+    /// those the key lacks) and the route's cost in credits.
     ///
     /// # Errors
-    /// `429 RATE_LIMIT_EXCEEDED`.
-    pub async fn count(&self, state: &AppState) -> Result<(), ApiError> {
-        let Some(decision) = self.rate_decision(state, true).await else {
-            return Ok(());
+    /// `403 INSUFFICIENT_PERMISSIONS` or `429 RATE_LIMIT_EXCEEDED`.
+    pub async fn require_route(
+        &self,
+        state: &AppState,
+        scopes: &[String],
+        cost: u32,
+    ) -> Result<(), ApiError> {
+        let demand = Demand {
+            scopes,
+            client: self.client,
+            cost,
         };
-        let _ = self.ctx.rate.set(decision);
-        if decision.allowed {
-            Ok(())
-        } else {
-            metrics::counter!("keyward_rate_limited_total").increment(1);
-            Err(ApiError::rate_limited(
-                decision.retry_after_secs.unwrap_or(1),
-            ))
+        check_policies(state, self, &demand).await?;
+        Ok(())
+    }
+
+    /// Records the request in history and usage as `endpoint` with `status`, instead of
+    /// under its own route.
+    pub fn record_as(&self, method: String, endpoint: String, status: u16) {
+        self.ctx.set_recorded_as(crate::context::RecordedAs {
+            method,
+            endpoint,
+            status,
+        });
+    }
+
+    /// The key's own limits and credits, for a request of `cost`.
+    #[must_use]
+    pub fn key_charge(&self, cost: u32) -> KeyCharge<'_> {
+        let key = &self.record.key;
+        KeyCharge {
+            key: &key.key_id,
+            limits: key.policies.rate_limit.unwrap_or_default(),
+            credits: key.policies.credits.as_ref(),
+            cost,
+        }
+    }
+
+    /// Sets the headers of a request refused before it was counted.
+    async fn show_rate(&self, state: &AppState) {
+        if let Some(decision) = self.rate_decision(state, false).await {
+            self.ctx.set_rate(decision);
         }
     }
 
@@ -291,20 +342,6 @@ impl Caller {
             state.limiter.peek(account, limits, self.now()).await
         }
     }
-}
-
-/// The request's context, put there by the envelope middleware.
-pub(crate) fn context(parts: &Parts) -> Arc<RequestContext> {
-    parts
-        .extensions
-        .get::<Arc<RequestContext>>()
-        .cloned()
-        .unwrap_or_else(|| {
-            Arc::new(RequestContext::new(
-                crate::middleware::new_request_id(),
-                OffsetDateTime::now_utc(),
-            ))
-        })
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -331,14 +368,80 @@ impl FromRequestParts<AppState> for CallerAttempt {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let ctx = context(parts);
+        let ctx = RequestContext::of(parts);
         Ok(Self(
             authenticate(state, &parts.headers, ctx.arrived)
                 .await
                 .map(|record| {
                     ctx.set_caller(record.clone());
-                    Caller { record, ctx }
+                    // Only a key with an allowlist needs the address.
+                    let client = record
+                        .key
+                        .policies
+                        .allowed_ips
+                        .as_ref()
+                        .and_then(|_| client_address(state, parts));
+                    Caller {
+                        record,
+                        client,
+                        ctx,
+                    }
                 }),
         ))
     }
+}
+
+/// An authenticated operator (API.md §Operator API): an operator key in `x-api-key`.
+/// Account keys are unknown here (`401 not_found`), as operator keys are under `/v1/`:
+/// each is looked up only among its own kind. Not cached, so a revoked operator key
+/// fails on the very next request on every node; not rate limited, not metered.
+#[derive(Debug, Clone)]
+pub struct OperatorCaller {
+    /// The operator.
+    pub operator: keyward_store::Operator,
+    ctx: Arc<RequestContext>,
+}
+
+impl OperatorCaller {
+    /// The request id.
+    #[must_use]
+    pub fn request_id(&self) -> &str {
+        self.ctx.request_id.as_str()
+    }
+
+    /// The request's time.
+    #[must_use]
+    pub fn now(&self) -> OffsetDateTime {
+        self.ctx.arrived
+    }
+}
+
+impl FromRequestParts<AppState> for OperatorCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ctx = RequestContext::of(parts);
+        let found = check_operator(state, &parts.headers).await;
+        if let Err(AuthFailure::Rejected(reason)) = &found {
+            metrics::counter!(metric::AUTH_FAILURES, "reason" => reason.as_str()).increment(1);
+        }
+        let operator = found.map_err(ApiError::from)?;
+        Ok(Self { operator, ctx })
+    }
+}
+
+async fn check_operator(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<keyward_store::Operator, AuthFailure> {
+    let digest = presented_digest(headers)?;
+    state
+        .store
+        .operator_by_digest(&digest)
+        .await
+        .map_err(AuthFailure::Store)?
+        .ok_or(AuthFailure::Rejected(KeyRejection::NotFound))
 }

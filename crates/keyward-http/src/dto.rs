@@ -1,6 +1,6 @@
 //! Wire types shared by several endpoints. Storage records are never serialised directly.
 
-use keyward_core::{KeyName, ScopeSet, timefmt};
+use keyward_core::{AllowedIps, Credits, KeyName, RefillInterval, ScopeSet, timefmt};
 use keyward_store::ApiKey;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -64,12 +64,87 @@ pub struct ApiKeyObject<'a> {
     /// Caller-defined object.
     #[schema(value_type = Object)]
     pub metadata: &'a Map<String, Value>,
+    /// The key's own rate limit, on top of its account's; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitObject>,
+    /// The key's credits with their live balance; absent without credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsObject>,
+    /// The addresses and ranges the key may be used from; absent when unrestricted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["10.0.0.0/8"]))]
+    pub allowed_ips: Option<Vec<String>>,
+    /// Days without use after which the key shows `expired`; absent when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub expire_after_inactive_days: Option<u16>,
+}
+
+/// A key's own rate limit (API.md §Key policies).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct RateLimitObject {
+    /// At most this many requests of the key in any 60 seconds; `null`: no own limit.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub per_minute: Option<u32>,
+    /// At most this many requests of the key in any 24 hours; `null`: no own limit.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub per_day: Option<u32>,
+}
+
+/// A key's credits: what is left, and the refill.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct CreditsObject {
+    /// The balance: each counted request takes its cost from it.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub remaining: u64,
+    /// The balance becomes `amount` at each UTC day or month start; `null`: never.
+    pub refill: Option<RefillObject>,
+}
+
+/// A refill of credits.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct RefillObject {
+    /// The balance after a refill.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub amount: u64,
+    /// `day` or `month` (UTC).
+    #[schema(value_type = RefillIntervalName)]
+    pub interval: &'static str,
+}
+
+/// When credits are refilled.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum RefillIntervalName {
+    /// At 00:00 UTC every day.
+    Day,
+    /// At 00:00 UTC on the first of every month.
+    Month,
+}
+
+impl CreditsObject {
+    /// The wire form of credits with the balance `remaining`.
+    #[must_use]
+    pub fn new(credits: &Credits, remaining: u64) -> Self {
+        Self {
+            remaining,
+            refill: credits.refill.map(|r| RefillObject {
+                amount: r.amount,
+                interval: match r.interval {
+                    RefillInterval::Day => "day",
+                    RefillInterval::Month => "month",
+                },
+            }),
+        }
+    }
 }
 
 impl<'a> ApiKeyObject<'a> {
-    /// The wire form of a key at `now` (which decides `expired`).
+    /// The wire form of a key at `now` (which decides `expired`), with the credit
+    /// balance as set (see [`ApiKeyObject::with_balance`] for the live one).
     #[must_use]
     pub fn new(key: &'a ApiKey, now: OffsetDateTime) -> Self {
+        let policies = &key.policies;
         Self {
             key_id: key.key_id.as_str(),
             name: key.name.as_ref().map(KeyName::as_str),
@@ -80,7 +155,26 @@ impl<'a> ApiKeyObject<'a> {
             status: key.status_at(now).into(),
             hint: &key.hint,
             metadata: key.metadata.as_map(),
+            rate_limit: policies.rate_limit.map(|l| RateLimitObject {
+                per_minute: l.per_minute,
+                per_day: l.per_day,
+            }),
+            credits: policies
+                .credits
+                .as_ref()
+                .map(|c| CreditsObject::new(c, c.remaining)),
+            allowed_ips: policies.allowed_ips.as_ref().map(AllowedIps::to_strings),
+            expire_after_inactive_days: key.expire_after_inactive_days,
         }
+    }
+
+    /// The object with the live credit balance (as the limiter has it).
+    #[must_use]
+    pub fn with_balance(mut self, balance: Option<u64>) -> Self {
+        if let (Some(credits), Some(balance)) = (&mut self.credits, balance) {
+            credits.remaining = balance;
+        }
+        self
     }
 }
 
@@ -128,6 +222,18 @@ pub struct ApiKeyWithSecret<'a> {
     /// The secret. Shown once; store it now.
     #[schema(example = "kw_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AB")]
     pub api_key: &'a str,
+}
+
+// Here rather than with its handler because the listing cache renders it too. Its doc
+// comment is the schema's description in the OpenAPI document.
+/// Body of `GET /v1/api-keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyList<'a> {
+    /// The account's keys, oldest first.
+    pub api_keys: Vec<ApiKeyObject<'a>>,
+    /// With `limit`: whether more keys follow the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_more: Option<bool>,
 }
 
 /// For `PATCH` fields where `null` means something: absent is `None`, `null` is

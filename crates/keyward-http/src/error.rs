@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keyward_core::metric;
+use keyward_ratelimit::Window;
 use keyward_store::StoreError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 /// Every error code of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     /// The body is not JSON at all.
@@ -40,6 +42,10 @@ pub enum ErrorCode {
     ProcessingError,
     /// A dependency is unreachable.
     ServiceUnavailable,
+    /// Gateway mode: the upstream could not be reached or broke the response.
+    BadGateway,
+    /// Gateway mode: the upstream did not answer in time.
+    GatewayTimeout,
 }
 
 impl ErrorCode {
@@ -57,6 +63,8 @@ impl ErrorCode {
             Self::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::ProcessingError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -73,6 +81,8 @@ impl ErrorCode {
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             StatusCode::TOO_MANY_REQUESTS => Self::RateLimitExceeded,
             StatusCode::SERVICE_UNAVAILABLE => Self::ServiceUnavailable,
+            StatusCode::BAD_GATEWAY => Self::BadGateway,
+            StatusCode::GATEWAY_TIMEOUT => Self::GatewayTimeout,
             s if s.is_client_error() => Self::InvalidRequest,
             _ => Self::ProcessingError,
         }
@@ -92,6 +102,8 @@ pub enum KeyRejection {
     Inactive,
     /// The key has expired.
     Expired,
+    /// The key's account is suspended.
+    AccountSuspended,
 }
 
 impl KeyRejection {
@@ -104,6 +116,7 @@ impl KeyRejection {
             Self::NotFound => "not_found",
             Self::Inactive => "inactive",
             Self::Expired => "expired",
+            Self::AccountSuspended => "account_suspended",
         }
     }
 }
@@ -113,6 +126,11 @@ impl KeyRejection {
 pub struct ApiError {
     /// The contract's code.
     pub code: ErrorCode,
+    /// The status: the code's ([`ErrorCode::status`]), except for the two refusals of
+    /// a request's framing that API.md §Errors answers as `INVALID_REQUEST` with a
+    /// status of their own (`408` for a body that stops arriving, `431` for too many
+    /// headers).
+    pub status: StatusCode,
     /// Human-readable text; never internals.
     pub message: String,
     /// Optional context (`field`, `reason`, `required`).
@@ -121,6 +139,8 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     /// The cause, logged for 5xx, never sent.
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Logged where it was found, so the envelope logs nothing more ([`ApiError::logged`]).
+    pub logged: bool,
 }
 
 impl ApiError {
@@ -128,11 +148,21 @@ impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
+            status: code.status(),
             message: message.into(),
             details: None,
             retry_after_secs: None,
             source: None,
+            logged: false,
         }
+    }
+
+    /// Marks a 5xx as logged already: a failing readiness probe, repeated every few
+    /// seconds for as long as the failure lasts, is logged once when it starts failing.
+    #[must_use]
+    pub fn logged(mut self) -> Self {
+        self.logged = true;
+        self
     }
 
     /// Adds `details`.
@@ -145,6 +175,22 @@ impl ApiError {
     /// `400 INVALID_REQUEST`: the body is not JSON.
     pub fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// `431 INVALID_REQUEST`: more request headers than `limit`.
+    #[must_use]
+    pub fn too_many_headers(limit: usize) -> Self {
+        let mut e = Self::invalid_request(format!("more than {limit} request headers"));
+        e.status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        e
+    }
+
+    /// `408 INVALID_REQUEST`: the body did not arrive within the server's body timeout.
+    #[must_use]
+    pub fn body_timed_out() -> Self {
+        let mut e = Self::invalid_request("the request body did not arrive in time");
+        e.status = StatusCode::REQUEST_TIMEOUT;
+        e
     }
 
     /// `400 VALIDATION_ERROR` naming the field.
@@ -163,6 +209,7 @@ impl ApiError {
             KeyRejection::NotFound => "the API key is not valid",
             KeyRejection::Inactive => "the API key is inactive",
             KeyRejection::Expired => "the API key has expired",
+            KeyRejection::AccountSuspended => "the API key's account is suspended",
         };
         Self::new(ErrorCode::InvalidApiKey, message)
             .with_details(json!({ "reason": reason.as_str() }))
@@ -183,10 +230,22 @@ impl ApiError {
         Self::new(ErrorCode::ResourceNotFound, message)
     }
 
+    /// `404` for a path keyward does not serve.
+    #[must_use]
+    pub fn no_such_route() -> Self {
+        Self::not_found("no such route")
+    }
+
     /// `404` for a key that is missing or in another account: the same words either way.
     #[must_use]
     pub fn key_not_found() -> Self {
         Self::not_found("no API key with this key_id")
+    }
+
+    /// `404` for a subscription that is missing or another account's: the same words.
+    #[must_use]
+    pub fn webhook_not_found() -> Self {
+        Self::not_found("no webhook with this webhook_id")
     }
 
     /// `409 CONFLICT`.
@@ -203,16 +262,33 @@ impl ApiError {
         )
     }
 
-    /// `429 RATE_LIMIT_EXCEEDED` with `retry-after`.
+    /// `429 RATE_LIMIT_EXCEEDED` naming the `window` that refused (`minute`, `day`,
+    /// `month` or `credits`), with `retry-after` where a time is known.
     #[must_use]
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
-        let mut e = Self::new(
-            ErrorCode::RateLimitExceeded,
-            "the plan's rate limit is reached; retry later",
-        )
-        .with_details(json!({ "retry_after_seconds": retry_after_secs }));
-        e.retry_after_secs = Some(retry_after_secs);
+    pub fn rate_limited(window: Window, retry_after_secs: Option<u64>) -> Self {
+        let message = match window {
+            Window::Credits => "this key's credits are spent; retry after the refill",
+            Window::Month => "the monthly quota is reached",
+            Window::Minute | Window::Day => "a rate limit is reached; retry later",
+        };
+        let mut details = json!({ "window": window.as_str() });
+        if let Some(secs) = retry_after_secs {
+            details["retry_after_seconds"] = json!(secs);
+        }
+        let mut e = Self::new(ErrorCode::RateLimitExceeded, message).with_details(details);
+        e.retry_after_secs = retry_after_secs;
         e
+    }
+
+    /// `403 INSUFFICIENT_PERMISSIONS` with `details.reason: ip_not_allowed`: the key may
+    /// not be used from the client's address.
+    #[must_use]
+    pub fn ip_not_allowed() -> Self {
+        Self::new(
+            ErrorCode::InsufficientPermissions,
+            "this key may not be used from this address",
+        )
+        .with_details(json!({ "reason": "ip_not_allowed" }))
     }
 
     /// `500 PROCESSING_ERROR`: the cause is logged, never sent.
@@ -235,6 +311,47 @@ impl ApiError {
         e
     }
 
+    /// `502 BAD_GATEWAY`: the upstream could not be reached or broke the response; the
+    /// cause is logged, never sent.
+    pub fn bad_gateway(source: Option<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let mut e = Self::new(
+            ErrorCode::BadGateway,
+            "the upstream could not be reached or broke its response",
+        );
+        e.source = source;
+        e
+    }
+
+    /// `504 GATEWAY_TIMEOUT`: no response head from the upstream within `timeout`
+    /// (`--upstream-timeout`).
+    #[must_use]
+    pub fn gateway_timeout(timeout: std::time::Duration) -> Self {
+        let seconds = timeout.as_secs_f64();
+        Self::new(
+            ErrorCode::GatewayTimeout,
+            format!("the upstream sent no response within {seconds} s"),
+        )
+        .with_details(json!({ "timeout_seconds": seconds }))
+    }
+
+    /// `503 SERVICE_UNAVAILABLE` with `details.reason: draining`: the node is shutting down.
+    #[must_use]
+    pub fn draining() -> Self {
+        Self::new(
+            ErrorCode::ServiceUnavailable,
+            "this node is shutting down; send requests to another",
+        )
+        .with_details(json!({ "reason": "draining" }))
+    }
+
+    /// `503 SERVICE_UNAVAILABLE` for storage that does not answer, counted in
+    /// `keyward_storage_errors_total{kind="unavailable"}`.
+    pub fn storage_unreachable(source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        metrics::counter!(metric::STORAGE_ERRORS, "kind" => metric::STORAGE_UNAVAILABLE)
+            .increment(1);
+        Self::unavailable(Some(source))
+    }
+
     /// The JSON body of this error for a request id.
     #[must_use]
     pub fn body(&self, request_id: &str) -> Value {
@@ -251,8 +368,12 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::key_not_found(),
             StoreError::Conflict(why) => Self::conflict(why),
-            StoreError::Unavailable(source) => Self::unavailable(Some(source)),
-            e @ StoreError::Other(_) => Self::internal(e),
+            StoreError::Unavailable(source) => Self::storage_unreachable(source),
+            e @ StoreError::Other(_) => {
+                metrics::counter!(metric::STORAGE_ERRORS, "kind" => metric::STORAGE_OTHER)
+                    .increment(1);
+                Self::internal(e)
+            }
         }
     }
 }
@@ -263,7 +384,7 @@ pub struct RenderedError(pub Arc<ApiError>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = self.code.status().into_response();
+        let mut response = self.status.into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()

@@ -26,8 +26,23 @@ pub struct JsonBody {
 #[derive(Debug, Clone, Copy)]
 enum BodyReadError {
     TooLarge(usize),
+    TimedOut,
     Unreadable,
 }
+
+/// The error of a request body that stopped arriving before the server's body timeout:
+/// the server's connection layer makes the body fail with it, and a handler reading that
+/// body answers `408` (API.md §Errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive within the body timeout")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
 
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
@@ -43,13 +58,31 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
+impl JsonBody {
+    /// A body already read, with the request's `content-type` (if any): what
+    /// [`FromRequest`] builds, without a request. The fuzz targets (`fuzz/`) drive the
+    /// parsers through it.
+    #[must_use]
+    pub fn from_bytes(content_type: Option<&str>, bytes: Bytes) -> Self {
+        Self {
+            json_type: content_type.is_some_and(is_json_content_type),
+            bytes: Ok(bytes),
+        }
+    }
+}
+
 /// The whole body, reading no more than `limit` bytes of it.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyReadError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let over_limit = std::error::Error::source(&e)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        // The body's own error sits under axum's wrappers, one or two deep.
+        let timed_out = std::iter::successors(std::error::Error::source(&e), |e| e.source())
+            .any(|source| source.is::<BodyTimedOut>());
         if over_limit {
             BodyReadError::TooLarge(limit)
+        } else if timed_out {
+            BodyReadError::TimedOut
         } else {
             BodyReadError::Unreadable
         }
@@ -76,6 +109,7 @@ impl JsonBody {
         match &self.bytes {
             Ok(bytes) => Ok(bytes),
             Err(BodyReadError::TooLarge(limit)) => Err(ApiError::payload_too_large(*limit)),
+            Err(BodyReadError::TimedOut) => Err(ApiError::body_timed_out()),
             Err(BodyReadError::Unreadable) => Err(ApiError::invalid_request(
                 "the request body could not be read",
             )),
@@ -94,7 +128,10 @@ impl JsonBody {
     }
 }
 
-fn is_json_content_type(value: &str) -> bool {
+/// Whether a `content-type` value names JSON: `application/json` or `application/*+json`,
+/// any parameters and letter case aside.
+#[must_use]
+pub fn is_json_content_type(value: &str) -> bool {
     let essence = value
         .split(';')
         .next()
@@ -111,6 +148,11 @@ fn is_json_content_type(value: &str) -> bool {
 /// # Errors
 /// The documented error for the first problem found.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde's derived structs also read a JSON array, field by field in order: every
+    // body keyward takes is an object, so an array is refused before it gets there.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = field_of(&e);
@@ -127,14 +169,38 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// For `#[serde(default, deserialize_with = "crate::extract::object")]` on an optional
+/// field holding a struct: `null` is `None`, an object is the struct, anything else (an
+/// array, which serde's derived structs would read field by field) is refused.
+///
+/// # Errors
+/// The deserializer's error for a value that is not an object or `null`, or the struct's.
+pub fn object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let Some(map) =
+        Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+    else {
+        return Ok(None);
+    };
+    T::deserialize(serde_json::Value::Object(map))
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
 /// The top-level field an error is about: the first path segment, or the name in
 /// serde's "missing field" / "unknown field" messages, or `body` for the whole body.
+/// Only a message that starts with those words names a field: elsewhere they may be the
+/// client's own text, quoted back in an "invalid type" message.
 fn field_of(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let message = e.inner().to_string();
     for marker in ["unknown field `", "missing field `"] {
         if let Some(name) = message
-            .split(marker)
-            .nth(1)
+            .strip_prefix(marker)
             .and_then(|rest| rest.split('`').next())
         {
             return name.to_owned();
@@ -164,20 +230,22 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let pairs = parts
-            .uri
-            .query()
-            .map(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Self(pairs))
+        Ok(parts.uri.query().map(Self::parse).unwrap_or_default())
     }
 }
 
 impl QueryParams {
+    /// The pairs of a query string (the part after `?`), percent-decoded; never fails
+    /// (bytes that are not UTF-8 become U+FFFD, as `form_urlencoded` decodes them).
+    #[must_use]
+    pub fn parse(query: &str) -> Self {
+        Self(
+            form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
     /// Takes a parameter given at most once.
     ///
     /// # Errors
@@ -238,10 +306,10 @@ impl QueryParams {
         match self.0.first() {
             None => Ok(()),
             Some((name, _)) => {
-                let shown: Cow<'_, str> = if name.len() > 64 {
-                    Cow::Owned(format!("{}…", name.chars().take(64).collect::<String>()))
-                } else {
-                    Cow::Borrowed(name)
+                // At most 64 characters of it, and `…` only when some were left out.
+                let shown: Cow<'_, str> = match name.char_indices().nth(64) {
+                    Some((cut, _)) => Cow::Owned(format!("{}…", &name[..cut])),
+                    None => Cow::Borrowed(name),
                 };
                 Err(ApiError::validation(&shown, "unknown query parameter"))
             }
@@ -273,6 +341,15 @@ impl KeyIdSegment {
     /// `RESOURCE_NOT_FOUND` when the segment is not a key id at all.
     pub fn parse(&self) -> Result<keyward_core::KeyId, ApiError> {
         keyward_core::KeyId::parse(&self.0).map_err(|_| ApiError::key_not_found())
+    }
+
+    /// The segment as a subscription's id (`{webhook_id}`), or the `404` a missing one
+    /// gets.
+    ///
+    /// # Errors
+    /// `RESOURCE_NOT_FOUND` when the segment is not a subscription id at all.
+    pub fn webhook_id(&self) -> Result<keyward_core::WebhookId, ApiError> {
+        keyward_core::WebhookId::parse(&self.0).map_err(|_| ApiError::webhook_not_found())
     }
 }
 
@@ -344,6 +421,56 @@ mod tests {
     }
 
     #[test]
+    fn a_field_name_quoted_in_the_clients_own_text_is_not_taken_for_the_field() {
+        // Found by the `json_body` fuzz target: a string holding "missing field `" made
+        // the error name whatever followed it.
+        let e = parse_json::<Body>(br#""missing field `xx""#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationError);
+        assert_eq!(field(&e), "body");
+        let e = parse_json::<Body>(br#"{"scopes": "unknown field `name`"}"#).unwrap_err();
+        assert_eq!(field(&e), "scopes");
+    }
+
+    #[test]
+    fn an_array_is_refused_even_where_its_items_would_fill_the_fields() {
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "fields exist to be parsed")]
+        struct AllOptional {
+            per_minute: Option<u32>,
+            per_day: Option<u32>,
+        }
+        for body in [&b"[null, null]"[..], b"  [1, 2]", b"[]"] {
+            let e = parse_json::<AllOptional>(body).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationError);
+            assert_eq!(field(&e), "body");
+        }
+        assert!(parse_json::<AllOptional>(br#"{"per_minute": 1}"#).is_ok());
+    }
+
+    #[test]
+    fn a_nested_struct_is_an_object_or_null_never_an_array() {
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "fields exist to be parsed")]
+        struct Window {
+            per_minute: Option<u32>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "fields exist to be parsed")]
+        struct Outer {
+            #[serde(default, deserialize_with = "object")]
+            limits: Option<Window>,
+        }
+        let e = parse_json::<Outer>(br#"{"limits": [null]}"#).unwrap_err();
+        assert_eq!(
+            (e.code, field(&e).as_str()),
+            (ErrorCode::ValidationError, "limits")
+        );
+        assert!(parse_json::<Outer>(br#"{"limits": null}"#).is_ok());
+        assert!(parse_json::<Outer>(br#"{}"#).is_ok());
+        assert!(parse_json::<Outer>(br#"{"limits": {"per_minute": 3}}"#).is_ok());
+    }
+
+    #[test]
     fn json_content_types() {
         assert!(is_json_content_type("application/json"));
         assert!(is_json_content_type("Application/JSON; charset=utf-8"));
@@ -366,6 +493,25 @@ mod tests {
         assert!(q.take_number("limit", 1, 10).is_err());
         let mut q = QueryParams(vec![("since".into(), "yesterday".into())]);
         assert_eq!(field(&q.take_time("since").unwrap_err()), "since");
+    }
+
+    #[test]
+    fn an_unknown_parameter_is_named_whole_up_to_64_characters_and_cut_after() {
+        // Found by the `query_path` fuzz target: 33 two-byte characters were marked cut.
+        let unknown = |name: &str| {
+            field(
+                &QueryParams::parse(&format!("{name}=1"))
+                    .finish()
+                    .unwrap_err(),
+            )
+        };
+        let short = "\u{e9}".repeat(33);
+        assert_eq!(unknown(&short), short);
+        let exact = "\u{e9}".repeat(64);
+        assert_eq!(unknown(&exact), exact);
+        let long = format!("{exact}x");
+        assert_eq!(unknown(&long), format!("{exact}…"));
+        assert_eq!(unknown(&"a".repeat(65)), format!("{}…", "a".repeat(64)));
     }
 
     /// A body whose client stops sending after `sent` and then fails.
@@ -396,5 +542,22 @@ mod tests {
         );
         let exact = read_body(axum::body::Body::from(vec![b' '; 1024]), 1024).await;
         assert_eq!(exact.map(|b| b.len()).ok(), Some(1024));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_timed_out_is_a_408_invalid_request() {
+        let (mut sender, body) = http_body_util::Channel::<Bytes, BodyTimedOut>::new(1);
+        sender.send_data(Bytes::from_static(b"{")).await.unwrap();
+        sender.abort(BodyTimedOut);
+        let read = read_body(axum::body::Body::new(body), 1024).await;
+        assert!(matches!(read, Err(BodyReadError::TimedOut)), "{read:?}");
+        let e = JsonBody {
+            json_type: true,
+            bytes: read,
+        }
+        .parse::<Body>()
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert_eq!(e.status, axum::http::StatusCode::REQUEST_TIMEOUT);
     }
 }

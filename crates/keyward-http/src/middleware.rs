@@ -1,13 +1,17 @@
 //! The one middleware around every route: request id, error envelope, metering and
 //! metrics. One layer rather than four keeps the hot path short.
 //!
-//! Order inside it: assign the request id → run the route → render any error as the
-//! documented JSON with that id → add `x-request-id` and rate-limit headers → record the
-//! request (history, usage, `last_used`) if its key authenticated → metrics.
+//! Order inside it: assign the request id → refuse more than [`MAX_REQUEST_HEADERS`]
+//! headers, or run the route (a panic in it becomes a `500`) → render any error as the
+//! documented JSON with that id → add `x-request-id`, rate-limit headers and, on
+//! `/v1/*`, `cache-control: no-store` → record the request (history, usage,
+//! `last_used`) if its key authenticated → metrics → the access-log line, when
+//! `--access-log` asks for one.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
@@ -16,16 +20,16 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use foldhash::HashMap;
-use keyward_core::RequestId;
+use keyward_core::{RequestId, metric};
 use keyward_store::RequestRecord;
 use keyward_workers::Meter;
 use metrics::{Counter, Histogram};
 use time::OffsetDateTime;
 use tower::{Layer, Service};
 
-use crate::auth::RequestContext;
+use crate::context::{Forwarded, RequestContext, new_request_id};
 use crate::error::{ApiError, ErrorCode, RenderedError};
 use crate::state::AppState;
 
@@ -36,14 +40,20 @@ const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// Most request headers keyward answers (API.md §Errors); a request with more gets
+/// `431 INVALID_REQUEST`. The server lets through more than this, so that this check,
+/// and its JSON, is the one that answers.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
+/// Whether responses to `path` carry `cache-control: no-store`: every answer of the
+/// API proper, success or error (API.md §Authentication), since any of them may hold
+/// a secret or an account's data.
+fn never_cached(path: &str) -> bool {
+    path.starts_with("/v1/") || path.starts_with("/operator/v1/")
+}
+
 /// Longest user agent kept in the request history.
 const MAX_USER_AGENT_CHARS: usize = 256;
-
-/// A fresh request id: `req_` and a ULID.
-#[must_use]
-pub fn new_request_id() -> RequestId {
-    RequestId::generated(ulid::Ulid::generate())
-}
 
 /// The user agent as the history keeps it: text, at most [`MAX_USER_AGENT_CHARS`]
 /// characters, copied once into a string of its own size.
@@ -63,20 +73,25 @@ fn client_request_id(value: Option<&HeaderValue>) -> Option<RequestId> {
 /// The envelope around every route; see the module docs.
 ///
 /// Written as a tower layer rather than with `axum::middleware::from_fn`, which boxes a
-/// clone of the inner service and two futures per request: callgrind counted this
-/// version at 7 % fewer instructions per `GET /healthz`. Its future wraps the route's,
-/// so the layer itself boxes nothing.
+/// clone of the inner service and two futures per request: callgrind counts 7 % fewer
+/// instructions per `GET /healthz` for this one. Its future wraps the route's, so the
+/// layer itself boxes nothing.
 #[derive(Clone)]
 pub struct EnvelopeLayer {
     meter: Arc<Meter>,
+    access_log: bool,
+    clock_offset: time::Duration,
 }
 
 impl EnvelopeLayer {
-    /// The layer, recording requests into the state's meter.
+    /// The layer, recording requests into the state's meter and writing the access log
+    /// if the state asks for it.
     #[must_use]
     pub fn new(state: &AppState) -> Self {
         Self {
             meter: Arc::clone(&state.meter),
+            access_log: state.access_log,
+            clock_offset: state.clock_offset,
         }
     }
 }
@@ -88,6 +103,8 @@ impl<S> Layer<S> for EnvelopeLayer {
         Envelope {
             inner,
             meter: Arc::clone(&self.meter),
+            access_log: self.access_log,
+            clock_offset: self.clock_offset,
         }
     }
 }
@@ -97,6 +114,8 @@ impl<S> Layer<S> for EnvelopeLayer {
 pub struct Envelope<S> {
     inner: S,
     meter: Arc<Meter>,
+    access_log: bool,
+    clock_offset: time::Duration,
 }
 
 impl<S> Service<Request> for Envelope<S>
@@ -113,7 +132,7 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let started = Instant::now();
-        let arrived = OffsetDateTime::now_utc();
+        let arrived = OffsetDateTime::now_utc() + self.clock_offset;
         let request_id =
             client_request_id(req.headers().get(X_REQUEST_ID)).unwrap_or_else(new_request_id);
         let ctx = Arc::new(RequestContext::new(request_id, arrived));
@@ -126,11 +145,24 @@ where
             // Kept as the header value (a cheap clone); made a string only if it is
             // recorded.
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            no_store: never_cached(req.uri().path()),
             meter: Arc::clone(&self.meter),
+            access_log: self.access_log,
         };
-        // Called here, not in the future: `poll_ready` was passed on to this service.
+        let route = if req.headers().len() > MAX_REQUEST_HEADERS {
+            Route::TooManyHeaders
+        } else {
+            // Called here, not in the future: `poll_ready` was passed on to this service.
+            // A panic while making the future is one of the route's too.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+                Ok(future) => Route::Running { future },
+                Err(panic) => Route::Panicked {
+                    message: Some(panic_message(panic.as_ref())),
+                },
+            }
+        };
         EnvelopeFuture {
-            route: self.inner.call(req),
+            route,
             in_flight: Some(in_flight),
         }
     }
@@ -140,8 +172,19 @@ pin_project_lite::pin_project! {
     /// The route's future, then the envelope's work on its response.
     pub struct EnvelopeFuture<F> {
         #[pin]
-        route: F,
+        route: Route<F>,
         in_flight: Option<InFlight>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Where the request is: in its route, or refused (or failed) before it.
+    #[project = RouteProj]
+    enum Route<F> {
+        Running { #[pin] future: F },
+        TooManyHeaders,
+        Panicked { message: Option<String> },
+        Done,
     }
 }
 
@@ -152,14 +195,42 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Ok(response) = std::task::ready!(this.route.poll(cx));
-        // `None` only if polled again after completing, which futures must not be.
+        let mut this = self.project();
+        let response = match this.route.as_mut().project() {
+            RouteProj::Running { future } => {
+                // Unwinding costs nothing until a panic: a bug in one request becomes
+                // that request's `500`, and the connection and process carry on.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(response))) => response,
+                    Err(panic) => ApiError::internal(panic_message(panic.as_ref())).into_response(),
+                }
+            }
+            RouteProj::TooManyHeaders => {
+                ApiError::too_many_headers(MAX_REQUEST_HEADERS).into_response()
+            }
+            RouteProj::Panicked { message } => {
+                ApiError::internal(message.take().unwrap_or_default()).into_response()
+            }
+            // Polled again after completing, which futures must not be.
+            RouteProj::Done => return Poll::Pending,
+        };
+        this.route.set(Route::Done);
         let Some(in_flight) = this.in_flight.take() else {
             return Poll::Pending;
         };
         Poll::Ready(Ok(in_flight.finish(response)))
     }
+}
+
+/// What a panic said, for the log line of its `500` (never for the client).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    format!("the handler panicked: {said}")
 }
 
 /// What the envelope knows of a request while its route runs.
@@ -169,7 +240,9 @@ struct InFlight {
     method: Method,
     route: Option<MatchedPath>,
     user_agent: Option<HeaderValue>,
+    no_store: bool,
     meter: Arc<Meter>,
+    access_log: bool,
 }
 
 impl InFlight {
@@ -180,18 +253,26 @@ impl InFlight {
             method,
             route,
             user_agent,
+            no_store,
             meter,
+            access_log,
         } = self;
         let status = response.status();
+        // The upstream's answer keeps its own body and caching (gateway mode).
+        let forwarded = response.extensions().get::<Forwarded>().is_some();
+        // The platform's route, for a request of gateway mode or forward auth; else
+        // keyward's own.
+        let route_name = match ctx.route() {
+            Some((_, template)) => Some(*template),
+            None => route.as_ref().map(MatchedPath::as_str),
+        };
         if let Some(RenderedError(error)) = response.extensions_mut().remove::<RenderedError>() {
-            log_error(
-                &error,
-                ctx.request_id.as_str(),
-                &method,
-                route.as_ref().map(MatchedPath::as_str),
-            );
+            log_error(&error, ctx.request_id.as_str(), &method, route_name);
             response = with_json_body(response, &error.body(ctx.request_id.as_str()));
-        } else if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
+        } else if (status.is_client_error() || status.is_server_error())
+            && !forwarded
+            && !is_json(&response)
+        {
             // Safety net for responses axum builds itself (405 with `allow`, a 404
             // without a route): same envelope, headers kept.
             let code = ErrorCode::for_status(status);
@@ -206,6 +287,11 @@ impl InFlight {
         if let Ok(value) = HeaderValue::from_str(ctx.request_id.as_str()) {
             response.headers_mut().insert(X_REQUEST_ID, value);
         }
+        if no_store && !forwarded {
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
         if let Some(rate) = ctx.rate() {
             let headers = response.headers_mut();
             headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
@@ -214,16 +300,44 @@ impl InFlight {
         }
 
         let latency = started.elapsed();
-        let endpoint = route
-            .as_ref()
-            .and_then(|r| Endpoint::of(&method, r.as_str()));
-        if let (Some(caller), Some(endpoint)) = (ctx.caller(), endpoint) {
+        let endpoint = match ctx.route() {
+            Some((method, template)) => Endpoint::of(method, template),
+            None => route_name.and_then(|r| Endpoint::of(&method, r)),
+        };
+        // One branch when the access log is off.
+        if access_log {
+            log_access(
+                &ctx,
+                &method,
+                route_name,
+                &response,
+                latency,
+                user_agent.as_ref(),
+            );
+        }
+        // History and usage: under the platform's endpoint a validate call names (metrics
+        // keep validate's own route: the client chose that name), else under the route.
+        let recorded = match ctx.recorded_as() {
+            Some(r) => Some((
+                Cow::Owned(r.method.clone()),
+                Cow::Owned(r.endpoint.clone()),
+                r.status,
+            )),
+            None => endpoint.map(|e| {
+                (
+                    Cow::Borrowed(e.method),
+                    Cow::Borrowed(e.name),
+                    response.status().as_u16(),
+                )
+            }),
+        };
+        if let (Some(caller), Some((method, endpoint, status))) = (ctx.caller(), recorded) {
             meter.record(RequestRecord {
                 account_id: caller.key.account_id.clone(),
                 time: ctx.arrived,
-                method: Cow::Borrowed(endpoint.method),
-                endpoint: Cow::Borrowed(endpoint.name),
-                status: response.status().as_u16(),
+                method,
+                endpoint,
+                status,
                 user_agent: user_agent.map(|v| kept_user_agent(v.as_bytes())),
                 key_id: caller.key.key_id.clone(),
                 request_id: ctx.request_id,
@@ -237,13 +351,58 @@ impl InFlight {
     }
 }
 
+/// The access-log line of one request (target `keyward::access`; docs/OPERATIONS.md
+/// shows one). Only what identifies the request: never a header but the user agent,
+/// never a body, a secret, a digest or a metadata value.
+fn log_access(
+    ctx: &RequestContext,
+    method: &Method,
+    route: Option<&str>,
+    response: &Response,
+    latency: std::time::Duration,
+    user_agent: Option<&HeaderValue>,
+) {
+    let key_id = ctx.caller().map(|caller| caller.key.key_id.clone());
+    tracing::info!(
+        target: "keyward::access",
+        request_id = ctx.request_id.as_str(),
+        method = method.as_str(),
+        route = route.unwrap_or("-"),
+        status = response.status().as_u16(),
+        // Milliseconds to the microsecond.
+        latency_ms = latency.as_micros() as f64 / 1000.0,
+        key_id = key_id.as_ref().map_or("-", |k| k.as_str()),
+        user_agent = user_agent.map_or_else(|| "-".into(), |v| kept_user_agent(v.as_bytes())),
+        "request"
+    );
+}
+
+/// Counts the server errors of every route in `routes` from zero, so that an alert on
+/// the rate of `5xx` has a series to work on before the first one (a counter that
+/// appears at 1 shows no increase to `rate()`).
+pub fn count_server_errors_from_zero<'a>(routes: impl IntoIterator<Item = (&'a Method, &'a str)>) {
+    for (method, route) in routes {
+        if let Some(endpoint) = Endpoint::of(method, route) {
+            for status in [
+                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ] {
+                endpoint.requests(status).increment(0);
+            }
+        }
+    }
+}
+
 /// A route template with a standard method, e.g. `GET /v1/api-keys/{key_id}`: its name
 /// and its metric handles, made once and kept for the life of the process. The router
-/// fixes the set (a few dozen), so leaking them is bounded; profiling showed the metrics
-/// registry's per-request lookup (label vectors built and hashed) and the formatting of
-/// the name among the middleware's largest costs.
+/// fixes the set (a few dozen), so leaking them is bounded; a metrics registry lookup
+/// per request (label vectors built and hashed) and the formatting of the name would be
+/// among the middleware's largest costs (profiled).
 struct Endpoint {
     method: &'static str,
+    /// The route template, e.g. `/v1/api-keys/{key_id}`.
+    route: &'static str,
+    /// Method and route, as the request history names them.
     name: &'static str,
     duration: Histogram,
     /// The request counter of each status label, made on first use.
@@ -280,8 +439,8 @@ impl Endpoint {
             return Some(endpoint);
         }
         let name: &'static str = Box::leak(format!("{method} {route}").into_boxed_str());
-        let endpoint: &'static Self = Box::leak(Box::new(Self::named(method, name)));
         let route: &'static str = &name[method.len() + 1..];
+        let endpoint: &'static Self = Box::leak(Box::new(Self::named(method, route, name)));
         routes.entry(route).or_default().push(endpoint);
         Some(endpoint)
     }
@@ -289,15 +448,16 @@ impl Endpoint {
     /// Requests that matched no route.
     fn unmatched() -> &'static Self {
         static UNMATCHED: OnceLock<Endpoint> = OnceLock::new();
-        UNMATCHED.get_or_init(|| Self::named("", "unmatched"))
+        UNMATCHED.get_or_init(|| Self::named("other", "unmatched", "unmatched"))
     }
 
-    fn named(method: &'static str, name: &'static str) -> Self {
+    fn named(method: &'static str, route: &'static str, name: &'static str) -> Self {
         Self {
             method,
+            route,
             name,
             duration: metrics::histogram!(
-                "keyward_http_request_duration_seconds", "endpoint" => name
+                metric::HTTP_REQUEST_DURATION, "method" => method, "route" => route
             ),
             by_status: std::array::from_fn(|_| OnceLock::new()),
         }
@@ -308,14 +468,15 @@ impl Endpoint {
         let (slot, label) = status_label(status);
         self.by_status[slot].get_or_init(|| {
             metrics::counter!(
-                "keyward_http_requests_total", "endpoint" => self.name, "status" => label
+                metric::HTTP_REQUESTS,
+                "method" => self.method, "route" => self.route, "status" => label
             )
         })
     }
 }
 
 /// The statuses keyward answers, each counted under its own `status` label.
-const ANSWERED: [(u16, &str); 15] = [
+const ANSWERED: [(u16, &str); 19] = [
     (200, "200"),
     (201, "201"),
     (204, "204"),
@@ -326,11 +487,15 @@ const ANSWERED: [(u16, &str); 15] = [
     (403, "403"),
     (404, "404"),
     (405, "405"),
+    (408, "408"),
     (409, "409"),
     (413, "413"),
     (429, "429"),
+    (431, "431"),
     (500, "500"),
+    (502, "502"),
     (503, "503"),
+    (504, "504"),
 ];
 /// The label of any other status: its class.
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
@@ -341,7 +506,7 @@ fn status_label(status: StatusCode) -> (usize, &'static str) {
     if let Some(slot) = ANSWERED.iter().position(|(answered, _)| *answered == code) {
         return (slot, ANSWERED[slot].1);
     }
-    // 1xx (never answered) counts as 2xx, as it always did.
+    // 1xx (never answered) counts as 2xx.
     let class = usize::from(code / 100)
         .saturating_sub(2)
         .min(CLASSES.len() - 1);
@@ -365,17 +530,20 @@ fn with_json_body(response: Response, body: &serde_json::Value) -> Response {
     Response::from_parts(parts, Body::from(body.to_string()))
 }
 
+/// A failure (a 5xx with a cause) is an ERROR line with the cause; a refusal, the
+/// client's 4xx or a 5xx keyward chose without a failure (`/readyz` while draining),
+/// is DEBUG.
 fn log_error(error: &ApiError, request_id: &str, method: &Method, route: Option<&str>) {
-    if error.code.status() == StatusCode::INTERNAL_SERVER_ERROR
-        || error.code.status() == StatusCode::SERVICE_UNAVAILABLE
-    {
-        let chain = error.source.as_ref().map(|s| error_chain(s.as_ref()));
+    if error.logged {
+        return;
+    }
+    if let (true, Some(source)) = (error.status.is_server_error(), error.source.as_ref()) {
         tracing::error!(
             request.id = request_id,
             http.method = %method,
             http.route = route.unwrap_or("-"),
             error.code = ?error.code,
-            error.chain = chain.as_deref().unwrap_or("-"),
+            error.chain = error_chain(source.as_ref()),
             "request failed"
         );
     } else {
@@ -383,7 +551,8 @@ fn log_error(error: &ApiError, request_id: &str, method: &Method, route: Option<
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// `e` and its sources, joined by `: `, for a log line.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -438,7 +607,7 @@ mod tests {
             (206, "2xx"),
             (302, "3xx"),
             (418, "4xx"),
-            (502, "5xx"),
+            (501, "5xx"),
             (999, "5xx"),
         ] {
             let status = StatusCode::from_u16(code).unwrap();

@@ -1,33 +1,27 @@
-//! Shared state of the HTTP layer.
+//! Shared state of the HTTP layer: storage, the caches, the meter and the limiter.
+//! Depends on the caches, never on a handler, so every handler can depend on it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use keyward_core::policy::IpNet;
 use keyward_core::{AccountId, KeyDigest, KeyId, KeyPrefix};
+use keyward_ratelimit::RateLimiter;
 use keyward_store::Store;
-use keyward_workers::{Meter, RateLimiter};
+use keyward_workers::Meter;
 use time::OffsetDateTime;
 use ulid::Ulid;
 
-use crate::api_keys::Listing;
-use crate::auth::KeyCache;
-use crate::cache::CoherentCache;
-
-/// An account's whole key listing, cached for accounts of at most
-/// [`MAX_CACHED_LISTING`] keys, invalidated by every change of a key. `last_used` moves
-/// forward in it as each metering batch is stored, this node's or (PostgreSQL) another
-/// node's ([`Shared::note_uses`]), so it shows a use within about the meter interval
-/// (250 ms) as API.md asks (one second), and a listing lives as long as a cached key.
-pub type ListingCache = CoherentCache<AccountId, Arc<Listing>>;
-/// Most accounts whose listing is cached.
-pub const LISTING_CACHE_ACCOUNTS: u64 = 10_000;
-/// Largest listing cached; bigger accounts are always listed from storage.
-pub const MAX_CACHED_LISTING: u32 = 1_000;
+use crate::cache::coherent::CoherentCache;
+use crate::cache::key::{KEY_CACHE_TTL, KeyCache};
+use crate::cache::listing::{LISTING_CACHE_ACCOUNTS, ListingCache};
+use crate::gateway::Gateway;
 
 /// Renders the Prometheus text of `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What handlers share. Cloned several times per request (axum's `State`), so it is one
-/// `Arc`: profiling showed field-by-field clones and drops at 5 % of CPU.
+/// `Arc`: cloning and dropping each field instead costs 5 % of CPU (profiled).
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
@@ -47,8 +41,26 @@ pub struct Shared {
     pub(crate) limiter: Arc<dyn RateLimiter>,
     pub(crate) prefix: KeyPrefix,
     pub(crate) body_limit: usize,
+    /// How the public `/metrics` renders; `None` when it is not served there
+    /// (`--metrics-listen` serves it elsewhere): the route then answers `404`.
     pub(crate) metrics: Option<MetricsRender>,
+    /// Whether the last storage readiness check failed (`/readyz` logs only changes).
+    pub(crate) storage_failing: AtomicBool,
+    /// Whether the envelope writes an access-log line per request.
+    pub(crate) access_log: bool,
+    /// The platform's routes and upstream (`--routes`, `--upstream`), if any.
+    pub(crate) gateway: Option<Gateway>,
+    /// Proxies whose `x-forwarded-for` is believed (`--trusted-proxies`).
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    /// Added to the clock a request's time is read from: zero but in tests of what
+    /// time does (inactivity, refills), which start a node days ahead.
+    pub(crate) clock_offset: time::Duration,
+    /// Whether webhook targets may be private or loopback addresses
+    /// (`--webhooks-allow-private`).
+    pub(crate) webhooks_allow_private: bool,
     ids: Mutex<ulid::Generator>,
+    /// Set once the server stops accepting connections: `/readyz` then answers `503`.
+    draining: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -71,7 +83,12 @@ pub struct AppStateBuilder {
     prefix: KeyPrefix,
     body_limit: usize,
     metrics: Option<MetricsRender>,
+    access_log: bool,
     key_cache_capacity: u64,
+    gateway: Option<Gateway>,
+    trusted_proxies: Vec<IpNet>,
+    clock_offset: time::Duration,
+    webhooks_allow_private: bool,
 }
 
 impl AppStateBuilder {
@@ -85,7 +102,12 @@ impl AppStateBuilder {
             prefix: KeyPrefix::default(),
             body_limit: DEFAULT_BODY_LIMIT,
             metrics: None,
+            access_log: false,
             key_cache_capacity: 100_000,
+            gateway: None,
+            trusted_proxies: Vec::new(),
+            clock_offset: time::Duration::ZERO,
+            webhooks_allow_private: false,
         }
     }
 
@@ -110,6 +132,42 @@ impl AppStateBuilder {
         self
     }
 
+    /// Whether every request gets an access-log line (target `keyward::access`).
+    #[must_use]
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    /// The platform's routes, and in gateway mode its upstream (API.md §Gateway).
+    #[must_use]
+    pub fn gateway(mut self, gateway: Gateway) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// The proxies whose `x-forwarded-for` names the client (none: the peer is the
+    /// client).
+    #[must_use]
+    pub fn trusted_proxies(mut self, proxies: Vec<IpNet>) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Shifts the request clock (tests only: `--test-clock-offset`).
+    #[must_use]
+    pub fn clock_offset(mut self, offset: time::Duration) -> Self {
+        self.clock_offset = offset;
+        self
+    }
+
+    /// Whether webhook targets may be private or loopback addresses.
+    #[must_use]
+    pub fn webhooks_allow_private(mut self, allow: bool) -> Self {
+        self.webhooks_allow_private = allow;
+        self
+    }
+
     /// Most keys the authentication cache holds.
     #[must_use]
     pub fn key_cache_capacity(mut self, entries: u64) -> Self {
@@ -124,9 +182,8 @@ impl AppStateBuilder {
             keys: KeyCache::new(self.store.clone(), self.key_cache_capacity),
             listings: CoherentCache::new(
                 LISTING_CACHE_ACCOUNTS,
-                crate::auth::KEY_CACHE_TTL,
-                "keyward_listing_cache_hits_total",
-                "keyward_listing_cache_misses_total",
+                KEY_CACHE_TTL,
+                keyward_core::metric::CACHE_LISTING,
             ),
             store: self.store,
             meter: self.meter,
@@ -134,7 +191,14 @@ impl AppStateBuilder {
             prefix: self.prefix,
             body_limit: self.body_limit,
             metrics: self.metrics,
+            storage_failing: AtomicBool::new(false),
+            access_log: self.access_log,
+            gateway: self.gateway,
+            trusted_proxies: self.trusted_proxies,
+            clock_offset: self.clock_offset,
+            webhooks_allow_private: self.webhooks_allow_private,
             ids: Mutex::new(ulid::Generator::new()),
+            draining: AtomicBool::new(false),
         }))
     }
 }
@@ -181,6 +245,34 @@ impl Shared {
                 None => self.listings.invalidate([account_id]),
             }
         }
+    }
+
+    /// Whether keyward serves a routes file (forward auth, and gateway mode if it has
+    /// an upstream): the connection layer then gives each request its peer's address.
+    #[must_use]
+    pub fn has_routes(&self) -> bool {
+        self.gateway.is_some()
+    }
+
+    /// Whether a request of `method` on `path` is forwarded to the upstream: its body
+    /// is then the upstream's to bound, not keyward's body timeout.
+    #[must_use]
+    pub fn forwards(&self, method: &axum::http::Method, path: &str) -> bool {
+        self.gateway
+            .as_ref()
+            .is_some_and(|g| g.upstream.is_some() && g.routes.find(method, path).is_some())
+    }
+
+    /// Marks the node as shutting down: from now on `/readyz` answers `503`, so that a
+    /// load balancer still asking sends no new work here.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node is shutting down ([`Shared::start_draining`]).
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Turns the caches off while other nodes' changes may be missed, and back on (empty)

@@ -1,5 +1,5 @@
 //! keyward's storage contract: the [`Store`] trait, the records it reads and writes, and
-//! [`StoreError`]. Backends (`keyward-store-sqlite`, later PostgreSQL) implement it; the
+//! [`StoreError`]. The backends (`keyward-store-sql`: SQLite and PostgreSQL) implement it; the
 //! HTTP layer and the workers only ever see this crate, never sqlx.
 //!
 //! Tenancy is in the signatures: every account-scoped method takes an [`AccountId`] and
@@ -11,14 +11,19 @@ use std::borrow::Cow;
 
 use async_trait::async_trait;
 use keyward_core::{
-    AccountId, KeyDigest, KeyId, KeyName, KeyStatus, Limits, Metadata, Plan, RequestId, ScopeSet,
-    StoredStatus,
+    AccountId, AccountStatus, ExternalId, KeyDigest, KeyId, KeyName, KeyPolicies, KeyStatus,
+    Limits, Metadata, OperatorId, PlanName, RequestId, ScopeSet, StoredStatus, WebhookId,
 };
 use time::OffsetDateTime;
 
+pub mod audit;
 #[cfg(feature = "testing")]
 pub mod contract;
 pub mod runs;
+pub mod webhooks;
+
+pub use audit::{AuditChain, AuditItem, BrokenEvent, ChainBreak, ChainReport, verify_chain};
+pub use webhooks::{Delivery, DeliveryAttempt, OutboxEvent, Webhook};
 
 /// What can go wrong in storage, in terms callers can act on.
 #[derive(Debug, thiserror::Error)]
@@ -47,29 +52,81 @@ pub struct Account {
     pub account_id: AccountId,
     /// Operator-given name.
     pub name: String,
-    /// Its plan.
-    pub plan: Plan,
-    /// Limits that apply when the plan is enterprise.
-    pub custom_limits: Limits,
+    /// Its plan (a row of the plan table).
+    pub plan: PlanName,
+    /// Its own numbers, each replacing the plan's where set.
+    pub overrides: Limits,
+    /// Whether its keys authenticate.
+    pub status: AccountStatus,
+    /// The platform's own id of it, unique.
+    pub external_id: Option<ExternalId>,
+    /// Operator-defined object.
+    pub metadata: Metadata,
     /// When it was created.
     pub created_at: OffsetDateTime,
 }
 
-impl Account {
-    /// The limits in force.
-    #[must_use]
-    pub fn limits(&self) -> Limits {
-        self.plan.limits(self.custom_limits)
-    }
-}
-
-/// An account with its key count, for `accounts list`.
+/// An account as read back: with the limits in force and its key count.
 #[derive(Debug, Clone)]
 pub struct AccountSummary {
     /// The account.
     pub account: Account,
+    /// Its plan's limits with its overrides applied.
+    pub limits: Limits,
     /// How many keys it has.
     pub key_count: u64,
+}
+
+/// A change of an account: each `Some` field is set.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New plan (it must exist).
+    pub plan: Option<PlanName>,
+    /// New overrides of the plan's numbers (all three replaced).
+    pub overrides: Option<Limits>,
+    /// Suspend or resume.
+    pub status: Option<AccountStatus>,
+    /// New metadata.
+    pub metadata: Option<Metadata>,
+    /// New external id, or `Some(None)` to remove it.
+    pub external_id: Option<Option<ExternalId>>,
+}
+
+/// A page of accounts for the operator: after an id, with filters.
+#[derive(Debug, Clone, Default)]
+pub struct AccountQuery {
+    /// At most this many.
+    pub limit: u32,
+    /// Only accounts whose id sorts after this one.
+    pub after: Option<AccountId>,
+    /// Only the account with this external id.
+    pub external_id: Option<ExternalId>,
+    /// Only accounts with this status.
+    pub status: Option<AccountStatus>,
+}
+
+/// An operator: the holder of an operator key, which belongs to no account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// Its id.
+    pub operator_id: OperatorId,
+    /// Operator-given name.
+    pub name: String,
+    /// Display hint of its key.
+    pub hint: String,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+}
+
+/// A plan: a name and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Its name.
+    pub name: PlanName,
+    /// Its limits; `None` is unlimited.
+    pub limits: Limits,
 }
 
 /// A stored API key, without any secret material.
@@ -97,13 +154,29 @@ pub struct ApiKey {
     pub hint: String,
     /// Bumped by every change; guards read-check-write sequences.
     pub version: i64,
+    /// Its own rate limit, credits and allowed addresses.
+    pub policies: KeyPolicies,
+    /// Days without use after which it shows `expired`.
+    pub expire_after_inactive_days: Option<u16>,
 }
 
 impl ApiKey {
     /// The status shown at `now`.
     #[must_use]
     pub fn status_at(&self, now: OffsetDateTime) -> KeyStatus {
-        KeyStatus::at(self.status, self.expires_at, now)
+        KeyStatus::at(self.status, self.expiry(), now)
+    }
+
+    /// When it stops authenticating by itself: the earlier of `expires_at` and the end
+    /// of its allowed inactivity ([`keyward_core::policy::expiry`]).
+    #[must_use]
+    pub fn expiry(&self) -> Option<OffsetDateTime> {
+        keyward_core::policy::expiry(
+            self.expires_at,
+            self.expire_after_inactive_days,
+            self.last_used,
+            self.created_at,
+        )
     }
 }
 
@@ -114,10 +187,10 @@ pub struct AuthRecord {
     pub key: ApiKey,
     /// When this particular secret stops working (set at rotation with grace).
     pub secret_expires_at: Option<OffsetDateTime>,
-    /// The owning account's plan.
-    pub plan: Plan,
     /// The owning account's limits in force.
     pub limits: Limits,
+    /// Whether the owning account is suspended.
+    pub account_status: AccountStatus,
 }
 
 /// A secret to store for a key: its digest and display hint, never the key itself.
@@ -148,6 +221,10 @@ pub struct NewKey {
     pub created_at: OffsetDateTime,
     /// Its first secret.
     pub secret: NewSecret,
+    /// Its own rate limit, credits and allowed addresses.
+    pub policies: KeyPolicies,
+    /// Days without use after which it shows `expired`.
+    pub expire_after_inactive_days: Option<u16>,
 }
 
 /// Fields to change on a key; `None` leaves a field as it is.
@@ -163,9 +240,13 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<OffsetDateTime>>,
     /// New metadata (replaces the object).
     pub metadata: Option<Metadata>,
+    /// New policies (replace the stored object).
+    pub policies: Option<KeyPolicies>,
+    /// New inactivity expiry, or `Some(None)` to remove it.
+    pub expire_after_inactive_days: Option<Option<u16>>,
 }
 
-/// Key lifecycle event kinds of the audit log.
+/// Event kinds of the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditAction {
     /// `key.created`
@@ -176,6 +257,10 @@ pub enum AuditAction {
     Rotated,
     /// `key.revoked`
     Revoked,
+    /// `webhook.created`
+    WebhookCreated,
+    /// `webhook.deleted`
+    WebhookDeleted,
 }
 
 impl AuditAction {
@@ -187,15 +272,24 @@ impl AuditAction {
             Self::Updated => "key.updated",
             Self::Rotated => "key.rotated",
             Self::Revoked => "key.revoked",
+            Self::WebhookCreated => "webhook.created",
+            Self::WebhookDeleted => "webhook.deleted",
         }
     }
 
     /// Parses the stored name.
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Created, Self::Updated, Self::Rotated, Self::Revoked]
-            .into_iter()
-            .find(|a| a.as_str() == raw)
+        [
+            Self::Created,
+            Self::Updated,
+            Self::Rotated,
+            Self::Revoked,
+            Self::WebhookCreated,
+            Self::WebhookDeleted,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == raw)
     }
 }
 
@@ -223,12 +317,17 @@ pub struct AuditEvent {
     pub action: AuditAction,
     /// Who did it.
     pub actor_key_id: Option<KeyId>,
-    /// To which key.
-    pub key_id: KeyId,
+    /// To which key (`None` for an event about a subscription).
+    pub key_id: Option<KeyId>,
     /// What changed.
     pub changes: serde_json::Value,
     /// The request that did it.
     pub request_id: String,
+    /// The hash of the event before it in its chain (`None` for an event stored before
+    /// the audit log was chained).
+    pub prev_hash: Option<String>,
+    /// Its own hash ([`keyward_core::chain::link`] of [`AuditEvent::item`]).
+    pub hash: Option<String>,
 }
 
 /// After a change: the key as it now is, and every digest it had before, so that
@@ -299,17 +398,26 @@ pub struct KeyQuery {
     pub now: OffsetDateTime,
 }
 
-/// Counts added to the monthly usage counters.
+/// Counts added to the usage counters: the monthly one of the endpoint and key, and
+/// the account's count of the day.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UsageKey {
     /// Owner.
     pub account_id: AccountId,
-    /// `YYYY-MM`, UTC.
-    pub month: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
     /// Route template with method.
     pub endpoint: String,
     /// The key.
     pub key_id: KeyId,
+}
+
+impl UsageKey {
+    /// The day's month, `YYYY-MM`.
+    #[must_use]
+    pub fn month(&self) -> &str {
+        self.day.get(..7).unwrap_or(&self.day)
+    }
 }
 
 /// Everything a batch writer flushes in one transaction.
@@ -338,6 +446,10 @@ impl MeterBatch {
 pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// Checks that the store takes writes now (readiness): a write commits through the
+    /// connection writes go to, and on SQLite the database file on disk is still the
+    /// one opened and its file system has room to grow. `Unavailable` says why not.
+    async fn check_ready(&self) -> StoreResult<()>;
 
     /// Number of accounts (bootstrap happens only at zero).
     async fn account_count(&self) -> StoreResult<u64>;
@@ -360,12 +472,48 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Every account, oldest first.
     async fn list_accounts(&self) -> StoreResult<Vec<AccountSummary>>;
+    /// A page of accounts in id order (creation order), and whether more follow.
+    async fn account_page(&self, query: &AccountQuery) -> StoreResult<(Vec<AccountSummary>, bool)>;
     /// One account.
-    async fn account(&self, account_id: &AccountId) -> StoreResult<Option<Account>>;
-    /// Changes an account's plan.
-    async fn set_plan(&self, account_id: &AccountId, plan: Plan) -> StoreResult<()>;
-    /// Changes an account's custom (enterprise) limits.
-    async fn set_limits(&self, account_id: &AccountId, limits: Limits) -> StoreResult<()>;
+    async fn account(&self, account_id: &AccountId) -> StoreResult<Option<AccountSummary>>;
+    /// The account with this external id.
+    async fn account_by_external_id(
+        &self,
+        external_id: &ExternalId,
+    ) -> StoreResult<Option<AccountSummary>>;
+    /// Changes an account, and tells every node to drop its keys from their caches (a key
+    /// change of each, as for a revoke), since their limits or status may have changed.
+    /// Returns the account as changed and the digests of its keys, which the caller drops
+    /// from its own caches. `NotFound` for a missing account; `Conflict("unknown plan")`
+    /// for a plan the plan table does not hold, `Conflict("unique constraint")` for an
+    /// external id another account has.
+    async fn update_account(
+        &self,
+        account_id: &AccountId,
+        patch: &AccountPatch,
+    ) -> StoreResult<(AccountSummary, Vec<KeyDigest>)>;
+    /// Changes an account's plan ([`Store::update_account`] with only the plan).
+    async fn set_plan(&self, account_id: &AccountId, plan: &PlanName) -> StoreResult<()>;
+    /// Replaces an account's overrides of its plan's numbers ([`Store::update_account`]
+    /// with only the overrides).
+    async fn set_limits(&self, account_id: &AccountId, overrides: Limits) -> StoreResult<()>;
+    /// Every plan, by name.
+    async fn plans(&self) -> StoreResult<Vec<Plan>>;
+    /// Creates a plan or replaces its limits, and tells every node to drop the keys of
+    /// the plan's accounts from their caches; returns their digests.
+    async fn put_plan(&self, plan: &Plan) -> StoreResult<Vec<KeyDigest>>;
+    /// Deletes a plan: `NotFound` if there is none of that name, `Conflict` while an
+    /// account uses it.
+    async fn delete_plan(&self, name: &PlanName) -> StoreResult<()>;
+
+    /// Stores an operator and the digest of its key.
+    async fn insert_operator(&self, operator: &Operator, secret: &NewSecret) -> StoreResult<()>;
+    /// Every operator, oldest first.
+    async fn list_operators(&self) -> StoreResult<Vec<Operator>>;
+    /// Deletes an operator, so that its key never works again. `NotFound` if none.
+    async fn revoke_operator(&self, operator_id: &OperatorId) -> StoreResult<()>;
+    /// The operator whose key has this digest.
+    async fn operator_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<Operator>>;
 
     /// Finds a live secret by digest, with its key and account. A secret whose grace
     /// period has ended may still be returned; the caller checks `secret_expires_at`.
@@ -376,6 +524,8 @@ pub trait Store: Send + Sync + 'static {
         account_id: &AccountId,
         query: &KeyQuery,
     ) -> StoreResult<(Vec<ApiKey>, bool)>;
+    /// A key of any account, for the operator (API.md §Operator API).
+    async fn any_key(&self, key_id: &KeyId) -> StoreResult<Option<ApiKey>>;
     /// One key of an account.
     async fn get_key(&self, account_id: &AccountId, key_id: &KeyId) -> StoreResult<Option<ApiKey>>;
     /// Inserts a key and its `key.created` event; durable when it returns.
@@ -426,12 +576,87 @@ pub trait Store: Send + Sync + 'static {
         account_id: &AccountId,
         month: &str,
     ) -> StoreResult<Vec<(String, KeyId, u64)>>;
+    /// The account's requests on each day of one month (`YYYY-MM`) that had any:
+    /// `(YYYY-MM-DD, count)`, in day order.
+    async fn usage_by_day(
+        &self,
+        account_id: &AccountId,
+        month: &str,
+    ) -> StoreResult<Vec<(String, u64)>>;
     /// A page of the account's audit log, newest first.
     async fn audit_log(
         &self,
         account_id: &AccountId,
         query: &PageQuery,
     ) -> StoreResult<Vec<AuditEvent>>;
+    /// Every audit chain that has events, in a stable order.
+    async fn audit_chains(&self) -> StoreResult<Vec<AuditChain>>;
+    /// A page of one chain's events, oldest first, after position `after` (`None`: from
+    /// the start).
+    async fn audit_chain_page(
+        &self,
+        chain: &AuditChain,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEvent>>;
+    /// The hash of the chain's newest event as recorded when it was written (`None` if it
+    /// has none).
+    async fn audit_chain_head(&self, chain: &AuditChain) -> StoreResult<Option<String>>;
+
+    /// Stores a subscription, with its `webhook.created` audit event when it belongs to an
+    /// account.
+    async fn create_webhook(&self, webhook: &Webhook, audit: &AuditContext) -> StoreResult<()>;
+    /// The subscriptions of an account (`None`: the operator's, of every account), oldest
+    /// first.
+    async fn list_webhooks(&self, account_id: Option<&AccountId>) -> StoreResult<Vec<Webhook>>;
+    /// Deletes a subscription and its pending deliveries, with its `webhook.deleted` audit
+    /// event; `NotFound` if the account (or the operator) has no such subscription.
+    async fn delete_webhook(
+        &self,
+        account_id: Option<&AccountId>,
+        webhook_id: &WebhookId,
+        audit: &AuditContext,
+    ) -> StoreResult<()>;
+    /// A page of a subscription's attempts, newest first, each with its position; `None`
+    /// if the account (or the operator) has no such subscription.
+    async fn webhook_attempts(
+        &self,
+        account_id: Option<&AccountId>,
+        webhook_id: &WebhookId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<(i64, DeliveryAttempt)>>>;
+    /// Claims up to `limit` deliveries due at `now` that no node holds, for `lease`: until
+    /// then no other claim returns them, and after it (a crash) they are due again.
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Records an attempt of a claimed delivery: delivered (`next_attempt_at` `None` and a
+    /// 2xx status), due again at `next_attempt_at`, or failed for good.
+    async fn record_attempt(
+        &self,
+        delivery: &Delivery,
+        attempt: &DeliveryAttempt,
+        delivered: bool,
+    ) -> StoreResult<()>;
+    /// Records events for subscribers now, each in a transaction with the mark that makes
+    /// it once (`once_key`, e.g. the key, its expiry and the kind): an event whose mark
+    /// exists is skipped, so nodes scanning together make it once. Returns how many it
+    /// recorded.
+    async fn record_scanned_events(&self, events: &[(String, OutboxEvent)]) -> StoreResult<u64>;
+    /// Keys whose `expires_at` lies in `(from, to]`: `(account, key, expires_at)`.
+    async fn keys_expiring_between(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> StoreResult<Vec<(AccountId, KeyId, OffsetDateTime)>>;
+    /// Deletes deliveries finished (delivered or failed) before `cutoff`, and attempts
+    /// made before it; returns how many rows.
+    async fn prune_deliveries(&self, cutoff: OffsetDateTime) -> StoreResult<u64>;
+
     /// Deletes at most `batch` history rows older than `cutoff`; returns how many.
     async fn prune_history(&self, cutoff: OffsetDateTime, batch: u32) -> StoreResult<u64>;
 }

@@ -1,13 +1,12 @@
-//! Request history stored by runs, the part both backends share; each keeps its own SQL.
+//! Request history stored by runs, the part both backends share.
 //!
 //! A run is one account's rows of one flush, at most [`ROWS_PER_RUN`], with consecutive
 //! ids. It is stored as one row holding its history rows as JSON, oldest first (a
-//! `CompactRun`; runs written before it are arrays of `StoredRow`s), and is found
-//! through span rows (the account's, and one per key and per endpoint that has rows in
-//! it) that carry its first and last id. A flush of N requests from A
-//! accounts so writes about A run rows instead of N rows and 3N index entries: the
-//! metering writer's cost follows the number of active accounts, not of requests.
-//! ARCHITECTURE.md tells why; the backends' migrations give the tables.
+//! `CompactRun`), and is found through span rows (the account's, and one per key and
+//! per endpoint that has rows in it) that carry its first and last id. A flush of N
+//! requests from A accounts so writes about A run rows instead of N rows and 3N index
+//! entries: the metering writer's cost follows the number of active accounts, not of
+//! requests. ARCHITECTURE.md tells why; the backends' schemas give the tables.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -25,29 +24,11 @@ pub const ROWS_PER_RUN: usize = 256;
 /// Runs a history read fetches at a time, newest first, until its page is full.
 pub const RUNS_PER_READ: i64 = 16;
 
-/// One history row as a run stored it before runs were stored compact: a JSON array of id,
-/// time, method, endpoint, status, user agent, key id, request id and latency (a tuple
-/// struct, which serde writes as an array). The account is the run's. Texts are borrowed
-/// from the stored JSON when they have no escapes. Still read: runs written before are
-/// kept as they are until retention rewrites them.
-#[derive(Serialize, Deserialize)]
-struct StoredRow<'a>(
-    i64,
-    i64,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    u16,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    u32,
-);
-
-/// A run as written now: a JSON object whose texts that repeat from row to row (the
-/// route, the key, the user agent) are written once, in lists the rows index, and whose
-/// ids and times are offsets from the run's first. A row of `POST /v1/api-keys/validate`
-/// takes about 55 bytes instead of 135, so a flush encodes, writes and logs less than
-/// half as many bytes (`docs/BENCHMARKS.md`, twelfth session).
+/// A run as stored: a JSON object whose texts that repeat from row to row (the route, the
+/// key, the user agent) are written once, in lists the rows index, and whose ids and
+/// times are offsets from the run's first. A row of `POST /v1/api-keys/validate` takes
+/// about 55 bytes, against 135 as an array of its nine fields, so a flush encodes, writes
+/// and logs less than half as many bytes.
 #[derive(Serialize, Deserialize)]
 struct CompactRun<'a> {
     first_id: i64,
@@ -76,7 +57,7 @@ struct CompactRow<'a>(
 );
 
 /// One history row of a run, borrowed from the run's encoding (or from the records of a
-/// flush): what both stored forms hold.
+/// flush).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RowView<'r> {
     id: i64,
@@ -106,72 +87,43 @@ impl<'r> RowView<'r> {
     }
 }
 
-/// A stored run, decoded in whichever form it was written.
-enum DecodedRun<'a> {
-    Rows(Vec<StoredRow<'a>>),
-    Compact(CompactRun<'a>),
-}
-
-impl<'a> DecodedRun<'a> {
-    /// Decodes a run's stored text: a JSON array is the earlier form, an object the
-    /// compact one.
+impl<'a> CompactRun<'a> {
+    /// Decodes a run's stored text.
     fn decode(json: &'a str) -> StoreResult<Self> {
-        let decoded = if json.trim_start().starts_with('[') {
-            serde_json::from_str(json).map(Self::Rows)
-        } else {
-            serde_json::from_str(json).map(Self::Compact)
-        };
-        decoded.map_err(|_| corrupt("history run"))
+        serde_json::from_str(json).map_err(|_| corrupt("history run"))
     }
 
     /// Its rows, oldest first.
     ///
     /// # Errors
-    /// `Other` if a compact row points past its run's lists or its offsets overflow.
+    /// `Other` if a row points past its run's lists or its offsets overflow.
     fn rows(&self) -> StoreResult<Vec<RowView<'_>>> {
-        match self {
-            Self::Rows(rows) => Ok(rows
-                .iter()
-                .map(|r| RowView {
-                    id: r.0,
-                    time: r.1,
-                    method: &r.2,
-                    endpoint: &r.3,
-                    status: r.4,
-                    user_agent: r.5.as_deref(),
-                    key_id: &r.6,
-                    request_id: &r.7,
-                    latency_ms: r.8,
+        self.rows
+            .iter()
+            .map(|r| {
+                let (method, endpoint) = listed(&self.routes, r.2)?;
+                Ok(RowView {
+                    id: self
+                        .first_id
+                        .checked_add(r.0)
+                        .ok_or_else(|| corrupt("history id"))?,
+                    time: self
+                        .first_time
+                        .checked_add(r.1)
+                        .ok_or_else(|| corrupt("history time"))?,
+                    method,
+                    endpoint,
+                    status: r.3,
+                    user_agent: r
+                        .4
+                        .map(|i| listed(&self.agents, i).map(|a| &**a))
+                        .transpose()?,
+                    key_id: listed(&self.keys, r.5)?,
+                    request_id: &r.6,
+                    latency_ms: r.7,
                 })
-                .collect()),
-            Self::Compact(run) => run
-                .rows
-                .iter()
-                .map(|r| {
-                    let (method, endpoint) = listed(&run.routes, r.2)?;
-                    Ok(RowView {
-                        id: run
-                            .first_id
-                            .checked_add(r.0)
-                            .ok_or_else(|| corrupt("history id"))?,
-                        time: run
-                            .first_time
-                            .checked_add(r.1)
-                            .ok_or_else(|| corrupt("history time"))?,
-                        method,
-                        endpoint,
-                        status: r.3,
-                        user_agent: r
-                            .4
-                            .map(|i| listed(&run.agents, i).map(|a| &**a))
-                            .transpose()?,
-                        key_id: listed(&run.keys, r.5)?,
-                        request_id: &r.6,
-                        latency_ms: r.7,
-                    })
-                })
-                .collect(),
-        }
+            })
+            .collect()
     }
 }
 
@@ -298,11 +250,33 @@ pub struct Run<'a> {
     pub rows: String,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     /// How many rows it holds.
     #[must_use]
     pub fn row_count(&self) -> i64 {
         self.last_id - self.first_id + 1
+    }
+
+    /// The rows of the key spans of `runs`: `(account, key, first id, last id)` for each
+    /// run and each key with rows in it.
+    pub fn key_spans(runs: &'a [Self]) -> impl Iterator<Item = (&'a str, &'a str, i64, i64)> {
+        Self::narrower_spans(runs, |run| &run.key_ids)
+    }
+
+    /// The rows of the endpoint spans of `runs`, as [`Run::key_spans`] for endpoints.
+    pub fn endpoint_spans(runs: &'a [Self]) -> impl Iterator<Item = (&'a str, &'a str, i64, i64)> {
+        Self::narrower_spans(runs, |run| &run.endpoints)
+    }
+
+    fn narrower_spans(
+        runs: &'a [Self],
+        values: fn(&'a Self) -> &'a [&'a str],
+    ) -> impl Iterator<Item = (&'a str, &'a str, i64, i64)> {
+        runs.iter().flat_map(move |run| {
+            values(run)
+                .iter()
+                .map(move |value| (run.account_id, *value, run.first_id, run.last_id))
+        })
     }
 }
 
@@ -411,7 +385,7 @@ where
     loop {
         let runs = fetch(newest_run).await?;
         for (last_id, rows) in &runs {
-            let run = DecodedRun::decode(rows)?;
+            let run = CompactRun::decode(rows)?;
             for row in run.rows()?.into_iter().rev() {
                 let wanted = row.id <= upper
                     && query
@@ -445,7 +419,11 @@ where
                     return Ok(page);
                 }
             }
-            newest_run = last_id - 1;
+            // A run stored at the smallest id has none older (and `- 1` would overflow).
+            let Some(older) = last_id.checked_sub(1) else {
+                return Ok(page);
+            };
+            newest_run = older;
         }
         if i64::try_from(runs.len()).unwrap_or(i64::MAX) < RUNS_PER_READ {
             return Ok(page);
@@ -460,7 +438,7 @@ where
 /// # Errors
 /// `Other` if the stored rows do not decode.
 pub fn rows_since(rows: &str, cutoff: i64) -> StoreResult<(String, i64, i64)> {
-    let run = DecodedRun::decode(rows)?;
+    let run = CompactRun::decode(rows)?;
     let mut kept = run.rows()?;
     kept.retain(|row| row.time >= cutoff);
     let encoded = encode_run(&kept)?;
@@ -475,52 +453,6 @@ pub fn rows_since(rows: &str, cutoff: i64) -> StoreResult<(String, i64, i64)> {
         i64::try_from(kept.len()).unwrap_or(i64::MAX),
     ))
 }
-
-/// The span table a history query walks, and the column and value that narrow it: the
-/// runs with the key's rows, else those with the endpoint's, else all the account's.
-#[must_use]
-pub fn spans_for(query: &PageQuery) -> (&'static str, Option<(&'static str, &str)>) {
-    match (&query.key_id, &query.endpoint) {
-        (Some(key_id), _) => ("request_log_key_span", Some(("key_id", key_id.as_str()))),
-        (None, Some(endpoint)) => ("request_log_endpoint_span", Some(("endpoint", endpoint))),
-        (None, None) => ("request_log_span", None),
-    }
-}
-
-// Retention's statements, in the SQL both backends read alike. Only the oldest runs
-// holding about `batch` rows are looked at: ids grow with time, so the rows past the
-// cutoff are a prefix, and a sweep with nothing to delete reads a few runs instead of the
-// whole table (there is no time index). A run that ends before the cutoff goes whole;
-// one that straddles it is rewritten without its old rows.
-
-/// The oldest runs holding about `$2` rows that have rows before `$1`: `(last_id,
-/// last_time, row_count)`.
-pub const PRUNE_OLDEST_RUNS: &str = "select last_id, last_time, row_count from \
-     (select last_id, first_time, last_time, row_count, \
-      sum(row_count) over (order by last_id) - row_count as rows_before \
-      from (select last_id, first_time, last_time, row_count from request_log_run \
-            order by last_id limit $2) oldest) counted \
-     where rows_before < $2 and first_time < $1";
-/// Deletes the runs up to `$1` that end before `$2`: every run up to the newest one that
-/// ends before the cutoff, but for a straddling run among them.
-pub const PRUNE_WHOLE_RUNS: &str =
-    "delete from request_log_run where last_id <= $1 and last_time < $2";
-/// The rows of run `$1`.
-pub const PRUNE_READ_RUN: &str = "select rows from request_log_run where last_id = $1";
-/// Rewrites run `$4` with the rows, first time and count [`rows_since`] gives.
-pub const PRUNE_REWRITE_RUN: &str =
-    "update request_log_run set rows = $1, first_time = $2, row_count = $3 where last_id = $4";
-/// Deletes the spans of runs that end before the oldest run left: they have no rows. A
-/// run whose rows went while an older run stays is deleted with that run, later; it reads
-/// nothing meanwhile (its rows are gone).
-pub const PRUNE_EMPTY_SPANS: [&str; 3] = [
-    "delete from request_log_span where last_id < \
-     coalesce((select min(last_id) from request_log_run), 9223372036854775807)",
-    "delete from request_log_key_span where last_id < \
-     coalesce((select min(last_id) from request_log_run), 9223372036854775807)",
-    "delete from request_log_endpoint_span where last_id < \
-     coalesce((select min(last_id) from request_log_run), 9223372036854775807)",
-];
 
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::Other(what.into())
@@ -568,7 +500,7 @@ mod tests {
         for run in &runs {
             assert_eq!(run.first_id, next, "runs number the rows without a gap");
             assert!(run.row_count() <= ROWS_PER_RUN as i64);
-            let decoded = DecodedRun::decode(&run.rows).unwrap();
+            let decoded = CompactRun::decode(&run.rows).unwrap();
             let ids: Vec<i64> = decoded.rows().unwrap().iter().map(|r| r.id).collect();
             assert_eq!(ids, (run.first_id..=run.last_id).collect::<Vec<_>>());
             next = run.last_id + 1;
@@ -590,7 +522,7 @@ mod tests {
                 .iter()
                 .filter(|run| run.account_id == account)
                 .flat_map(|run| {
-                    let decoded = DecodedRun::decode(&run.rows).unwrap();
+                    let decoded = CompactRun::decode(&run.rows).unwrap();
                     let ids: Vec<String> = decoded
                         .rows()
                         .unwrap()
@@ -634,7 +566,7 @@ mod tests {
         let mut read = Vec::new();
         for run in &runs {
             assert!(run.rows.starts_with('{'), "written compact");
-            let decoded = DecodedRun::decode(&run.rows).unwrap();
+            let decoded = CompactRun::decode(&run.rows).unwrap();
             let views = decoded.rows().unwrap();
             assert_eq!(views.first().unwrap().id, run.first_id);
             assert_eq!(views.last().unwrap().id, run.last_id);
@@ -679,64 +611,55 @@ mod tests {
             .zip(1..)
             .map(|(r, id)| RowView::of_record(id, r))
             .collect();
-        let earlier = serde_json::to_string(&earlier_form(&views)).unwrap();
+        // The same rows as arrays of their nine fields.
+        let arrays: Vec<serde_json::Value> = views
+            .iter()
+            .map(|r| {
+                serde_json::json!([
+                    r.id,
+                    r.time,
+                    r.method,
+                    r.endpoint,
+                    r.status,
+                    r.user_agent,
+                    r.key_id,
+                    r.request_id,
+                    r.latency_ms
+                ])
+            })
+            .collect();
+        let arrays = serde_json::to_string(&arrays).unwrap();
         assert!(
-            runs[0].rows.len() * 2 < earlier.len(),
+            runs[0].rows.len() * 2 < arrays.len(),
             "{} bytes against {}",
             runs[0].rows.len(),
-            earlier.len()
+            arrays.len()
         );
     }
 
-    /// Rows in the form runs were written in before they were compact.
-    fn earlier_form<'r>(rows: &[RowView<'r>]) -> Vec<StoredRow<'r>> {
-        rows.iter()
-            .map(|r| {
-                StoredRow(
-                    r.id,
-                    r.time,
-                    Cow::Borrowed(r.method),
-                    Cow::Borrowed(r.endpoint),
-                    r.status,
-                    r.user_agent.map(Cow::Borrowed),
-                    Cow::Borrowed(r.key_id),
-                    Cow::Borrowed(r.request_id),
-                    r.latency_ms,
-                )
-            })
-            .collect()
-    }
-
     #[test]
-    fn runs_written_before_compaction_are_read_and_pruned_into_the_compact_form() {
+    fn pruning_a_run_keeps_its_rows_since_the_cutoff() {
         let rows = varied_rows();
-        // Ids with gaps, as migration 4 wrote an account's rows: pruning keeps them.
+        // Ids need not be consecutive within a run: each row's offset is kept.
         let views: Vec<RowView<'_>> = rows
             .iter()
             .zip((7..).step_by(3))
             .map(|(r, id)| RowView::of_record(id, r))
             .collect();
-        let stored = serde_json::to_string(&earlier_form(&views)).unwrap();
-        assert_eq!(DecodedRun::decode(&stored).unwrap().rows().unwrap(), views);
+        let stored = encode_run(&views).unwrap().json;
+        assert_eq!(CompactRun::decode(&stored).unwrap().rows().unwrap(), views);
 
         let cutoff = views[150].time;
         let (kept, first_time, count) = rows_since(&stored, cutoff).unwrap();
-        assert!(kept.starts_with('{'));
         let wanted: Vec<RowView<'_>> = views.iter().filter(|r| r.time >= cutoff).copied().collect();
-        assert_eq!(DecodedRun::decode(&kept).unwrap().rows().unwrap(), wanted);
+        assert_eq!(CompactRun::decode(&kept).unwrap().rows().unwrap(), wanted);
         assert_eq!(first_time, cutoff);
         assert_eq!(count, i64::try_from(wanted.len()).unwrap());
 
-        // A compact run prunes the same way.
-        let compact = encode_run(&views).unwrap().json;
-        assert_eq!(
-            rows_since(&compact, cutoff).unwrap(),
-            (kept, first_time, count)
-        );
-        let (none_left, time, count) = rows_since(&compact, i64::MAX).unwrap();
+        let (none_left, time, count) = rows_since(&stored, i64::MAX).unwrap();
         assert_eq!((time, count), (i64::MAX, 0));
         assert!(
-            DecodedRun::decode(&none_left)
+            CompactRun::decode(&none_left)
                 .unwrap()
                 .rows()
                 .unwrap()
@@ -745,10 +668,40 @@ mod tests {
     }
 
     #[test]
+    fn a_history_read_of_a_run_stored_at_the_smallest_id_ends_without_overflow() {
+        // Found with the `history_run` fuzz target: `last_id - 1` overflowed.
+        let rows: Vec<RequestRecord> = (0..3).map(|n| row("acct_a", n)).collect();
+        let run = runs_of(&rows, 1).unwrap().remove(0).rows;
+        let account = AccountId::from_trusted("acct_a".to_owned());
+        let query = PageQuery {
+            limit: 10,
+            ..PageQuery::default()
+        };
+        let read = read_history(
+            &account,
+            &query,
+            |_| async { Ok(None) },
+            // Every `newest` is at least the smallest id: the run is always fetched.
+            |_| {
+                let runs = vec![(i64::MIN, run.clone())];
+                async move { Ok(runs) }
+            },
+        );
+        let mut read = std::pin::pin!(read);
+        let std::task::Poll::Ready(page) = read
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        else {
+            panic!("the fetches answer at once");
+        };
+        assert_eq!(page.unwrap().len(), 3);
+    }
+
+    #[test]
     fn a_compact_row_that_points_outside_its_run_is_refused() {
         let base = r#"{"first_id":1,"first_time":10,"routes":[["GET","GET /v1/api-keys"]],"keys":["key_a"],"agents":["curl"],"rows":[ROW]}"#;
         let good = base.replace("ROW", r#"[0,0,0,200,0,0,"req_1",3]"#);
-        let rows = DecodedRun::decode(&good).unwrap().rows().unwrap().len();
+        let rows = CompactRun::decode(&good).unwrap().rows().unwrap().len();
         assert_eq!(rows, 1);
         for bad in [
             r#"[0,0,1,200,0,0,"req_1",3]"#,
@@ -758,7 +711,7 @@ mod tests {
             r#"[0,0,0,200,0,0,"req_1"]"#,
         ] {
             let run = base.replace("ROW", bad);
-            let refused = DecodedRun::decode(&run).and_then(|run| run.rows().map(|_| ()));
+            let refused = CompactRun::decode(&run).and_then(|run| run.rows().map(|_| ()));
             assert!(refused.is_err(), "{bad}");
         }
     }

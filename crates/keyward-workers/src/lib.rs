@@ -1,12 +1,12 @@
 //! keyward's background work and per-request accounting: the metering batch writer,
-//! rate limiting and history retention.
+//! history retention, and webhooks (the dispatcher, the expiry scan and the address rule
+//! of targets).
 //!
 //! Depends on `keyward-core` and `keyward-store` only; never on axum or sqlx.
 
 pub mod meter;
-pub mod ratelimit;
 pub mod retention;
+pub mod webhooks;
 
-pub use meter::{Meter, month_of, run_meter};
-pub use ratelimit::{LocalRateLimiter, RateDecision, RateLimiter};
+pub use meter::{Meter, day_of, month_of, run_meter};
 pub use retention::{prune_once, run_retention};

@@ -4,19 +4,22 @@
 //! everything in one transaction every `interval` (250 ms in `serve`) and once more at
 //! shutdown. Trade-off: a crash (`kill -9`, power loss) loses at most the last interval
 //! of history, usage and `last_used`; keys and accounts are never batched, so they are
-//! never lost. Memory is bounded: past `capacity` pending history rows, new rows are
-//! dropped and counted in `keyward_meter_dropped_rows_total` (usage counters and
-//! `last_used` are bounded by the number of keys and are never dropped).
+//! never lost. A batch that can't be stored (a full disk, a database outage) goes back
+//! into the meter and is written with the next one; the final flush at shutdown is
+//! retried for [`SHUTDOWN_RETRY`]. Memory is bounded: past `capacity` pending history
+//! rows, waiting ones included, new rows are dropped and counted in
+//! `keyward_meter_dropped_rows_total` (usage counters and `last_used` are bounded by the
+//! number of keys and are never dropped while the process lives).
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // foldhash rather than std's SipHash: these maps are keyed by ids keyward made itself
 // (accounts, keys, route templates), not by text a caller chooses, and with SipHash
 // `Meter::take` cost 1,650 instructions per row instead of 750 (callgrind).
 use foldhash::{HashMap, HashMapExt as _};
 
-use keyward_core::{AccountId, KeyId};
+use keyward_core::{AccountId, KeyId, metric};
 use keyward_store::{MeterBatch, RequestRecord, Store, UsageKey};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +30,26 @@ struct Pending {
     /// Each used key's account and latest use.
     last_used: HashMap<KeyId, (AccountId, OffsetDateTime)>,
     usage: HashMap<UsageKey, u64>,
+    /// A batch that could not be stored, older than everything else here: the next batch
+    /// takes it in ([`Meter::restore`]).
+    returned: Option<MeterBatch>,
 }
+
+impl Pending {
+    /// History rows held, returned ones included: what the capacity bounds.
+    fn rows(&self) -> usize {
+        self.requests.len() + self.returned.as_ref().map_or(0, |b| b.requests.len())
+    }
+}
+
+/// How long the final flush at shutdown keeps retrying a batch that can't be stored
+/// (a full disk being cleared, a database failing over) before its rows are given up.
+pub const SHUTDOWN_RETRY: Duration = Duration::from_secs(5);
+
+/// The longest wait between two attempts at a batch that can't be stored: once storage
+/// is back, metering catches up within this. An attempt costs little (on PostgreSQL,
+/// at most the pool's wait for a connection).
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Rows of a written batch's buffer that are kept for the next batch (about 6 MB).
 const MAX_RECYCLED_ROWS: usize = 32 * 1024;
@@ -89,26 +111,64 @@ impl Meter {
     pub fn record(&self, request: RequestRecord) {
         let mut guard = self.lock();
         let pending = &mut *guard;
-        if pending.requests.len() < self.capacity {
+        if pending.rows() < self.capacity {
             pending.requests.push(request);
         } else {
             add_usage(&mut pending.usage, &mut pending.last_used, &request);
             drop(guard);
-            metrics::counter!("keyward_meter_dropped_rows_total").increment(1);
+            metrics::counter!(metric::METER_DROPPED_ROWS).increment(1);
         }
     }
 
     /// Number of history rows waiting to be written.
     #[must_use]
     pub fn pending_rows(&self) -> usize {
-        self.lock().requests.len()
+        self.lock().rows()
+    }
+
+    /// Gives back a batch that could not be stored: it is written with the next batch,
+    /// before the rows recorded since. Its rows count against the capacity; past it the
+    /// newest rows are dropped and counted, as [`Meter::record`] drops them, and their
+    /// usage and `last_used` are kept.
+    pub fn restore(&self, batch: MeterBatch) {
+        let mut guard = self.lock();
+        let pending = &mut *guard;
+        match &mut pending.returned {
+            // Only the flush task takes and restores, one batch at a time; should a
+            // second come back all the same, both are written, older rows first.
+            Some(older) => {
+                older.requests.extend(batch.requests);
+                older.last_used.extend(batch.last_used);
+                older.usage.extend(batch.usage);
+            }
+            None => pending.returned = Some(batch),
+        }
+        let mut dropped = 0_u64;
+        while pending.rows() > self.capacity {
+            let Some(newest) = pending.requests.pop() else {
+                break;
+            };
+            add_usage(&mut pending.usage, &mut pending.last_used, &newest);
+            dropped += 1;
+        }
+        if let Some(returned) = &mut pending.returned
+            && returned.requests.len() > self.capacity
+        {
+            // Their usage and last_used are in the returned batch's own counters.
+            dropped += (returned.requests.len() - self.capacity) as u64;
+            returned.requests.truncate(self.capacity);
+        }
+        drop(guard);
+        if dropped > 0 {
+            metrics::counter!("keyward_meter_dropped_rows_total").increment(dropped);
+        }
     }
 
     /// Sets the `keyward_meter_queue_depth` gauge to the rows waiting now. Called when
     /// metrics are scraped rather than on every request, which would cost a metrics
     /// registry lookup per request.
     pub fn publish_depth(&self) {
-        metrics::gauge!("keyward_meter_queue_depth").set(self.pending_rows() as f64);
+        metrics::gauge!(metric::METER_QUEUE_DEPTH).set(self.pending_rows() as f64);
     }
 
     /// Takes everything pending, sorted so that concurrent writers lock rows in the
@@ -123,10 +183,12 @@ impl Meter {
                 ..Pending::default()
             },
         );
+        let returned = pending.returned.take();
         let Pending {
             requests,
             last_used,
             usage,
+            returned: _,
         } = &mut pending;
         // Counted under borrowed keys: one owned `UsageKey` per distinct counter rather
         // than four allocations per row (the rows of a busy flush share a few counters).
@@ -138,7 +200,7 @@ impl Meter {
             let utc = request.time.to_offset(time::UtcOffset::UTC);
             let counter = (
                 request.account_id.as_str(),
-                (utc.year(), u8::from(utc.month())),
+                (utc.year(), u8::from(utc.month()), utc.day()),
                 &*request.endpoint,
                 request.key_id.as_str(),
             );
@@ -149,6 +211,23 @@ impl Meter {
         for (n, request, latest) in counts.into_values() {
             *usage.entry(usage_key(request)).or_insert(0) += n;
             move_forward(last_used, request, latest);
+        }
+        if let Some(returned) = returned {
+            // Counted already: its counters are added, its rows go first (they are older).
+            for (key, n) in returned.usage {
+                *usage.entry(key).or_insert(0) += n;
+            }
+            for (account_id, key_id, at) in returned.last_used {
+                match last_used.get_mut(&key_id) {
+                    Some((_, last)) => *last = (*last).max(at),
+                    None => {
+                        last_used.insert(key_id, (account_id, at));
+                    }
+                }
+            }
+            let mut rows = returned.requests;
+            rows.append(requests);
+            *requests = rows;
         }
         let mut last_used: Vec<_> = pending
             .last_used
@@ -166,13 +245,13 @@ impl Meter {
     }
 }
 
-/// Account, (year, month), endpoint and key of a usage counter, borrowed from a row.
-type BorrowedUsageKey<'a> = (&'a str, (i32, u8), &'a str, &'a str);
+/// Account, (year, month, day), endpoint and key of a usage counter, borrowed from a row.
+type BorrowedUsageKey<'a> = (&'a str, (i32, u8, u8), &'a str, &'a str);
 
 fn usage_key(request: &RequestRecord) -> UsageKey {
     UsageKey {
         account_id: request.account_id.clone(),
-        month: month_of(request.time),
+        day: day_of(request.time),
         endpoint: request.endpoint.clone().into_owned(),
         key_id: request.key_id.clone(),
     }
@@ -204,6 +283,13 @@ fn move_forward(
     }
 }
 
+/// The UTC day of `t` as `YYYY-MM-DD` (the key of an account's daily usage).
+#[must_use]
+pub fn day_of(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
 /// `YYYY-MM` of `t` in UTC: the usage counter's month.
 #[must_use]
 pub fn month_of(t: OffsetDateTime) -> String {
@@ -229,9 +315,11 @@ fn skip_stored_last_used(batch: &mut MeterBatch, stored: &StoredSeconds) -> Stor
     landed
 }
 
-/// Flushes `meter` every `interval` until `cancel`, then a last time. A failed batch is
-/// retried with capped backoff while new rows keep buffering. `written` sees every batch
-/// once it is stored (the HTTP layer moves `last_used` forward in cached listings).
+/// Flushes `meter` every `interval` until `cancel`, then a last time, retried for up to
+/// [`SHUTDOWN_RETRY`]. A batch that fails goes back into the meter and is written with
+/// the next one, tried again after a wait that doubles up to 2 s while it keeps failing.
+/// `written` sees every batch once it is stored (the HTTP layer moves `last_used`
+/// forward in cached listings).
 pub async fn run_meter(
     meter: Arc<Meter>,
     store: Arc<dyn Store>,
@@ -241,47 +329,57 @@ pub async fn run_meter(
 ) {
     // Only the last written batch's keys: enough for keys in steady use, and bounded.
     let mut stored = StoredSeconds::new();
-    let mut failed: Option<(MeterBatch, StoredSeconds)> = None;
-    let mut backoff = interval;
+    let mut wait = interval;
     loop {
-        let stopping = tokio::select! {
-            () = cancel.cancelled() => true,
-            () = tokio::time::sleep(if failed.is_some() { backoff } else { interval }) => false,
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = if flush(&meter, store.as_ref(), &mut stored, &written).await {
+            interval
+        } else {
+            (wait * 2).min(MAX_BACKOFF)
         };
-        if let Some((batch, landed)) = failed.take() {
-            if write_batch(store.as_ref(), &batch).await {
-                written(&batch);
-                meter.recycle(batch);
-                stored = landed;
-                backoff = interval;
-            } else {
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                failed = Some((batch, landed));
-            }
-        }
-        // While an older batch still fails, new rows keep buffering (bounded) behind it.
-        if failed.is_none() {
-            let mut batch = meter.take();
-            let landed = skip_stored_last_used(&mut batch, &stored);
-            if !batch.is_empty() {
-                if write_batch(store.as_ref(), &batch).await {
-                    written(&batch);
-                    meter.recycle(batch);
-                    stored = landed;
-                } else {
-                    failed = Some((batch, landed));
-                }
-            }
-        }
-        if stopping {
-            if let Some((batch, _)) = failed {
-                tracing::error!(
-                    rows = batch.requests.len(),
-                    "metering batch lost at shutdown"
-                );
-            }
+    }
+    let give_up = Instant::now() + SHUTDOWN_RETRY;
+    let mut wait = interval;
+    while !flush(&meter, store.as_ref(), &mut stored, &written).await {
+        if Instant::now() + wait > give_up {
+            let rows = meter.pending_rows();
+            metrics::counter!("keyward_meter_dropped_rows_total").increment(rows as u64);
+            tracing::error!(
+                rows,
+                retried_for = ?SHUTDOWN_RETRY,
+                "metering could not be stored before shutdown; its rows are lost"
+            );
             return;
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Writes everything the meter holds. Returns whether it is stored (or there was
+/// nothing); a batch that fails goes back into the meter.
+async fn flush(
+    meter: &Meter,
+    store: &dyn Store,
+    stored: &mut StoredSeconds,
+    written: &impl Fn(&MeterBatch),
+) -> bool {
+    let mut batch = meter.take();
+    let landed = skip_stored_last_used(&mut batch, stored);
+    if batch.is_empty() {
+        return true;
+    }
+    if write_batch(store, &batch).await {
+        written(&batch);
+        meter.recycle(batch);
+        *stored = landed;
+        true
+    } else {
+        meter.restore(batch);
+        false
     }
 }
 
@@ -292,12 +390,13 @@ async fn write_batch(store: &dyn Store, batch: &MeterBatch) -> bool {
     match store.write_meter_batch(batch).await {
         Ok(()) => {
             // How long the batch held the store's writer (on SQLite, key changes wait).
-            metrics::histogram!("keyward_meter_flush_seconds")
+            metrics::histogram!(metric::METER_FLUSH_DURATION)
                 .record(started.elapsed().as_secs_f64());
-            metrics::counter!("keyward_meter_flushed_rows_total").increment(rows as u64);
+            metrics::counter!(metric::METER_FLUSHED_ROWS).increment(rows as u64);
             true
         }
         Err(e) => {
+            metrics::counter!(metric::METER_FLUSH_FAILURES).increment(1);
             tracing::warn!(error = %e, rows, "metering batch write failed; will retry");
             false
         }
@@ -440,8 +539,118 @@ mod tests {
     }
 
     #[test]
-    fn months_are_utc() {
+    fn a_restored_batch_is_written_with_the_next_one_older_rows_first() {
+        // Arrange: a batch taken, then given back as a failed write would, while a new
+        // row arrived for the same key and counter.
+        let meter = Meter::new(10);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let account = AccountId::from_ulid(ulid::Ulid::generate());
+        let t = OffsetDateTime::now_utc();
+        let row = |at| RequestRecord {
+            account_id: account.clone(),
+            ..request(&key, at)
+        };
+        meter.record(row(t));
+        meter.record(row(t + time::Duration::seconds(1)));
+        let failed = meter.take();
+        meter.record(row(t + time::Duration::seconds(2)));
+
+        // Act
+        meter.restore(failed);
+        let next = meter.take();
+
+        // Assert
+        let times: Vec<_> = next.requests.iter().map(|r| r.time).collect();
+        assert_eq!(
+            times,
+            vec![
+                t,
+                t + time::Duration::seconds(1),
+                t + time::Duration::seconds(2)
+            ]
+        );
+        assert_eq!(next.usage.len(), 1, "one counter");
+        assert_eq!(next.usage[0].1, 3, "counted once each");
+        assert_eq!(
+            keys_and_times(&next),
+            vec![(key, t + time::Duration::seconds(2))]
+        );
+        assert!(meter.take().is_empty());
+    }
+
+    #[test]
+    fn restored_rows_count_against_the_capacity_and_the_newest_are_dropped() {
+        // Arrange: a batch of 3 fails while 2 more arrive, with room for 4.
+        let meter = Meter::new(4);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let account = AccountId::from_ulid(ulid::Ulid::generate());
+        let t = OffsetDateTime::now_utc();
+        let row = |s| RequestRecord {
+            account_id: account.clone(),
+            ..request(&key, t + time::Duration::seconds(s))
+        };
+        for s in 0..3 {
+            meter.record(row(s));
+        }
+        let failed = meter.take();
+        meter.record(row(3));
+        meter.record(row(4));
+
+        // Act
+        meter.restore(failed);
+        meter.record(row(5));
+        let next = meter.take();
+
+        // Assert
+        let kept: Vec<_> = next.requests.iter().map(|r| r.time).collect();
+        assert_eq!(
+            kept,
+            (0..4)
+                .map(|s| t + time::Duration::seconds(s))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            next.usage[0].1, 6,
+            "dropped rows are still counted in usage"
+        );
+        assert_eq!(
+            keys_and_times(&next),
+            vec![(key, t + time::Duration::seconds(5))],
+            "and in last_used"
+        );
+    }
+
+    #[test]
+    fn months_and_days_are_utc() {
         let t = time::macros::datetime!(2026-11-30 23:30 -02:00);
         assert_eq!(month_of(t), "2026-12");
+        assert_eq!(day_of(t), "2026-12-01");
+    }
+
+    #[test]
+    fn requests_of_two_days_count_in_two_daily_counters_of_one_month() {
+        let meter = Meter::new(10);
+        let key = KeyId::from_ulid(ulid::Ulid::generate());
+        let account = AccountId::from_ulid(ulid::Ulid::generate());
+        let first = time::macros::datetime!(2026-11-02 23:59:59 UTC);
+        for second in 0..3 {
+            meter.record(RequestRecord {
+                account_id: account.clone(),
+                ..request(&key, first + time::Duration::seconds(second))
+            });
+        }
+
+        let batch = meter.take();
+
+        let mut days: Vec<_> = batch
+            .usage
+            .iter()
+            .map(|(k, n)| (k.day.as_str(), k.month(), *n))
+            .collect();
+        days.sort_unstable();
+        assert_eq!(
+            days,
+            vec![("2026-11-02", "2026-11", 1), ("2026-11-03", "2026-11", 2)]
+        );
     }
 }

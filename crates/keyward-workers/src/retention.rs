@@ -22,7 +22,8 @@ pub async fn prune_once(
     now: OffsetDateTime,
 ) -> keyward_store::StoreResult<u64> {
     let cutoff = now - max_age;
-    let mut total = 0;
+    // Finished webhook deliveries and their attempts go with the history of their time.
+    let mut total = store.prune_deliveries(cutoff).await?;
     loop {
         let n = store.prune_history(cutoff, PRUNE_BATCH).await?;
         total += n;

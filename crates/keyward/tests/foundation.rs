@@ -254,8 +254,17 @@ async fn rejected_keys_name_their_reason() {
     .await;
     assert_eq!(odd.body["error"]["details"]["reason"], "malformed");
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let expired = get(&server, &expiring, "/v1/api-keys").await;
+    // The key expires on the whole second after its creation (`expires_in: 1`), well
+    // within 2 s: poll until it is refused, then check why.
+    let expired = common::eventually(
+        Duration::from_secs(2),
+        "the key made with expires_in 1 to be refused",
+        async || {
+            let r = get(&server, &expiring, "/v1/api-keys").await;
+            if r.status == 200 { Err(r) } else { Ok(r) }
+        },
+    )
+    .await;
     assert_eq!(expired.status, 401);
     assert_eq!(expired.body["error"]["details"]["reason"], "expired");
 }
@@ -383,12 +392,19 @@ async fn last_used_appears_within_two_seconds_of_use() {
     let before = get(&server, &acct.api_key, &format!("/v1/api-keys/{id}")).await;
     assert!(before.body["last_used"].is_null());
     assert_eq!(get(&server, &secret, "/v1/api-keys").await.status, 200);
-    let seen = common::eventually(Duration::from_secs(2), async || {
-        let r = get(&server, &acct.api_key, &format!("/v1/api-keys/{id}")).await;
-        is_second_precision_utc(&r.body["last_used"])
-    })
+    common::eventually(
+        Duration::from_secs(2),
+        "last_used to appear within 2 s of the use",
+        async || {
+            let r = get(&server, &acct.api_key, &format!("/v1/api-keys/{id}")).await;
+            if is_second_precision_utc(&r.body["last_used"]) {
+                Ok(())
+            } else {
+                Err(r.body["last_used"].clone())
+            }
+        },
+    )
     .await;
-    assert!(seen, "last_used did not appear within 2 s");
 }
 
 #[tokio::test]
@@ -566,7 +582,7 @@ async fn operational_endpoints_answer_without_a_key() {
     assert_eq!(metrics.status, 200);
     let openapi = send(client().get(server.url("/openapi.json"))).await;
     assert_eq!(openapi.body["openapi"], "3.1.0");
-    let redirect = reqwest::Client::builder()
+    let redirect = common::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
@@ -589,6 +605,47 @@ async fn operational_endpoints_answer_without_a_key() {
         docs.text().await.unwrap().contains("swagger"),
         "docs page renders"
     );
+}
+
+#[tokio::test]
+async fn the_bare_address_redirects_to_the_docs_and_openapi_json_is_the_checked_document() {
+    let server = Server::start();
+    let no_follow = common::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = no_follow.get(server.url("/")).send().await.unwrap();
+    assert_eq!(root.status(), 307);
+    assert_eq!(root.headers()["location"], "/docs");
+    assert!(root.headers().contains_key("x-request-id"));
+
+    // The document every reply of the harness is checked against is the served one.
+    let served = send(client().get(server.url("/openapi.json"))).await;
+    assert_eq!(
+        served.body,
+        serde_json::to_value(keyward_http::openapi::document()).unwrap()
+    );
+}
+
+#[test]
+fn the_harness_fails_a_reply_whose_status_its_operation_does_not_document() {
+    let complaint = common::undocumented("POST", "/v1/api-keys/validate", 404)
+        .expect("validate documents no 404");
+    assert!(
+        complaint.contains("validate_api_key") && complaint.contains("404"),
+        "{complaint}"
+    );
+    assert!(
+        common::undocumented("GET", "/v1/api-keys/key_01JDQ8W6ZK3T5R2N9V4B7C1XEH", 404).is_none()
+    );
+    assert!(common::undocumented("DELETE", "/v1/api-keys/validate", 409).is_none());
+    let (template, _) = common::operation_of("POST", "/v1/api-keys/validate").unwrap();
+    assert_eq!(template, "/v1/api-keys/validate");
+    // No operation: GET on validate (a 405), the bare address, unknown paths.
+    assert!(common::operation_of("GET", "/v1/api-keys/validate").is_none());
+    assert!(common::operation_of("GET", "/").is_none());
+    assert!(common::operation_of("GET", "/v1/api-keys/").is_none());
+    assert!(common::undocumented("GET", "/healthz", 409).is_some());
 }
 
 #[test]
@@ -618,41 +675,96 @@ fn wrong_database_urls_are_clear_startup_errors() {
 fn operator_commands_manage_plans_and_limits() {
     let server = Server::start();
     let acct = server.create_account("free");
-    let set_limits = server.cli(&[
-        "accounts",
-        "set-limits",
-        &acct.account_id,
-        "--per-minute",
-        "5",
+    let row = |server: &Server| -> Value {
+        let list = server.cli(&["accounts", "list", "--json"]);
+        serde_json::from_slice(&list.stdout).unwrap()
+    };
+
+    // Overrides apply on any plan, window by window; `none` goes back to the plan's.
+    let id = acct.account_id.as_str();
+    let set = |args: &[&str]| {
+        let mut all = vec!["accounts", "set-limits", id];
+        all.extend_from_slice(args);
+        let out = server.cli(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    set(&["--per-minute", "5", "--per-month", "1000"]);
+    let limited = row(&server);
+    assert_eq!(limited["plan"], "free");
+    assert_eq!(limited["per_minute"], 5);
+    assert_eq!(limited["per_day"], 100, "the plan's, not overridden");
+    assert_eq!(limited["per_month"], 1000);
+    set(&["--per-minute", "none"]);
+    let back = row(&server);
+    assert_eq!(back["per_minute"], 10, "back to the plan's");
+    assert_eq!(
+        back["per_month"], 1000,
+        "an omitted window keeps its override"
+    );
+
+    // Plans are data: a new plan, an account on it, and its numbers in force.
+    let gold = server.cli(&[
+        "plans",
+        "set",
+        "gold",
+        "--per-day",
+        "50",
+        "--per-month",
+        "7",
     ]);
     assert!(
-        !set_limits.status.success(),
-        "limits are for enterprise accounts"
-    );
-    assert!(String::from_utf8_lossy(&set_limits.stderr).contains("enterprise"));
-    assert!(
-        server
-            .cli(&["accounts", "set-plan", &acct.account_id, "enterprise"])
-            .status
-            .success()
+        gold.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gold.stderr)
     );
     assert!(
         server
-            .cli(&[
-                "accounts",
-                "set-limits",
-                &acct.account_id,
-                "--per-minute",
-                "5"
-            ])
+            .cli(&["accounts", "set-plan", id, "gold"])
             .status
             .success()
     );
-    let list = server.cli(&["accounts", "list", "--json"]);
-    let row: Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(row["plan"], "enterprise");
-    assert_eq!(row["per_minute"], 5);
-    assert!(row["per_day"].is_null());
+    let on_gold = row(&server);
+    assert_eq!(on_gold["plan"], "gold");
+    assert!(on_gold["per_minute"].is_null(), "gold has no minute limit");
+    assert_eq!(on_gold["per_day"], 50);
+    assert_eq!(on_gold["per_month"], 1000, "the override still wins");
+    let plans = server.cli(&["plans", "list", "--json"]);
+    let names: Vec<Value> = String::from_utf8_lossy(&plans.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["name"].clone())
+        .collect();
+    assert_eq!(names, ["enterprise", "free", "gold", "pro", "scale"]);
+
+    // A plan in use is not deleted, an unknown plan is not assigned, bad input is refused.
+    let in_use = server.cli(&["plans", "delete", "gold"]);
+    assert!(!in_use.status.success());
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("in use"));
+    let unknown = server.cli(&["accounts", "set-plan", id, "platinum"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("plan: no such plan"));
+    for bad in [
+        &["plans", "set", "Gold"][..],
+        &["plans", "set", "silver", "--per-day", "0"],
+        &["plans", "set", "silver", "--per-day", "-1"],
+        &["accounts", "set-limits", id, "--per-month", "lots"],
+    ] {
+        assert!(!server.cli(bad).status.success(), "{bad:?}");
+    }
+    assert_eq!(row(&server), on_gold, "nothing changed");
+    let after = server.cli(&["plans", "list", "--json"]);
+    assert_eq!(after.stdout, plans.stdout, "no plan added");
+    assert!(
+        server
+            .cli(&["accounts", "set-plan", id, "pro"])
+            .status
+            .success()
+    );
+    assert!(server.cli(&["plans", "delete", "gold"]).status.success());
+
     let missing = server.cli(&[
         "accounts",
         "set-plan",

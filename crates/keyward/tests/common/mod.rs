@@ -3,7 +3,13 @@
 //!
 //! The database is a fresh SQLite file, or, with `KEYWARD_TEST_BACKEND=postgres`, a fresh
 //! schema in the PostgreSQL server at `KEYWARD_TEST_PG_URL` (dropped afterwards), so the
-//! same black-box suite runs against both backends.
+//! same black-box suite runs against both backends. Whether PostgreSQL and Redis are
+//! there is decided by `keyward_test_support`: a test that needs a missing one is skipped
+//! with a `SKIPPED` line, or fails under `KEYWARD_TEST_REQUIRE_SERVICES=1`; the suite
+//! asked to run on PostgreSQL fails without it.
+//!
+//! Nothing here sleeps for a fixed time: [`eventually`] polls for what a test waits for
+//! and returns as soon as it holds.
 
 #![expect(
     clippy::unwrap_used,
@@ -14,11 +20,16 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+use std::collections::HashSet;
+use std::fmt::{Debug, Display};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keyward_core::AccountId;
+use keyward_store::PageQuery;
+use keyward_test_support::{PG_URL_VAR, required_service_url, service_url};
 use serde_json::Value;
 
 /// The binary under test.
@@ -49,10 +60,8 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
-    /// A fresh, migrated schema in the server at `KEYWARD_TEST_PG_URL`.
-    pub fn create() -> Self {
-        let admin_url = std::env::var("KEYWARD_TEST_PG_URL")
-            .expect("KEYWARD_TEST_BACKEND=postgres needs KEYWARD_TEST_PG_URL");
+    /// A fresh, migrated schema in the PostgreSQL server at `admin_url`.
+    pub fn create(admin_url: String) -> Self {
         let name = format!(
             "kw_bb_{}",
             ulid::Ulid::generate().to_string().to_ascii_lowercase()
@@ -61,7 +70,7 @@ impl PgSchema {
         let url = format!("{admin_url}{sep}options=-c%20search_path%3D{name}");
         let (admin, schema) = (admin_url.clone(), name.clone());
         on_own_runtime(async move {
-            let store = keyward_store_postgres::PgStore::connect_with_schema(&admin, &schema)
+            let store = keyward_store_sql::PgStore::connect_with_schema(&admin, &schema)
                 .await
                 .expect("create the test schema");
             store.close().await;
@@ -138,6 +147,22 @@ pub struct Account {
     pub api_key: String,
 }
 
+/// The base URL a `serve` stderr line announces: `keyward listening on URL` in text
+/// mode, the `listening` line's `address` in JSON mode.
+fn listening_address(line: &str) -> Option<String> {
+    if let Some(url) = line.strip_prefix("keyward listening on ") {
+        return Some(url.to_owned());
+    }
+    let json: Value = serde_json::from_str(line).ok()?;
+    (json["fields"]["message"] == "listening")
+        .then(|| {
+            json["fields"]["address"]
+                .as_str()
+                .map(|a| format!("http://{a}"))
+        })
+        .flatten()
+}
+
 impl Server {
     /// A server on a fresh database, without the bootstrap account.
     pub fn start() -> Self {
@@ -147,7 +172,12 @@ impl Server {
     /// A server on a fresh database with extra `serve` arguments.
     pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let pg_schema = postgres_backend().then(PgSchema::create);
+        let pg_schema = postgres_backend().then(|| {
+            PgSchema::create(required_service_url(
+                PG_URL_VAR,
+                "KEYWARD_TEST_BACKEND=postgres runs the black-box suite on PostgreSQL",
+            ))
+        });
         let database_url = match &pg_schema {
             Some(schema) => schema.url.clone(),
             None => format!("sqlite:{}", dir.path().join("keyward.db").display()),
@@ -156,15 +186,10 @@ impl Server {
     }
 
     /// A server on a fresh PostgreSQL schema whatever `KEYWARD_TEST_BACKEND` says, or
-    /// `None` (after a loud note) when `KEYWARD_TEST_PG_URL` is unset.
+    /// `None` when no PostgreSQL answers at `KEYWARD_TEST_PG_URL` (after the `SKIPPED`
+    /// line of [`service_url`], which fails the test instead when services are required).
     pub fn start_on_postgres(test: &str, args: &[&str]) -> Option<Self> {
-        if std::env::var("KEYWARD_TEST_PG_URL").is_err() {
-            eprintln!(
-                "SKIPPED {test}: KEYWARD_TEST_PG_URL is not set; this PostgreSQL test did not run"
-            );
-            return None;
-        }
-        let schema = PgSchema::create();
+        let schema = PgSchema::create(service_url(PG_URL_VAR, test)?);
         let url = schema.url.clone();
         Some(Self::start_on(
             url,
@@ -226,8 +251,8 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("keyward listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                if let Some(addr) = listening_address(&line) {
+                    let _ = tx.send(addr);
                 }
                 lines.lock().unwrap().push(line);
             }
@@ -267,6 +292,11 @@ impl Server {
         }
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -274,14 +304,24 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn sigterm(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
+        self.send_sigterm();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and returns at once; [`Server::wait_exit`] waits for the exit.
+    pub fn send_sigterm(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill");
         assert!(sent.success());
-        wait_with_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// Waits for the server to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_with_timeout(&mut child, within)
     }
 
     /// SIGKILL: no flush, no drain.
@@ -307,6 +347,43 @@ impl Server {
         let url = keyward::cli::DatabaseUrl::parse(&self.database_url).expect("database url");
         TestStore(keyward::open_store(&url).await.expect("open store"))
     }
+
+    /// Waits until the request history in storage holds every one of `request_ids` (of
+    /// the account `account_id`): metering reaches storage in batches every 250 ms, one
+    /// transaction each, so the usage counters of those requests are stored too. Reads
+    /// the database directly, so waiting costs the account no request and no rate-limit
+    /// slot, and adds no row of its own.
+    pub async fn metered(&self, account_id: &str, request_ids: &[String]) {
+        let store = self.store().await;
+        let account = AccountId::parse(account_id).expect("account id");
+        let query = PageQuery {
+            limit: 1000,
+            ..PageQuery::default()
+        };
+        eventually(
+            METER_WAIT,
+            format_args!("the history rows of {request_ids:?} in storage"),
+            async || {
+                let rows = store
+                    .request_history(&account, &query)
+                    .await
+                    .expect("read request history");
+                let stored: HashSet<&str> =
+                    rows.iter().map(|(_, r)| r.request_id.as_str()).collect();
+                let missing: Vec<&String> = request_ids
+                    .iter()
+                    .filter(|id| !stored.contains(id.as_str()))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{missing:?} not stored"))
+                }
+            },
+        )
+        .await;
+        store.close().await;
+    }
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
@@ -315,10 +392,12 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "server did not exit within {timeout:?}"
-        );
+        if start.elapsed() >= timeout {
+            // Not left running past the test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not exit within {timeout:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -334,9 +413,19 @@ impl Drop for Server {
     }
 }
 
+/// A client builder. reqwest's TLS has no crypto provider of its own (the binary's
+/// webhook client uses the process's ring provider, which `main` installs), so the test
+/// process installs ring too before any client is built. The tests speak plain HTTP, so
+/// a client trusts no root: loading the system's for each of hundreds of clients made on
+/// a loaded machine would only slow them.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().tls_certs_only([])
+}
+
 /// A plain HTTP client.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().build().expect("client")
+    client_builder().build().expect("client")
 }
 
 /// A response read whole.
@@ -377,10 +466,19 @@ impl Reply {
     }
 }
 
-/// Sends a request and reads the reply.
+/// Sends a request and reads the reply. Every reply is checked against the OpenAPI
+/// document: a status the document does not list for the operation fails the test
+/// ([`undocumented`]), so every black-box test is also a check of the reference.
 pub async fn send(req: reqwest::RequestBuilder) -> Reply {
-    let resp = req.send().await.expect("request");
+    let (client, request) = req.build_split();
+    let request = request.expect("a well-formed request");
+    let method = request.method().as_str().to_owned();
+    let path = request.url().path().to_owned();
+    let resp = client.execute(request).await.expect("request");
     let status = resp.status().as_u16();
+    if let Some(complaint) = undocumented(&method, &path, status) {
+        panic!("{complaint}");
+    }
     let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -390,6 +488,64 @@ pub async fn send(req: reqwest::RequestBuilder) -> Reply {
         body,
         text,
     }
+}
+
+/// The OpenAPI document the server serves at `/openapi.json` (the same binary's, so
+/// made once per test process rather than fetched from each server).
+fn openapi_document() -> &'static Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        serde_json::to_value(keyward_http::openapi::document()).expect("the document as JSON")
+    })
+}
+
+/// The operation of the document that a request of `method` on `path` reaches, as its
+/// path template and operation: the template the router prefers (at each segment a
+/// static one over a `{parameter}`), then its `method`. `None` when the request reaches
+/// no operation (an unknown path, a method the path does not have, the docs pages).
+pub fn operation_of(method: &str, path: &str) -> Option<(String, &'static Value)> {
+    let paths = openapi_document()["paths"].as_object()?;
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut best: Option<(Vec<bool>, &String)> = None;
+    for template in paths.keys() {
+        let parts: Vec<&str> = template.split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut statics = Vec::with_capacity(parts.len());
+        let fits = parts.iter().zip(&segments).all(|(part, segment)| {
+            let param = part.starts_with('{');
+            statics.push(!param);
+            if param {
+                !segment.is_empty()
+            } else {
+                part == segment
+            }
+        });
+        if fits && best.as_ref().is_none_or(|(s, _)| statics > *s) {
+            best = Some((statics, template));
+        }
+    }
+    let (_, template) = best?;
+    let operation = paths[template].get(method.to_ascii_lowercase())?;
+    Some((template.clone(), operation))
+}
+
+/// Why a reply of `status` to `method` on `path` breaks the OpenAPI document (the
+/// operation and status named), or `None` when the document lists that status for the
+/// operation, or the request reaches no operation.
+pub fn undocumented(method: &str, path: &str, status: u16) -> Option<String> {
+    let (template, operation) = operation_of(method, path)?;
+    let responses = operation["responses"].as_object()?;
+    if responses.contains_key(&status.to_string()) || responses.contains_key("default") {
+        return None;
+    }
+    Some(format!(
+        "{method} {template} ({}) answered {status}, which its OpenAPI operation does not \
+         document (it documents {:?})",
+        operation["operationId"].as_str().unwrap_or("?"),
+        responses.keys().collect::<Vec<_>>()
+    ))
 }
 
 /// GET with a key.
@@ -434,14 +590,58 @@ pub async fn create_key(server: &Server, key: &str, body: &Value) -> (String, St
     )
 }
 
-/// Polls `check` until it is true or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if check().await {
-            return true;
+/// How long metering may take to reach storage: it is flushed every 250 ms; the rest is
+/// room for a loaded machine.
+pub const METER_WAIT: Duration = Duration::from_secs(3);
+
+/// How often [`eventually`] checks again.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// What a check of [`eventually`] returns: `true`, or `Ok(value)`, when what it awaits
+/// holds; `false`, or `Err(what it saw instead)`, when not yet.
+pub trait Check {
+    /// What [`eventually`] returns once the check holds.
+    type Value;
+    /// The value, or what was seen instead.
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Check for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("the check did not hold".to_owned())
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    false
+}
+
+impl<T, E: Debug> Check for Result<T, E> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.map_err(|seen| format!("{seen:?}"))
+    }
+}
+
+/// Runs `check` until it holds, every 50 ms, and returns as soon as it does (with the
+/// check's value). Once `within` has passed it panics, naming what was `awaited` and what
+/// the last check saw instead.
+pub async fn eventually<C: Check>(
+    within: Duration,
+    awaited: impl Display,
+    mut check: impl AsyncFnMut() -> C,
+) -> C::Value {
+    let start = Instant::now();
+    loop {
+        let seen = match check().await.outcome() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        assert!(
+            start.elapsed() < within,
+            "waited {within:?} for {awaited}, in vain; the last check saw: {seen}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }

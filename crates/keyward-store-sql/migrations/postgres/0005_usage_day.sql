@@ -1,0 +1,8 @@
+-- Requests per account and UTC day (`YYYY-MM-DD`): `GET /v1/usage`'s `by_day`. The
+-- metering flush adds to them with the monthly counters.
+create table usage_day (
+    account_id text collate "C" not null,
+    day text collate "C" not null,
+    count bigint not null,
+    primary key (account_id, day)
+);

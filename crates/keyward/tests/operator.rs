@@ -1,0 +1,649 @@
+//! The operator's side, black box: custom scopes an admin key grants, operator keys and
+//! the operator API (accounts, plans), suspension, and the CLI that shares its code. On
+//! SQLite, or PostgreSQL with `KEYWARD_TEST_BACKEND=postgres`; the cross-node test always
+//! on PostgreSQL.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, client, create_key, eventually, get, patch, post, send};
+use serde_json::{Value, json};
+
+/// Makes an operator through the CLI; returns its key.
+fn operator_key(server: &Server) -> String {
+    let out = server.cli(&["operators", "create", "--name", "billing", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["operator_id"].as_str().unwrap().starts_with("op_"));
+    v["api_key"].as_str().unwrap().to_owned()
+}
+
+/// PUT JSON with a key.
+async fn put(server: &Server, key: &str, path: &str, body: &Value) -> common::Reply {
+    send(
+        client()
+            .put(server.url(path))
+            .header("x-api-key", key)
+            .json(body),
+    )
+    .await
+}
+
+/// DELETE with a key.
+async fn delete(server: &Server, key: &str, path: &str) -> common::Reply {
+    common::delete(server, key, path).await
+}
+
+/// `POST /v1/api-keys/validate` with `key`.
+async fn validate(server: &Server, key: &str) -> common::Reply {
+    send(
+        client()
+            .post(server.url("/v1/api-keys/validate"))
+            .header("x-api-key", key),
+    )
+    .await
+}
+
+/// The accounts the CLI lists, as JSON lines.
+fn accounts(server: &Server) -> Vec<Value> {
+    let out = server.cli(&["accounts", "list", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_admin_key_grants_a_custom_scope_and_validate_returns_it_but_read_write_cannot() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("enterprise");
+    let (_, rw) = create_key(
+        &server,
+        &acct.api_key,
+        &json!({"scopes": ["read", "write"]}),
+    )
+    .await;
+
+    // Act
+    let granted = post(
+        &server,
+        &acct.api_key,
+        "/v1/api-keys",
+        &json!({"scopes": ["videos:create"]}),
+    )
+    .await;
+    let refused = post(
+        &server,
+        &rw,
+        "/v1/api-keys",
+        &json!({"scopes": ["read", "videos:create"]}),
+    )
+    .await;
+    let admin_refused = post(&server, &rw, "/v1/api-keys", &json!({"scopes": ["admin"]})).await;
+
+    // Assert
+    assert_eq!(granted.status, 201, "{granted:?}");
+    let secret = granted.body["api_key"].as_str().unwrap();
+    let v = validate(&server, secret).await;
+    assert_eq!(v.body["valid"], true, "{v:?}");
+    assert_eq!(v.body["scopes"], json!(["videos:create"]));
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(refused.error_code(), "INSUFFICIENT_PERMISSIONS");
+    assert_eq!(
+        refused.body["error"]["details"]["required"],
+        json!(["videos:create"])
+    );
+    assert_eq!(
+        admin_refused.status, 403,
+        "built-in scopes stay subset-only"
+    );
+}
+
+#[tokio::test]
+async fn account_keys_are_refused_by_the_operator_api_and_operator_keys_by_v1() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("pro");
+    let op = operator_key(&server);
+    assert!(op.starts_with("kwop_"), "operator keys are <prefix>op_…");
+
+    // Act
+    let account_on_operator = get(&server, &acct.api_key, "/operator/v1/plans").await;
+    let operator_on_v1 = get(&server, &op, "/v1/api-keys").await;
+    let operator_validates = validate(&server, &op).await;
+    let missing = send(client().get(server.url("/operator/v1/plans"))).await;
+    let ok = get(&server, &op, "/operator/v1/plans").await;
+
+    // Assert
+    assert_eq!(account_on_operator.status, 401, "{account_on_operator:?}");
+    assert_eq!(account_on_operator.error_code(), "INVALID_API_KEY");
+    assert_eq!(operator_on_v1.status, 401, "{operator_on_v1:?}");
+    assert_eq!(operator_on_v1.error_code(), "INVALID_API_KEY");
+    assert_eq!(operator_validates.body["valid"], false);
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.body["error"]["details"]["reason"], "missing");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.header("cache-control"), Some("no-store"));
+    assert!(ok.header("x-ratelimit-limit").is_none(), "not rate limited");
+
+    // A revoked operator key stops working.
+    let list = server.cli(&["operators", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&op),
+        "no secret in the listing"
+    );
+    let id = listed["operator_id"].as_str().unwrap();
+    assert!(server.cli(&["operators", "revoke", id]).status.success());
+    assert_eq!(get(&server, &op, "/operator/v1/plans").await.status, 401);
+}
+
+#[tokio::test]
+async fn a_sign_up_retried_with_the_same_external_id_makes_one_account() {
+    // Arrange
+    let server = Server::start_with(&["--no-bootstrap"]);
+    let op = operator_key(&server);
+    let body =
+        json!({"name": "Acme", "plan": "pro", "external_id": "cus_42", "metadata": {"crm": 7}});
+
+    // Act
+    let first = post(&server, &op, "/operator/v1/accounts", &body).await;
+    let retry = post(&server, &op, "/operator/v1/accounts", &body).await;
+
+    // Assert
+    assert_eq!(first.status, 201, "{first:?}");
+    let account = &first.body["account"];
+    let account_id = account["account_id"].as_str().unwrap();
+    assert_eq!(account["external_id"], "cus_42");
+    assert_eq!(account["plan"], "pro");
+    assert_eq!(
+        account["limits"],
+        json!({"per_minute": 60, "per_day": 1000, "per_month": null})
+    );
+    assert_eq!(account["status"], "active");
+    assert_eq!(account["metadata"], json!({"crm": 7}));
+    assert_eq!(account["key_count"], 1);
+    let key = &first.body["api_key"];
+    assert_eq!(key["scopes"], json!(["read", "write", "admin"]));
+    let secret = key["api_key"].as_str().unwrap();
+    assert_eq!(get(&server, secret, "/v1/api-keys").await.status, 200);
+    assert_eq!(retry.status, 409, "{retry:?}");
+    assert_eq!(retry.error_code(), "CONFLICT");
+    assert_eq!(retry.body["error"]["details"]["account_id"], account_id);
+    assert_eq!(accounts(&server).len(), 1, "one account");
+    let read = get(&server, &op, &format!("/operator/v1/accounts/{account_id}")).await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["account_id"], account_id);
+}
+
+#[tokio::test]
+async fn bad_account_input_is_refused_with_its_field_and_stores_nothing() {
+    // Arrange
+    let server = Server::start_with(&["--no-bootstrap"]);
+    let op = operator_key(&server);
+    let created = post(
+        &server,
+        &op,
+        "/operator/v1/accounts",
+        &json!({"name": "Kept", "external_id": "cus_1"}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["account"]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/operator/v1/accounts/{id}");
+    let before = get(&server, &op, &path).await.body;
+
+    // Act + Assert: creations.
+    for (body, field) in [
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x".repeat(201)}), "name"),
+        (json!({}), "name"),
+        (json!({"name": "a", "plan": "Gold"}), "plan"),
+        (json!({"name": "a", "plan": "platinum"}), "plan"),
+        (json!({"name": "a", "external_id": ""}), "external_id"),
+        (
+            json!({"name": "a", "external_id": "x".repeat(129)}),
+            "external_id",
+        ),
+        (json!({"name": "a", "metadata": [1]}), "metadata"),
+        (json!({"name": "a", "colour": "blue"}), "colour"),
+    ] {
+        let r = post(&server, &op, "/operator/v1/accounts", &body).await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.error_code(), "VALIDATION_ERROR", "{body}");
+        assert_eq!(r.field(), field, "{body}");
+    }
+    assert_eq!(accounts(&server).len(), 1, "no account was stored");
+
+    // Act + Assert: changes.
+    let other = post(
+        &server,
+        &op,
+        "/operator/v1/accounts",
+        &json!({"name": "Other", "external_id": "cus_2"}),
+    )
+    .await;
+    let other_id = other.body["account"]["account_id"].as_str().unwrap();
+    for (body, field) in [
+        (json!({"status": "deleted"}), "status"),
+        (json!({"plan": "platinum"}), "plan"),
+        (
+            json!({"overrides": {"per_month": 0}}),
+            "overrides.per_month",
+        ),
+        (json!({"overrides": {"per_hour": 5}}), "per_hour"),
+        (json!({"name": " "}), "name"),
+        (json!({"external_id": "x".repeat(129)}), "external_id"),
+    ] {
+        let r = patch(&server, &op, &path, &body).await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.error_code(), "VALIDATION_ERROR", "{body}");
+        assert_eq!(r.field(), field, "{body}");
+    }
+    let taken = patch(&server, &op, &path, &json!({"external_id": "cus_2"})).await;
+    assert_eq!(taken.status, 409, "{taken:?}");
+    assert_eq!(taken.body["error"]["details"]["account_id"], other_id);
+    let missing = get(
+        &server,
+        &op,
+        "/operator/v1/accounts/acct_01JD0000000000000000000000",
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "RESOURCE_NOT_FOUND");
+    assert_eq!(
+        get(&server, &op, "/operator/v1/accounts/..").await.status,
+        404
+    );
+    assert_eq!(
+        get(&server, &op, &path).await.body,
+        before,
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_accounts_keys_get_401_account_suspended_and_work_after_resume() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("pro");
+    let op = operator_key(&server);
+    let path = format!("/operator/v1/accounts/{}", acct.account_id);
+    assert_eq!(
+        get(&server, &acct.api_key, "/v1/api-keys").await.status,
+        200
+    );
+
+    // Act
+    let suspended = patch(&server, &op, &path, &json!({"status": "suspended"})).await;
+    let refused = get(&server, &acct.api_key, "/v1/api-keys").await;
+    let v = validate(&server, &acct.api_key).await;
+    let resumed = patch(&server, &op, &path, &json!({"status": "active"})).await;
+    let back = get(&server, &acct.api_key, "/v1/api-keys").await;
+
+    // Assert
+    assert_eq!(suspended.status, 200, "{suspended:?}");
+    assert_eq!(suspended.body["status"], "suspended");
+    assert_eq!(refused.status, 401, "on the very next request: {refused:?}");
+    assert_eq!(refused.error_code(), "INVALID_API_KEY");
+    assert_eq!(
+        refused.body["error"]["details"]["reason"],
+        "account_suspended"
+    );
+    assert_eq!(
+        v.body,
+        json!({"valid": false, "reason": "account_suspended"})
+    );
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    assert_eq!(back.status, 200, "{back:?}");
+
+    // The CLI does the same.
+    let id = acct.account_id.as_str();
+    assert!(server.cli(&["accounts", "suspend", id]).status.success());
+    let row = &accounts(&server)[0];
+    assert_eq!(row["status"], "suspended");
+    assert!(server.cli(&["accounts", "resume", id]).status.success());
+    assert_eq!(accounts(&server)[0]["status"], "active");
+}
+
+#[tokio::test]
+async fn a_suspension_through_one_node_reaches_the_other_nodes_cache() {
+    let Some(a) = Server::start_on_postgres("suspension across nodes", &["--no-bootstrap"]) else {
+        return;
+    };
+    let b = a.another_node(&["--no-bootstrap"]);
+    let acct = a.create_account("pro");
+    let op = operator_key(&a);
+    let path = format!("/operator/v1/accounts/{}", acct.account_id);
+    // B has the key cached (10 s): only the change's announcement can refuse it sooner.
+    assert_eq!(get(&b, &acct.api_key, "/v1/api-keys").await.status, 200);
+
+    let suspended = patch(&a, &op, &path, &json!({"status": "suspended"})).await;
+    assert_eq!(suspended.status, 200, "{suspended:?}");
+    eventually(
+        Duration::from_secs(5),
+        "node B refuses the suspended account",
+        async || {
+            let r = get(&b, &acct.api_key, "/v1/api-keys").await;
+            r.body["error"]["details"]["reason"] == "account_suspended"
+        },
+    )
+    .await;
+
+    let resumed = patch(&a, &op, &path, &json!({"status": "active"})).await;
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    eventually(
+        Duration::from_secs(5),
+        "node B takes the key again",
+        async || get(&b, &acct.api_key, "/v1/api-keys").await.status == 200,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn plans_are_put_listed_and_deleted_but_not_while_in_use() {
+    // Arrange
+    let server = Server::start_with(&["--no-bootstrap"]);
+    let op = operator_key(&server);
+
+    // Act
+    let put_gold = put(
+        &server,
+        &op,
+        "/operator/v1/plans/gold",
+        &json!({"per_minute": 100, "per_month": 5}),
+    )
+    .await;
+    let created = post(
+        &server,
+        &op,
+        "/operator/v1/accounts",
+        &json!({"name": "Acme", "plan": "gold"}),
+    )
+    .await;
+    let in_use = delete(&server, &op, "/operator/v1/plans/gold").await;
+    let listed = get(&server, &op, "/operator/v1/plans").await;
+
+    // Assert
+    assert_eq!(put_gold.status, 200, "{put_gold:?}");
+    assert_eq!(
+        put_gold.body,
+        json!({"name": "gold", "per_minute": 100, "per_day": null, "per_month": 5})
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(
+        created.body["account"]["limits"],
+        json!({"per_minute": 100, "per_day": null, "per_month": 5})
+    );
+    assert_eq!(in_use.status, 409, "{in_use:?}");
+    assert_eq!(in_use.error_code(), "CONFLICT");
+    let names: Vec<&str> = listed.body["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["enterprise", "free", "gold", "pro", "scale"]);
+
+    // Overrides apply on any plan; a plan change shows at once.
+    let id = created.body["account"]["account_id"].as_str().unwrap();
+    let path = format!("/operator/v1/accounts/{id}");
+    let overridden = patch(&server, &op, &path, &json!({"overrides": {"per_day": 20}})).await;
+    assert_eq!(
+        overridden.body["limits"],
+        json!({"per_minute": 100, "per_day": 20, "per_month": 5}),
+        "{overridden:?}"
+    );
+    assert_eq!(
+        overridden.body["overrides"],
+        json!({"per_minute": null, "per_day": 20, "per_month": null})
+    );
+    let raised = put(
+        &server,
+        &op,
+        "/operator/v1/plans/gold",
+        &json!({"per_minute": 200, "per_month": 50}),
+    )
+    .await;
+    assert_eq!(raised.status, 200);
+    assert_eq!(
+        get(&server, &op, &path).await.body["limits"],
+        json!({"per_minute": 200, "per_day": 20, "per_month": 50})
+    );
+
+    // Bad input changes nothing.
+    for (path, body, field) in [
+        ("/operator/v1/plans/Gold", json!({}), "name"),
+        (
+            "/operator/v1/plans/silver",
+            json!({"per_day": 0}),
+            "per_day",
+        ),
+        (
+            "/operator/v1/plans/silver",
+            json!({"per_day": -1}),
+            "per_day",
+        ),
+        (
+            "/operator/v1/plans/silver",
+            json!({"per_day": "10"}),
+            "per_day",
+        ),
+        (
+            "/operator/v1/plans/silver",
+            json!({"per_hour": 1}),
+            "per_hour",
+        ),
+    ] {
+        let r = put(&server, &op, path, &body).await;
+        assert_eq!(r.status, 400, "{path} {body}: {r:?}");
+        assert_eq!(r.error_code(), "VALIDATION_ERROR");
+        assert_eq!(r.field(), field, "{path} {body}");
+    }
+    let unchanged = get(&server, &op, "/operator/v1/plans").await;
+    assert_eq!(unchanged.body["plans"].as_array().unwrap().len(), 5);
+    let unknown = delete(&server, &op, "/operator/v1/plans/silver").await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    // Moved off the plan, it can go.
+    assert_eq!(
+        patch(&server, &op, &path, &json!({"plan": "free"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        delete(&server, &op, "/operator/v1/plans/gold").await.status,
+        204
+    );
+}
+
+#[tokio::test]
+async fn an_operator_issues_a_key_with_any_scopes_and_the_cli_does_the_same() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("pro");
+    let op = operator_key(&server);
+    let path = format!("/operator/v1/accounts/{}/api-keys", acct.account_id);
+
+    // Act
+    let issued = post(
+        &server,
+        &op,
+        &path,
+        &json!({"name": "recovery", "scopes": ["read", "billing:export"]}),
+    )
+    .await;
+    let cli = server.cli(&[
+        "accounts",
+        "issue-key",
+        &acct.account_id,
+        "--scopes",
+        "admin,videos:create",
+        "--json",
+    ]);
+
+    // Assert
+    assert_eq!(issued.status, 201, "{issued:?}");
+    assert_eq!(issued.body["scopes"], json!(["read", "billing:export"]));
+    let secret = issued.body["api_key"].as_str().unwrap();
+    let v = validate(&server, secret).await;
+    assert_eq!(v.body["scopes"], json!(["read", "billing:export"]), "{v:?}");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let out: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let from_cli = out["api_key"].as_str().unwrap();
+    let v = validate(&server, from_cli).await;
+    assert_eq!(v.body["scopes"], json!(["admin", "videos:create"]), "{v:?}");
+
+    // Bad input and a missing account store nothing.
+    for (body, field) in [
+        (json!({"scopes": []}), "scopes"),
+        (json!({"scopes": ["Read"]}), "scopes"),
+        (json!({"scopes": ["read"], "expires_in": 0}), "expires_in"),
+        (json!({"scopes": ["read"], "colour": 1}), "colour"),
+    ] {
+        let r = post(&server, &op, &path, &body).await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.field(), field, "{body}");
+    }
+    let missing = post(
+        &server,
+        &op,
+        "/operator/v1/accounts/acct_01JD0000000000000000000000/api-keys",
+        &json!({"scopes": ["read"]}),
+    )
+    .await;
+    assert_eq!(missing.status, 404, "{missing:?}");
+    let bad_cli = server.cli(&[
+        "accounts",
+        "issue-key",
+        &acct.account_id,
+        "--scopes",
+        "Read",
+    ]);
+    assert!(!bad_cli.status.success());
+    assert_eq!(
+        accounts(&server)[0]["keys"],
+        3,
+        "the first key and the two issued"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_looks_up_and_revokes_any_accounts_key_by_id() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("pro");
+    let op = operator_key(&server);
+    let path = format!("/operator/v1/api-keys/{}", acct.key_id);
+    assert_eq!(
+        get(&server, &acct.api_key, "/v1/api-keys").await.status,
+        200
+    );
+
+    // Act
+    let read = get(&server, &op, &path).await;
+    let revoked = delete(&server, &op, &path).await;
+    let after = get(&server, &acct.api_key, "/v1/api-keys").await;
+    let again = delete(&server, &op, &path).await;
+
+    // Assert
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["account_id"], acct.account_id.as_str());
+    assert_eq!(read.body["key_id"], acct.key_id.as_str());
+    assert!(read.body.get("api_key").is_none(), "no secret");
+    assert!(!read.text.contains(&acct.api_key));
+    assert_eq!(revoked.status, 204, "{revoked:?}");
+    assert_eq!(after.status, 401, "on the very next request: {after:?}");
+    assert_eq!(again.status, 404, "{again:?}");
+    for bad in ["key_01JD0000000000000000000000", "..", "key_x"] {
+        let r = get(&server, &op, &format!("/operator/v1/api-keys/{bad}")).await;
+        assert_eq!(r.status, 404, "{bad}: {r:?}");
+        assert_eq!(r.error_code(), "RESOURCE_NOT_FOUND");
+    }
+}
+
+#[tokio::test]
+async fn accounts_are_listed_by_page_with_filters_and_bad_parameters_are_refused() {
+    // Arrange: three accounts, one suspended, one with an external id.
+    let server = Server::start_with(&["--no-bootstrap"]);
+    let op = operator_key(&server);
+    let mut ids = Vec::new();
+    for (name, external) in [("a", None), ("b", Some("cus_b")), ("c", None)] {
+        let mut body = json!({"name": name});
+        if let Some(external) = external {
+            body["external_id"] = json!(external);
+        }
+        let r = post(&server, &op, "/operator/v1/accounts", &body).await;
+        assert_eq!(r.status, 201, "{r:?}");
+        ids.push(r.body["account"]["account_id"].as_str().unwrap().to_owned());
+    }
+    let suspend = patch(
+        &server,
+        &op,
+        &format!("/operator/v1/accounts/{}", ids[2]),
+        &json!({"status": "suspended"}),
+    )
+    .await;
+    assert_eq!(suspend.status, 200);
+    let listed_ids = |r: &common::Reply| -> Vec<String> {
+        r.body["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["account_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Act
+    let first = get(&server, &op, "/operator/v1/accounts?limit=2").await;
+    let next = get(
+        &server,
+        &op,
+        &format!("/operator/v1/accounts?limit=2&after={}", ids[1]),
+    )
+    .await;
+    let by_external = get(&server, &op, "/operator/v1/accounts?external_id=cus_b").await;
+    let suspended = get(&server, &op, "/operator/v1/accounts?status=suspended").await;
+
+    // Assert
+    assert_eq!(listed_ids(&first), ids[..2], "{first:?}");
+    assert_eq!(first.body["has_more"], true);
+    assert_eq!(listed_ids(&next), ids[2..]);
+    assert_eq!(next.body["has_more"], false);
+    assert_eq!(listed_ids(&by_external), [ids[1].clone()]);
+    assert_eq!(listed_ids(&suspended), [ids[2].clone()]);
+    assert_eq!(first.body["accounts"][0]["key_count"], 1);
+    assert_eq!(first.body["accounts"][0]["requests_this_month"], 0);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after=acct_x", "after"),
+        ("status=deleted", "status"),
+        ("external_id=", "external_id"),
+        ("colour=blue", "colour"),
+    ] {
+        let r = get(&server, &op, &format!("/operator/v1/accounts?{query}")).await;
+        assert_eq!(r.status, 400, "{query}: {r:?}");
+        assert_eq!(r.error_code(), "VALIDATION_ERROR");
+        assert_eq!(r.field(), field, "{query}");
+    }
+}
