@@ -24,7 +24,9 @@
 //! counters `GET /v1/usage` reads: the first time a limiter needs an account's count of a
 //! month, it asks a [`UsageSource`] (the store) for what is stored, once per account and
 //! month and process ([`MonthSeeds`]); from then on the limiter counts the requests it
-//! allows itself, which also covers the ones still on their way to storage. In Redis the
+//! allows itself, which also covers the ones still on their way to storage. The usage
+//! counters count every authenticated request, refused ones included, so a count started
+//! from them after refusals starts that much higher than the limiter's own would have. In Redis the
 //! stored count is set only if the month has no count yet, so every node adds to one
 //! count. A month that is not limited is neither read nor counted: a quota set later
 //! starts again from what storage holds at that time (on a node that never counted the
@@ -293,13 +295,16 @@ pub trait UsageSource: Send + Sync + 'static {
 /// How long a failed read of a stored count keeps further reads from being tried.
 const SEED_RETRY: Duration = Duration::from_secs(1);
 
+/// A [`month_number`] and its stored count, once read.
+type SeedCell = (i64, OnceCell<u64>);
+
 /// The stored month counts a process has read: at most one read per account and month,
 /// however many requests ask at once; each limiter starts its month window from them.
 /// Without a [`UsageSource`] every stored count is 0.
 #[derive(Default)]
 pub struct MonthSeeds {
     source: Option<Arc<dyn UsageSource>>,
-    cells: Mutex<HashMap<AccountId, Arc<(i64, OnceCell<u64>)>>>,
+    cells: Mutex<HashMap<AccountId, Arc<SeedCell>>>,
     retry_at: Mutex<Option<Instant>>,
 }
 
@@ -328,7 +333,10 @@ impl MonthSeeds {
             return Some(0);
         };
         let cell = {
-            let mut cells = self.cells.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut cells = self
+                .cells
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let cell = cells
                 .entry(account.clone())
                 .or_insert_with(|| Arc::new((month, OnceCell::new())));
@@ -360,7 +368,8 @@ impl MonthSeeds {
                 *self
                     .retry_at
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + SEED_RETRY);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Instant::now() + SEED_RETRY);
                 None
             }
         }

@@ -104,7 +104,9 @@ impl AccountWindows {
 
     /// The month window's count in `month` (nothing counted in an earlier month counts).
     fn month_total(&self, month: i64) -> u64 {
-        self.month.filter(|&(m, _)| m == month).map_or(0, |(_, n)| n)
+        self.month
+            .filter(|&(m, _)| m == month)
+            .map_or(0, |(_, n)| n)
     }
 
     /// The limited windows, narrowest first, with their counts at `month`.
@@ -115,7 +117,13 @@ impl AccountWindows {
             (Refusal::Month, limits.per_month, self.month_total(month)),
         ]
         .into_iter()
-        .filter_map(|(window, limit, total)| limit.map(|limit| View { window, limit, total }))
+        .filter_map(|(window, limit, total)| {
+            limit.map(|limit| View {
+                window,
+                limit,
+                total,
+            })
+        })
     }
 
     /// `reset` of a window: when its oldest counted request stops counting.
@@ -346,7 +354,11 @@ impl LocalRateLimiter {
     /// well (the Redis limiter's fallback, once Redis holds the counts again).
     pub(crate) fn forget_idle_accounts(&self, now: OffsetDateTime, month_too: bool) {
         let now_ms = unix_ms(now);
-        let month = if month_too { i64::MIN } else { month_number(now) };
+        let month = if month_too {
+            i64::MIN
+        } else {
+            month_number(now)
+        };
         self.seeds.keep_only(month_number(now));
         let mut accounts = self
             .accounts

@@ -461,7 +461,13 @@ impl StoredCounts {
 
     /// The most reads of one account's month.
     pub(crate) fn most_reads(&self) -> u32 {
-        self.reads.lock().unwrap().values().copied().max().unwrap_or(0)
+        self.reads
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -584,7 +590,10 @@ async fn the_lua_script_answers_every_vector() {
         return;
     };
     let stored = Arc::new(StoredCounts::default());
-    let limiter = fx.limiter_on_caller_clock().await.with_usage(stored.clone());
+    let limiter = fx
+        .limiter_on_caller_clock()
+        .await
+        .with_usage(stored.clone());
     for vector in VECTORS {
         if let Err(mismatch) = run(&limiter, &stored, vector, &|| limiter.is_redis_up()).await {
             panic!("{mismatch}");

@@ -692,7 +692,10 @@ async fn account_on(server: &Server, op: &str, plan: &str) -> (String, String) {
             .as_str()
             .unwrap()
             .to_owned(),
-        created.body["api_key"]["api_key"].as_str().unwrap().to_owned(),
+        created.body["api_key"]["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     )
 }
 
@@ -751,10 +754,7 @@ async fn the_monthly_quota_refuses_past_per_month_and_a_restarted_node_still_ref
     // A restarted node (in-process counts gone) starts from the stored usage counters.
     assert!(server.sigterm().success());
     server.restart();
-    assert_month_refusal(
-        &get(&server, &key, "/v1/api-keys").await,
-        "after a restart",
-    );
+    assert_month_refusal(&get(&server, &key, "/v1/api-keys").await, "after a restart");
 
     // An override on the account wins over the plan's number.
     let path = format!("/operator/v1/accounts/{account_id}");
@@ -777,8 +777,7 @@ async fn the_monthly_quota_refuses_past_per_month_and_a_restarted_node_still_ref
 }
 
 #[tokio::test]
-async fn a_lower_override_refuses_first_and_a_raised_plan_lets_requests_through_within_a_second()
-{
+async fn a_lower_override_refuses_first_and_a_raised_plan_lets_requests_through_within_a_second() {
     // Arrange: a generous plan; one account overridden down to two, one left on it.
     let server = Server::start_with(&["--no-bootstrap"]);
     let op = operator_key(&server);
@@ -811,7 +810,10 @@ async fn a_lower_override_refuses_first_and_a_raised_plan_lets_requests_through_
 
     // Assert
     assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(first.body["quota"]["per_month"], 2, "the override is in force");
+    assert_eq!(
+        first.body["quota"]["per_month"], 2,
+        "the override is in force"
+    );
     assert_eq!(second.status, 200, "{second:?}");
     assert_month_refusal(&third, "over the account's own quota");
     for (i, r) in plan_replies.iter().take(3).enumerate() {

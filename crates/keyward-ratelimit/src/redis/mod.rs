@@ -349,7 +349,10 @@ impl RedisRateLimiter {
         consume: bool,
     ) -> Result<Option<RateDecision>, Failure> {
         let owner = account.as_str();
-        let reply = match self.run_script(owner, limits, None, None, now, consume).await? {
+        let reply = match self
+            .run_script(owner, limits, None, None, now, consume)
+            .await?
+        {
             Reply::NeedsMonth(month) => match self.seeds.get(account, month).await {
                 Some(stored) => {
                     self.run_script(owner, limits, Some((month, stored)), None, now, consume)
@@ -387,7 +390,13 @@ impl RedisRateLimiter {
         now: OffsetDateTime,
         consume: bool,
     ) -> Result<Reply, Failure> {
-        let [minute_buckets, minute_counts, day_buckets, day_counts, month] = self.keys(owner);
+        let [
+            minute_buckets,
+            minute_counts,
+            day_buckets,
+            day_counts,
+            month,
+        ] = self.keys(owner);
         let limit_arg = |limit: Option<u32>| limit.map_or(-1, i64::from);
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -561,7 +570,15 @@ enum Reply {
 /// Reads the script's `{allowed, limit, remaining, reset_secs, retry_after_secs or -1,
 /// refusing window}`.
 fn parse_reply(reply: &[i64]) -> Option<RateDecision> {
-    let &[allowed, limit, remaining, reset_secs, retry_after, refused_by] = reply else {
+    let &[
+        allowed,
+        limit,
+        remaining,
+        reset_secs,
+        retry_after,
+        refused_by,
+    ] = reply
+    else {
         return None;
     };
     let refused_by = match refused_by {

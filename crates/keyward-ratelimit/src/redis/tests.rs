@@ -475,7 +475,11 @@ fn malformed_replies_are_rejected() {
     assert_eq!(parse_reply(&[1, 10, 9, 61, -1]), None);
     assert_eq!(parse_reply(&[1, -10, 9, 61, -1, 0]), None);
     assert_eq!(parse_reply(&[0, 10, 0, 61, 60, 4]), None);
-    assert_eq!(parse_reply(&[1, 10, 9, 61, -1, 1]), None, "allowed, yet refused");
+    assert_eq!(
+        parse_reply(&[1, 10, 9, 61, -1, 1]),
+        None,
+        "allowed, yet refused"
+    );
 }
 
 /// A small deterministic generator, so a failing replay can be reproduced.
