@@ -357,9 +357,10 @@ impl LocalRateLimiter {
         let month = if month_too {
             i64::MIN
         } else {
+            // The stored counts of past months are needed no more.
+            self.seeds.keep_only(month_number(now));
             month_number(now)
         };
-        self.seeds.keep_only(month_number(now));
         let mut accounts = self
             .accounts
             .lock()

@@ -499,19 +499,32 @@ async fn matches_the_local_limiter_step_for_step() {
     let Some(fx) = Fixture::new("matches_the_local_limiter_step_for_step") else {
         return;
     };
-    let shared = fx.limiter_on_caller_clock().await;
-    let local = LocalRateLimiter::new();
     let accounts = [acct(), acct(), acct()];
+    // The same stored counts for each, read by each on its own.
+    let stored = [(); 2].map(|()| {
+        let stored = Arc::new(crate::vectors::StoredCounts::default());
+        let november = time::macros::datetime!(2026-11-01 0:00 UTC);
+        stored.set_at(&accounts[0], november, 3);
+        stored.set_at(&accounts[1], november, 40);
+        stored
+    });
+    let shared = fx
+        .limiter_on_caller_clock()
+        .await
+        .with_usage(stored[0].clone());
+    let local = LocalRateLimiter::with_usage(stored[1].clone());
     let limit_sets = [
-        Limits::new(Some(5), Some(20)),
-        Limits::new(Some(3), None),
+        Limits::new(Some(5), Some(20)).with_per_month(Some(30)),
+        Limits::new(Some(3), None).with_per_month(Some(200)),
         Limits::new(None, Some(7)),
         Limits::new(Some(10), Some(100)),
         Limits::new(Some(0), Some(5)),
         Limits::new(Some(4), Some(4)),
+        Limits::default().with_per_month(Some(45)),
     ];
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut t = time::macros::datetime!(2026-11-26 12:00:00.5 UTC);
+    let mut month_refusals = 0;
     // Mostly sub-second gaps, some of about a minute, a few of hours: every window rolls,
     // the day window included (about two simulated days in all).
     for step in 0..4000 {
@@ -525,7 +538,7 @@ async fn matches_the_local_limiter_step_for_step() {
         let account = &accounts[which];
         // Each account has its plan; now and then the plan changes under it.
         let limits = if rng.below(20) == 0 {
-            limit_sets[usize::try_from(rng.below(6)).unwrap()]
+            limit_sets[usize::try_from(rng.below(7)).unwrap()]
         } else {
             limit_sets[which]
         };
@@ -545,8 +558,13 @@ async fn matches_the_local_limiter_step_for_step() {
             got, expected,
             "step {step} at {t}, {limits:?}, consume {consume}"
         );
+        if got.is_some_and(|d| d.refused_by == Some(Window::Month)) {
+            month_refusals += 1;
+        }
     }
     assert!(shared.is_redis_up());
+    assert!(month_refusals > 0, "the replay reaches a monthly quota");
+    assert!(stored.iter().all(|s| s.most_reads() == 1));
 }
 
 #[tokio::test]
