@@ -2,7 +2,7 @@
 //! storage lookup for garbage), lookup by digest, status, expiry (`expires_at` and
 //! inactivity), account suspension; then the key's policies and the limits
 //! ([`check_policies`]): the client address against `allowed_ips`, scope, then rate
-//! limits and credits.
+//! limits, the monthly quota and credits.
 //! [`Caller::require`] runs them for keyward's own endpoints, [`Caller::require_route`]
 //! for the platform's routes (gateway mode and forward auth).
 
@@ -88,11 +88,13 @@ impl From<Refusal> for ApiError {
 }
 
 /// The checks after authentication, in API.md's order: the client's address against
-/// the key's `allowed_ips`, the scopes, then the account's per-minute and per-day limits,
-/// then the key's own limits and credits. An account's monthly number (`per_month`) is
-/// reported by `GET /v1/usage` as its quota and not counted here. Everything it reads travels with the cached key or
-/// lives with the limiter: no storage round trip. Sets the request's rate-limit headers.
-/// Answers the key's credit balance after the request (`None` without credits).
+/// the key's `allowed_ips`, the scopes, then the account's per-minute and per-day limits
+/// and its monthly quota (`per_month`, one limiter decision), then the key's own limits
+/// and credits. Everything it reads travels with the cached key or lives with the
+/// limiter, which reads an account's stored count of a month once per node and month
+/// and counts on from it: no storage round trip per request. Sets the request's
+/// rate-limit headers. Answers the key's credit balance after the request (`None`
+/// without credits).
 ///
 /// # Errors
 /// The first check that refuses.
@@ -126,7 +128,7 @@ pub async fn check_policies<S: AsRef<str>>(
         caller.ctx.set_rate(decision);
         metrics::counter!(metric::RATE_LIMITED).increment(1);
         return Err(Refusal::Limited {
-            window: decision.window(caller.record.limits),
+            window: decision.refused_by.unwrap_or(Window::Minute),
             retry_after_secs: Some(decision.retry_after_secs.unwrap_or(1)),
         });
     }

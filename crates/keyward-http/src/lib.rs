@@ -23,6 +23,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod operator;
 pub mod state;
+pub mod usage;
 
 use axum::Router;
 use axum::routing::{any, delete, get, post, put};

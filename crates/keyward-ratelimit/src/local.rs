@@ -3,15 +3,15 @@
 //! falls back to this one while Redis does not answer).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use keyward_core::{AccountId, KeyId, Limits};
 use time::OffsetDateTime;
 
 use crate::{
-    CreditState, KeyCharge, KeyDecision, RateDecision, RateLimiter, Window as Refusal, credit_step,
-    secs_until_refill, unix_ms,
+    CreditState, KeyCharge, KeyDecision, MonthSeeds, RateDecision, RateLimiter, UsageSource,
+    Window as Refusal, credit_step, month_number, secs_until_month_end, secs_until_refill, unix_ms,
 };
 
 /// One rolling window of buckets.
@@ -82,6 +82,15 @@ impl Window {
 struct AccountWindows {
     minute: Window,
     day: Window,
+    /// The month window: a [`month_number`] and the requests counted in it, once started.
+    month: Option<(i64, u64)>,
+}
+
+/// One limited window as a decision sees it.
+struct View {
+    window: Refusal,
+    limit: u32,
+    total: u64,
 }
 
 impl AccountWindows {
@@ -89,30 +98,67 @@ impl AccountWindows {
         Self {
             minute: Window::new(1_000, 61),
             day: Window::new(60_000, 1_441),
+            month: None,
         }
     }
 
-    fn decide(&mut self, limits: Limits, now_ms: i64, consume: bool) -> RateDecision {
+    /// The month window's count in `month` (nothing counted in an earlier month counts).
+    fn month_total(&self, month: i64) -> u64 {
+        self.month
+            .filter(|&(m, _)| m == month)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// The limited windows, narrowest first, with their counts at `month`.
+    fn views(&self, limits: Limits, month: i64) -> impl Iterator<Item = View> {
+        [
+            (Refusal::Minute, limits.per_minute, self.minute.total),
+            (Refusal::Day, limits.per_day, self.day.total),
+            (Refusal::Month, limits.per_month, self.month_total(month)),
+        ]
+        .into_iter()
+        .filter_map(|(window, limit, total)| {
+            limit.map(|limit| View {
+                window,
+                limit,
+                total,
+            })
+        })
+    }
+
+    /// `reset` of a window: when its oldest counted request stops counting.
+    fn reset_secs(&self, window: Refusal, now: OffsetDateTime, now_ms: i64, total: u64) -> u64 {
+        match window {
+            Refusal::Minute => self.minute.reset_secs(now_ms),
+            Refusal::Day => self.day.reset_secs(now_ms),
+            _ if total == 0 => 0,
+            _ => secs_until_month_end(now),
+        }
+    }
+
+    /// The window rule of the crate docs. A month limit counts from the month's count the
+    /// limiter started ([`LocalRateLimiter`] does so before it asks).
+    fn decide(&mut self, limits: Limits, now: OffsetDateTime, consume: bool) -> RateDecision {
+        let now_ms = unix_ms(now);
+        let month = month_number(now);
         let minute_bucket = self.minute.evict(now_ms);
         let day_bucket = self.day.evict(now_ms);
-        let windows = [
-            (&self.minute, limits.per_minute),
-            (&self.day, limits.per_day),
-        ];
-        let allowed = windows
-            .iter()
-            .all(|(w, limit)| limit.is_none_or(|l| w.total < u64::from(l)));
-        let retry_after_secs = (!allowed).then(|| {
-            windows
-                .iter()
-                .filter_map(|(w, limit)| {
-                    limit
-                        .filter(|&l| w.total >= u64::from(l))
-                        .map(|l| w.retry_after_secs(l, now_ms))
-                })
-                .max()
-                .unwrap_or(1)
-        });
+        // The full window that decides retry-after refuses; the wider on a tie.
+        let mut refused: Option<(u64, Refusal)> = None;
+        for v in self.views(limits, month) {
+            if v.total < u64::from(v.limit) {
+                continue;
+            }
+            let retry = match v.window {
+                Refusal::Minute => self.minute.retry_after_secs(v.limit, now_ms),
+                Refusal::Day => self.day.retry_after_secs(v.limit, now_ms),
+                _ => secs_until_month_end(now).max(1),
+            };
+            if refused.is_none_or(|(r, _)| retry >= r) {
+                refused = Some((retry, v.window));
+            }
+        }
+        let allowed = refused.is_none();
         if allowed && consume {
             if limits.per_minute.is_some() {
                 self.minute.add(minute_bucket);
@@ -120,17 +166,17 @@ impl AccountWindows {
             if limits.per_day.is_some() {
                 self.day.add(day_bucket);
             }
+            if limits.per_month.is_some() {
+                self.month = Some((month, self.month_total(month) + 1));
+            }
         }
-        // The tighter window is the one with fewer requests left; ties go to the minute.
+        // The tighter window is the one with fewer requests left; ties go to the narrower.
         let mut shown: Option<(u32, u32, u64)> = None;
-        for (w, limit) in [
-            (&self.minute, limits.per_minute),
-            (&self.day, limits.per_day),
-        ] {
-            let Some(limit) = limit else { continue };
-            let remaining = u32::try_from(u64::from(limit).saturating_sub(w.total)).unwrap_or(0);
+        for v in self.views(limits, month) {
+            let remaining = u32::try_from(u64::from(v.limit).saturating_sub(v.total)).unwrap_or(0);
             if shown.is_none_or(|(_, r, _)| remaining < r) {
-                shown = Some((limit, remaining, w.reset_secs(now_ms)));
+                let reset = self.reset_secs(v.window, now, now_ms, v.total);
+                shown = Some((v.limit, remaining, reset));
             }
         }
         let (limit, remaining, reset_secs) = shown.unwrap_or((0, 0, 0));
@@ -139,31 +185,14 @@ impl AccountWindows {
             limit,
             remaining,
             reset_secs,
-            retry_after_secs,
+            retry_after_secs: refused.map(|(retry, _)| retry),
+            refused_by: refused.map(|(_, window)| window),
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.minute.total == 0 && self.day.total == 0
-    }
-
-    /// The window that refuses at `now` under `limits` (the minute first), if any.
-    fn refusing(&mut self, limits: Limits, now_ms: i64) -> Option<Refusal> {
-        self.minute.evict(now_ms);
-        self.day.evict(now_ms);
-        if limits
-            .per_minute
-            .is_some_and(|l| self.minute.total >= u64::from(l))
-        {
-            Some(Refusal::Minute)
-        } else if limits
-            .per_day
-            .is_some_and(|l| self.day.total >= u64::from(l))
-        {
-            Some(Refusal::Day)
-        } else {
-            None
-        }
+    /// Whether nothing counts any more at `month`.
+    fn is_idle(&self, month: i64) -> bool {
+        self.minute.total == 0 && self.day.total == 0 && self.month.is_none_or(|(m, _)| m != month)
     }
 }
 
@@ -179,37 +208,85 @@ struct KeyState {
 pub struct LocalRateLimiter {
     accounts: Mutex<HashMap<AccountId, AccountWindows>>,
     keys: Mutex<HashMap<KeyId, KeyState>>,
+    seeds: Arc<MonthSeeds>,
 }
 
 impl LocalRateLimiter {
-    /// An empty limiter.
+    /// An empty limiter whose month windows start from nothing stored (for tests and
+    /// tools; `serve` gives it the store with [`LocalRateLimiter::with_usage`]).
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn decide(
+    /// An empty limiter whose month windows start from the counts `source` holds.
+    #[must_use]
+    pub fn with_usage(source: Arc<dyn UsageSource>) -> Self {
+        Self::with_seeds(Arc::new(MonthSeeds::new(source)))
+    }
+
+    /// An empty limiter starting its month windows from `seeds` (shared with the Redis
+    /// limiter it stands in for).
+    pub(crate) fn with_seeds(seeds: Arc<MonthSeeds>) -> Self {
+        Self {
+            seeds,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `account`'s month window has its count of `month`.
+    fn counts_month(&self, account: &AccountId, month: i64) -> bool {
+        self.accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(account)
+            .is_some_and(|w| w.month.is_some_and(|(m, _)| m == month))
+    }
+
+    async fn decide(
         &self,
         account: &AccountId,
-        limits: Limits,
+        mut limits: Limits,
         now: OffsetDateTime,
         consume: bool,
     ) -> Option<RateDecision> {
         if limits.is_unlimited() {
             return None;
         }
-        let now_ms = unix_ms(now);
+        let month = month_number(now);
+        if limits.per_month.is_some() && !self.counts_month(account, month) {
+            match self.seeds.get(account, month).await {
+                Some(stored) => {
+                    let mut accounts = self
+                        .accounts
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let windows = accounts
+                        .entry(account.clone())
+                        .or_insert_with(AccountWindows::new);
+                    // Only if absent: another request may have started it meanwhile.
+                    if windows.month.is_none_or(|(m, _)| m != month) {
+                        windows.month = Some((month, stored));
+                    }
+                }
+                // Storage did not answer: the month is not enforced for this request.
+                None => limits.per_month = None,
+            }
+            if limits.is_unlimited() {
+                return None;
+            }
+        }
         let mut accounts = self
             .accounts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !consume && !accounts.contains_key(account) {
-            return Some(AccountWindows::new().decide(limits, now_ms, false));
+            return Some(AccountWindows::new().decide(limits, now, false));
         }
         let windows = accounts
             .entry(account.clone())
             .or_insert_with(AccountWindows::new);
-        Some(windows.decide(limits, now_ms, consume))
+        Some(windows.decide(limits, now, consume))
     }
 
     /// The key rule of the crate docs, in one critical section: the windows are checked,
@@ -220,7 +297,6 @@ impl LocalRateLimiter {
         now: OffsetDateTime,
         consume: bool,
     ) -> KeyDecision {
-        let now_ms = unix_ms(now);
         let mut keys = self
             .keys
             .lock()
@@ -236,7 +312,7 @@ impl LocalRateLimiter {
         let mut retry_after_secs = None;
         if limited {
             let windows = state.windows.get_or_insert_with(AccountWindows::new);
-            refused_by = windows.refusing(charge.limits, now_ms);
+            refused_by = windows.decide(charge.limits, now, false).refused_by;
         }
         let mut credits_remaining = None;
         if let Some(credits) = charge.credits {
@@ -254,12 +330,16 @@ impl LocalRateLimiter {
         }
         let windows = limited.then(|| {
             let windows = state.windows.get_or_insert_with(AccountWindows::new);
-            let mut shown = windows.decide(charge.limits, now_ms, consume && refused_by.is_none());
+            let mut shown = windows.decide(charge.limits, now, consume && refused_by.is_none());
             // The windows' own verdict is the request's: the credits' refusal included.
             shown.allowed = refused_by.is_none();
+            shown.refused_by = refused_by;
             shown
         });
-        if matches!(refused_by, Some(Refusal::Minute | Refusal::Day)) {
+        if matches!(
+            refused_by,
+            Some(Refusal::Minute | Refusal::Day | Refusal::Month)
+        ) {
             retry_after_secs = windows.and_then(|w| w.retry_after_secs);
         }
         KeyDecision {
@@ -270,8 +350,17 @@ impl LocalRateLimiter {
         }
     }
 
-    fn forget_idle_accounts(&self, now: OffsetDateTime) {
+    /// Forgets what counts no more at `now`; `month_too` forgets this month's counts as
+    /// well (the Redis limiter's fallback, once Redis holds the counts again).
+    pub(crate) fn forget_idle_accounts(&self, now: OffsetDateTime, month_too: bool) {
         let now_ms = unix_ms(now);
+        let month = if month_too {
+            i64::MIN
+        } else {
+            // The stored counts of past months are needed no more.
+            self.seeds.keep_only(month_number(now));
+            month_number(now)
+        };
         let mut accounts = self
             .accounts
             .lock()
@@ -279,7 +368,7 @@ impl LocalRateLimiter {
         accounts.retain(|_, w| {
             w.minute.evict(now_ms);
             w.day.evict(now_ms);
-            !w.is_idle()
+            !w.is_idle(month)
         });
         drop(accounts);
         // A balance is never forgotten: it is the only record of what was spent.
@@ -291,7 +380,7 @@ impl LocalRateLimiter {
             if let Some(w) = &mut k.windows {
                 w.minute.evict(now_ms);
                 w.day.evict(now_ms);
-                if w.is_idle() {
+                if w.is_idle(month) {
                     k.windows = None;
                 }
             }
@@ -308,7 +397,7 @@ impl RateLimiter for LocalRateLimiter {
         limits: Limits,
         now: OffsetDateTime,
     ) -> Option<RateDecision> {
-        self.decide(account, limits, now, true)
+        self.decide(account, limits, now, true).await
     }
 
     async fn peek(
@@ -317,7 +406,7 @@ impl RateLimiter for LocalRateLimiter {
         limits: Limits,
         now: OffsetDateTime,
     ) -> Option<RateDecision> {
-        self.decide(account, limits, now, false)
+        self.decide(account, limits, now, false).await
     }
 
     async fn acquire_key(&self, charge: &KeyCharge<'_>, now: OffsetDateTime) -> KeyDecision {
@@ -328,9 +417,10 @@ impl RateLimiter for LocalRateLimiter {
         self.decide_key(charge, now, false)
     }
 
-    /// Forgets accounts with nothing counted, so memory follows active accounts only.
+    /// Forgets accounts with nothing counted (a month's count lasts until the month ends),
+    /// so memory follows active accounts only.
     fn forget_idle(&self, now: OffsetDateTime) {
-        self.forget_idle_accounts(now);
+        self.forget_idle_accounts(now, false);
     }
 }
 

@@ -8,14 +8,19 @@
 //! 500 ms before it, so a request at 0 counts in the minute window until 60 500 (its
 //! second's bucket leaves 61 buckets later) and in the day window until 86 459 500 (its
 //! minute's bucket leaves 1441 buckets later). Reset and retry-after are those instants
-//! less the request's, in whole seconds rounded up.
+//! less the request's, in whole seconds rounded up. T0's month ends 388 799 500 ms after
+//! it (2026-12-01 00:00 UTC, 388 800 s rounded up), and a month window counts from the
+//! vector's `stored` count of T0's month (nothing stored for any other month).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use keyward_core::{AccountId, Limits};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::redis::tests::Fixture;
-use crate::{LocalRateLimiter, RateDecision, RateLimiter};
+use crate::{LocalRateLimiter, RateDecision, RateLimiter, UsageFuture, UsageSource, Window};
 
 /// Time zero of every vector.
 const T0: OffsetDateTime = datetime!(2026-11-26 12:00:00.5 UTC);
@@ -24,6 +29,8 @@ const T0: OffsetDateTime = datetime!(2026-11-26 12:00:00.5 UTC);
 struct Vector {
     name: &'static str,
     limits: Limits,
+    /// The account's requests of T0's month as storage holds them.
+    stored: u64,
     steps: &'static [Step],
 }
 
@@ -63,17 +70,24 @@ const fn allowed(limit: u32, remaining: u32, reset_secs: u64) -> Option<RateDeci
         remaining,
         reset_secs,
         retry_after_secs: None,
+        refused_by: None,
     })
 }
 
-/// A refusal; the window shown then has nothing left.
-const fn refused(limit: u32, reset_secs: u64, retry_after_secs: u64) -> Option<RateDecision> {
+/// A refusal by `window`; the window shown then has nothing left.
+const fn refused(
+    limit: u32,
+    reset_secs: u64,
+    retry_after_secs: u64,
+    window: Window,
+) -> Option<RateDecision> {
     Some(RateDecision {
         allowed: false,
         limit,
         remaining: 0,
         reset_secs,
         retry_after_secs: Some(retry_after_secs),
+        refused_by: Some(window),
     })
 }
 
@@ -81,22 +95,29 @@ const fn limits(per_minute: Option<u32>, per_day: Option<u32>) -> Limits {
     Limits::new(per_minute, per_day)
 }
 
+const fn monthly(per_minute: Option<u32>, per_day: Option<u32>, per_month: u32) -> Limits {
+    Limits::new(per_minute, per_day).with_per_month(Some(per_month))
+}
+
+use Window::{Day, Minute, Month};
+
 const VECTORS: &[Vector] = &[
     Vector {
         name: "a minute limit lets its requests through, then refuses until the oldest leaves",
         limits: limits(Some(10), None),
+        stored: 0,
         steps: &[
             Step::Fill { at: 0, times: 9 },
             acquire(0, allowed(10, 0, 61)),
             Step::Acquire {
                 at: 0,
                 times: 3,
-                expect: refused(10, 61, 61),
+                expect: refused(10, 61, 61, Minute),
             },
-            acquire(30_000, refused(10, 31, 31)),
+            acquire(30_000, refused(10, 31, 31, Minute)),
             Step::Peek {
                 at: 60_499,
-                expect: refused(10, 1, 1),
+                expect: refused(10, 1, 1, Minute),
             },
             acquire(60_500, allowed(10, 9, 61)),
         ],
@@ -104,42 +125,45 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "no doubled burst at a minute edge: a full window stays full across it",
         limits: limits(Some(5), None),
+        stored: 0,
         steps: &[
             // 12:00:59.5, then 12:01:01.5: a fixed window would have started over.
             Step::Fill {
                 at: 59_000,
                 times: 5,
             },
-            acquire(61_000, refused(5, 59, 59)),
-            acquire(119_499, refused(5, 1, 1)),
+            acquire(61_000, refused(5, 59, 59, Minute)),
+            acquire(119_499, refused(5, 1, 1, Minute)),
             acquire(119_500, allowed(5, 4, 61)),
         ],
     },
     Vector {
         name: "the minute window rolls request by request",
         limits: limits(Some(3), None),
+        stored: 0,
         steps: &[
             acquire(0, allowed(3, 2, 61)),
             acquire(20_000, allowed(3, 1, 41)),
             acquire(40_000, allowed(3, 0, 21)),
-            acquire(59_000, refused(3, 2, 2)),
+            acquire(59_000, refused(3, 2, 2, Minute)),
             // The request at 0 has left; the one at 20 000 is now the oldest.
             acquire(60_500, allowed(3, 0, 20)),
-            acquire(60_500, refused(3, 20, 20)),
+            acquire(60_500, refused(3, 20, 20, Minute)),
         ],
     },
     Vector {
         name: "a day limit counts in one-minute buckets",
         limits: limits(None, Some(3)),
+        stored: 0,
         steps: &[
             acquire(0, allowed(3, 2, 86_460)),
             // Same minute bucket as the first: it leaves with it.
             acquire(1_000, allowed(3, 1, 86_459)),
             acquire(120_000, allowed(3, 0, 86_340)),
-            acquire(3_600_000, refused(3, 82_860, 82_860)),
+            acquire(3_600_000, refused(3, 82_860, 82_860, Day)),
             Step::Peek {
                 at: 86_459_499,
-                expect: refused(3, 1, 1),
+                expect: refused(3, 1, 1, Day),
             },
             // Both requests of the first minute leave; the one at 120 000 is the oldest.
             acquire(86_459_500, allowed(3, 1, 120)),
@@ -148,33 +172,36 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "with both limits, the window with fewer requests left is shown",
         limits: limits(Some(10), Some(12)),
+        stored: 0,
         steps: &[
             Step::Fill { at: 0, times: 10 },
             acquire(62_000, allowed(12, 1, 86_398)),
             acquire(62_000, allowed(12, 0, 86_398)),
-            acquire(62_000, refused(12, 86_398, 86_398)),
+            acquire(62_000, refused(12, 86_398, 86_398, Day)),
         ],
     },
     Vector {
-        name: "a tie shows the minute; retry-after waits for every full window",
+        name: "a tie shows the minute; retry-after waits for every full window, which refuses",
         limits: limits(Some(5), Some(5)),
+        stored: 0,
         steps: &[
             acquire(0, allowed(5, 4, 61)),
             Step::Fill { at: 0, times: 4 },
-            acquire(0, refused(5, 61, 86_460)),
+            acquire(0, refused(5, 61, 86_460, Day)),
             // The minute has room again, the day has none: the day is shown.
-            acquire(60_500, refused(5, 86_399, 86_399)),
+            acquire(60_500, refused(5, 86_399, 86_399, Day)),
         ],
     },
     Vector {
         name: "requests refused by the minute window do not count in the day window",
         limits: limits(Some(3), Some(5)),
+        stored: 0,
         steps: &[
             Step::Fill { at: 0, times: 3 },
             Step::Acquire {
                 at: 0,
                 times: 5,
-                expect: refused(3, 61, 61),
+                expect: refused(3, 61, 61, Minute),
             },
             // Four counted in the day, not nine.
             acquire(61_000, allowed(5, 1, 86_399)),
@@ -183,12 +210,13 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "requests refused by the day window do not count in the minute window",
         limits: limits(Some(10), Some(2)),
+        stored: 0,
         steps: &[
             Step::Fill { at: 0, times: 2 },
             Step::Acquire {
                 at: 0,
                 times: 4,
-                expect: refused(2, 86_460, 86_460),
+                expect: refused(2, 86_460, 86_460, Day),
             },
             Step::Plan(limits(Some(10), None)),
             Step::Peek {
@@ -200,6 +228,7 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "peeks count nothing",
         limits: limits(Some(10), Some(100)),
+        stored: 0,
         steps: &[
             Step::Peek {
                 at: 0,
@@ -220,6 +249,7 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "a plan without limits gets no decision",
         limits: limits(None, None),
+        stored: 0,
         steps: &[
             Step::Acquire {
                 at: 0,
@@ -235,6 +265,7 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "an unlimited minute window is neither counted nor shown",
         limits: limits(None, Some(5)),
+        stored: 0,
         steps: &[
             acquire(0, allowed(5, 4, 86_460)),
             // Once limited, the minute window starts from nothing.
@@ -248,6 +279,7 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "an unlimited day window is neither counted nor shown",
         limits: limits(Some(5), None),
+        stored: 0,
         steps: &[
             acquire(0, allowed(5, 4, 61)),
             Step::Plan(limits(Some(5), Some(1))),
@@ -260,17 +292,19 @@ const VECTORS: &[Vector] = &[
     Vector {
         name: "a zero limit refuses everything, with retry-after 1",
         limits: limits(Some(0), Some(5)),
+        stored: 0,
         steps: &[
-            acquire(0, refused(0, 0, 1)),
+            acquire(0, refused(0, 0, 1, Minute)),
             Step::Peek {
                 at: 0,
-                expect: refused(0, 0, 1),
+                expect: refused(0, 0, 1, Minute),
             },
         ],
     },
     Vector {
         name: "under a lowered limit, retry-after waits until the count is below it",
         limits: limits(Some(10), None),
+        stored: 0,
         steps: &[
             Step::Fill { at: 0, times: 4 },
             Step::Fill {
@@ -278,14 +312,15 @@ const VECTORS: &[Vector] = &[
                 times: 4,
             },
             Step::Plan(limits(Some(5), None)),
-            acquire(20_000, refused(5, 41, 41)),
+            acquire(20_000, refused(5, 41, 41, Minute)),
             Step::Plan(limits(Some(3), None)),
-            acquire(20_000, refused(3, 41, 51)),
+            acquire(20_000, refused(3, 41, 51, Minute)),
         ],
     },
     Vector {
         name: "retry-after walks as many buckets as it takes",
         limits: limits(None, Some(100)),
+        stored: 0,
         steps: &[
             // One request a minute for 70 minutes: 70 day buckets.
             Step::Spread {
@@ -295,10 +330,160 @@ const VECTORS: &[Vector] = &[
             },
             Step::Plan(limits(None, Some(1))),
             // Below one only once the last of them leaves.
-            acquire(4_200_000, refused(1, 82_260, 86_400)),
+            acquire(4_200_000, refused(1, 82_260, 86_400, Day)),
+        ],
+    },
+    Vector {
+        name: "the month counts on from what storage holds, then refuses until the month ends",
+        limits: monthly(None, None, 5),
+        stored: 2,
+        steps: &[
+            Step::Peek {
+                at: 0,
+                expect: allowed(5, 3, 388_800),
+            },
+            acquire(0, allowed(5, 2, 388_800)),
+            Step::Fill {
+                at: 1_000,
+                times: 2,
+            },
+            Step::Acquire {
+                at: 2_000,
+                times: 3,
+                expect: refused(5, 388_798, 388_798, Month),
+            },
+            acquire(388_799_499, refused(5, 1, 1, Month)),
+            // December: nothing stored, nothing counted yet; it ends 31 days later.
+            acquire(388_799_500, allowed(5, 4, 2_678_400)),
+        ],
+    },
+    Vector {
+        name: "months end on the calendar in UTC, across a year and a leap day",
+        limits: monthly(None, None, 1),
+        stored: 0,
+        steps: &[
+            // 2027-12-31 23:59:59 UTC.
+            acquire(34_603_198_500, allowed(1, 0, 1)),
+            acquire(34_603_199_000, refused(1, 1, 1, Month)),
+            // 2028-01-01 00:00 UTC.
+            acquire(34_603_199_500, allowed(1, 0, 2_678_400)),
+            // 2028-02-29 12:00 UTC: March starts 12 hours later.
+            acquire(39_743_999_500, allowed(1, 0, 43_200)),
+            acquire(39_743_999_501, refused(1, 43_200, 43_200, Month)),
+            // 2028-03-01 00:00 UTC.
+            acquire(39_787_199_500, allowed(1, 0, 2_678_400)),
+        ],
+    },
+    Vector {
+        name: "minute, day and month: the tighter is shown, the full one refuses",
+        limits: monthly(Some(3), Some(10), 4),
+        stored: 0,
+        steps: &[
+            acquire(0, allowed(3, 2, 61)),
+            acquire(0, allowed(3, 1, 61)),
+            acquire(0, allowed(3, 0, 61)),
+            acquire(0, refused(3, 61, 61, Minute)),
+            // The minute has rolled; the month's fourth request leaves it nothing.
+            acquire(61_000, allowed(4, 0, 388_739)),
+            acquire(61_000, refused(4, 388_739, 388_739, Month)),
+            Step::Peek {
+                at: 62_000,
+                expect: refused(4, 388_738, 388_738, Month),
+            },
+        ],
+    },
+    Vector {
+        name: "a month without a quota is neither read nor counted until it has one",
+        limits: limits(Some(10), None),
+        stored: 7,
+        steps: &[
+            Step::Fill { at: 0, times: 2 },
+            Step::Plan(monthly(Some(10), None, 8)),
+            Step::Peek {
+                at: 0,
+                expect: allowed(8, 1, 388_800),
+            },
+            acquire(0, allowed(8, 0, 388_800)),
+            acquire(0, refused(8, 388_800, 388_800, Month)),
+            // Raised, it lets requests through again from the same count.
+            Step::Plan(monthly(Some(10), None, 9)),
+            acquire(0, allowed(9, 0, 388_800)),
+        ],
+    },
+    Vector {
+        name: "a stored count over a lowered quota refuses at once",
+        limits: monthly(Some(10), Some(100), 5),
+        stored: 9,
+        steps: &[
+            acquire(0, refused(5, 388_800, 388_800, Month)),
+            Step::Peek {
+                at: 0,
+                expect: refused(5, 388_800, 388_800, Month),
+            },
+        ],
+    },
+    Vector {
+        name: "an empty month shows no reset until it counts a request",
+        limits: monthly(None, None, 3),
+        stored: 0,
+        steps: &[
+            Step::Peek {
+                at: 0,
+                expect: allowed(3, 3, 0),
+            },
+            acquire(0, allowed(3, 2, 388_800)),
         ],
     },
 ];
+
+/// Stored month counts for the vectors: `stored` of T0's month per account, nothing
+/// for other months; it counts its reads, which must be at most one per account and
+/// month.
+#[derive(Default)]
+pub(crate) struct StoredCounts {
+    counts: Mutex<HashMap<(AccountId, i32, u8), u64>>,
+    reads: Mutex<HashMap<(AccountId, i32, u8), u32>>,
+}
+
+impl StoredCounts {
+    /// `account`'s stored count of T0's month.
+    pub(crate) fn set(&self, account: &AccountId, stored: u64) {
+        self.set_at(account, T0, stored);
+    }
+
+    /// `account`'s stored count of `t`'s month.
+    pub(crate) fn set_at(&self, account: &AccountId, t: OffsetDateTime, stored: u64) {
+        self.counts
+            .lock()
+            .unwrap()
+            .insert((account.clone(), t.year(), u8::from(t.month())), stored);
+    }
+
+    /// The most reads of one account's month.
+    pub(crate) fn most_reads(&self) -> u32 {
+        self.reads
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl UsageSource for StoredCounts {
+    fn requests_in_month<'a>(
+        &'a self,
+        account: &'a AccountId,
+        year: i32,
+        month: u8,
+    ) -> UsageFuture<'a> {
+        let month = (account.clone(), year, month);
+        let stored = self.counts.lock().unwrap().get(&month).copied();
+        *self.reads.lock().unwrap().entry(month).or_insert(0) += 1;
+        Box::pin(async move { Ok(stored.unwrap_or(0)) })
+    }
+}
 
 fn account() -> AccountId {
     AccountId::from_ulid(ulid::Ulid::generate())
@@ -309,10 +494,12 @@ fn account() -> AccountId {
 /// fallback). `Err` names the first request that got another decision than the table's.
 async fn run(
     limiter: &dyn RateLimiter,
+    stored: &StoredCounts,
     vector: &Vector,
     answered_itself: &dyn Fn() -> bool,
 ) -> Result<(), String> {
     let account = account();
+    stored.set(&account, vector.stored);
     let mut limits = vector.limits;
     for (step_no, step) in vector.steps.iter().enumerate() {
         let requests: Vec<(i64, bool, Option<Option<RateDecision>>)> = match *step {
@@ -351,6 +538,9 @@ async fn run(
                 let wanted = expect.map_or_else(|| "allowed".to_owned(), |e| format!("{e:?}"));
                 return Err(format!("{place}: got {got:?}, the table says {wanted}"));
             }
+            if stored.most_reads() > 1 {
+                return Err(format!("{place}: a month's stored count was read twice"));
+            }
         }
     }
     Ok(())
@@ -386,8 +576,9 @@ pub(crate) async fn no_sixty_second_span_holds_more_than_the_limit(limiter: &dyn
 #[tokio::test]
 async fn the_local_limiter_answers_every_vector() {
     for vector in VECTORS {
-        let limiter = LocalRateLimiter::new();
-        if let Err(mismatch) = run(&limiter, vector, &|| true).await {
+        let stored = Arc::new(StoredCounts::default());
+        let limiter = LocalRateLimiter::with_usage(stored.clone());
+        if let Err(mismatch) = run(&limiter, &stored, vector, &|| true).await {
             panic!("{mismatch}");
         }
     }
@@ -398,9 +589,13 @@ async fn the_lua_script_answers_every_vector() {
     let Some(fx) = Fixture::new("the_lua_script_answers_every_vector") else {
         return;
     };
-    let limiter = fx.limiter_on_caller_clock().await;
+    let stored = Arc::new(StoredCounts::default());
+    let limiter = fx
+        .limiter_on_caller_clock()
+        .await
+        .with_usage(stored.clone());
     for vector in VECTORS {
-        if let Err(mismatch) = run(&limiter, vector, &|| limiter.is_redis_up()).await {
+        if let Err(mismatch) = run(&limiter, &stored, vector, &|| limiter.is_redis_up()).await {
             panic!("{mismatch}");
         }
     }

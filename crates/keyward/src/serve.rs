@@ -174,6 +174,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let meter = Arc::new(Meter::new(args.meter_capacity));
+    // Month windows start from the usage counters the meter writes.
+    let stored_usage = Arc::new(keyward_http::usage::StoredUsage(dyn_store.clone()));
     let limiter: Arc<dyn RateLimiter> = match &args.redis_url {
         // Rate limits held across every node; if Redis is down, each node falls back to
         // its own counts (fail open) and says so once in the log.
@@ -183,9 +185,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context(
                     "invalid Redis URL (set by --redis-url or KEYWARD_REDIS_URL) \
                      or CA certificates (set by --redis-ca-cert or KEYWARD_REDIS_CA_CERT)",
-                )?,
+                )?
+                .with_usage(stored_usage),
         ),
-        None => Arc::new(LocalRateLimiter::new()),
+        None => Arc::new(LocalRateLimiter::with_usage(stored_usage)),
     };
     let render = crate::metrics::render(metrics.clone(), meter.clone());
     let mut state = AppStateBuilder::new(dyn_store.clone(), meter.clone(), limiter.clone())

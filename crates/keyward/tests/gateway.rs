@@ -1005,3 +1005,75 @@ async fn nginx_auth_request_in_front_of_keyward_passes_allowed_401_403_and_429()
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn the_gateway_forward_auth_validate_and_keywards_own_endpoints_share_the_monthly_quota() {
+    let upstream = start_upstream().await;
+    let (_dir, routes) = routes_file(ROUTES);
+    let server = gateway(&upstream, &routes, &[]);
+    let plan = server.cli(&["plans", "set", "metered", "--per-month", "4"]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let account = server.create_account("metered");
+    let key = account.api_key.as_str();
+    let forwarded = || {
+        send(
+            client()
+                .get(server.url("/v1/videos/7"))
+                .header("x-api-key", key),
+        )
+    };
+    let authorize = || {
+        send(
+            client()
+                .get(server.url("/authorize"))
+                .header("x-forwarded-method", "GET")
+                .header("x-forwarded-uri", "/v1/videos/7")
+                .header("x-api-key", key),
+        )
+    };
+    let validate = || {
+        send(
+            client()
+                .post(server.url("/v1/api-keys/validate"))
+                .header("x-api-key", key),
+        )
+    };
+
+    // One each of the four kinds of counted request uses the month's four.
+    let used = [
+        ("gateway", forwarded().await),
+        ("forward auth", authorize().await),
+        ("validate", validate().await),
+        (
+            "own endpoint",
+            common::get(&server, key, "/v1/api-keys").await,
+        ),
+    ];
+    for (what, reply) in &used {
+        assert_eq!(reply.status, 200, "{what}: {reply:?}");
+    }
+    assert_eq!(used[2].1.body["valid"], true);
+
+    // Then every kind is refused for the month; validate answers it in its own form.
+    for (what, reply) in [
+        ("gateway", forwarded().await),
+        ("forward auth", authorize().await),
+        (
+            "own endpoint",
+            common::get(&server, key, "/v1/api-keys").await,
+        ),
+    ] {
+        assert_eq!(reply.status, 429, "{what}: {reply:?}");
+        assert_eq!(reply.body["error"]["details"]["window"], "month", "{what}");
+        assert!(reply.header("retry-after").is_some(), "{what}");
+    }
+    let refused = validate().await;
+    assert_eq!(refused.status, 200, "{refused:?}");
+    assert_eq!(refused.body["valid"], false);
+    assert_eq!(refused.body["reason"], "rate_limited");
+    assert!(refused.body["retry_after"].as_u64().unwrap() > 0);
+}

@@ -647,3 +647,204 @@ async fn accounts_are_listed_by_page_with_filters_and_bad_parameters_are_refused
         assert_eq!(r.field(), field, "{query}");
     }
 }
+
+/// Seconds from now until the next calendar month starts in UTC.
+fn secs_to_next_utc_month() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    let (year, month) = match now.month() {
+        time::Month::December => (now.year() + 1, time::Month::January),
+        m => (now.year(), m.next()),
+    };
+    let start = time::Date::from_calendar_date(year, month, 1)
+        .unwrap()
+        .midnight()
+        .assume_utc();
+    (start - now).whole_seconds()
+}
+
+/// A `429` of the monthly quota: the code, `details.window: "month"`, and a
+/// `retry-after` that waits for the next UTC month.
+fn assert_month_refusal(r: &common::Reply, what: &str) {
+    assert_eq!(r.status, 429, "{what}: {r:?}");
+    assert_eq!(r.error_code(), "RATE_LIMIT_EXCEEDED", "{what}");
+    assert_eq!(r.body["error"]["details"]["window"], "month", "{what}");
+    let retry: i64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (retry - secs_to_next_utc_month()).abs() <= 5,
+        "{what}: retry-after {retry}, the month ends in {} s",
+        secs_to_next_utc_month()
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"), "{what}");
+}
+
+/// An account on `plan` made through the operator API: its id and first key.
+async fn account_on(server: &Server, op: &str, plan: &str) -> (String, String) {
+    let created = post(
+        server,
+        op,
+        "/operator/v1/accounts",
+        &json!({"name": "Metered", "plan": plan}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    (
+        created.body["account"]["account_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        created.body["api_key"]["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_monthly_quota_refuses_past_per_month_and_a_restarted_node_still_refuses() {
+    // Arrange: a plan of five requests a month, an account on it.
+    let mut server = Server::start_with(&["--no-bootstrap"]);
+    let op = operator_key(&server);
+    let plan = put(
+        &server,
+        &op,
+        "/operator/v1/plans/metered",
+        &json!({"per_month": 5}),
+    )
+    .await;
+    assert_eq!(plan.status, 200, "{plan:?}");
+    let (account_id, key) = account_on(&server, &op, "metered").await;
+
+    // Act
+    let mut allowed = Vec::new();
+    for _ in 0..5 {
+        allowed.push(get(&server, &key, "/v1/api-keys").await);
+    }
+    let refused = get(&server, &key, "/v1/api-keys").await;
+    let refused_post = post(&server, &key, "/v1/api-keys", &json!({"scopes": ["read"]})).await;
+    let answered = validate(&server, &key).await;
+
+    // Assert: five successes, counted down in the headers, then the month's 429.
+    for (i, r) in allowed.iter().enumerate() {
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.header("x-ratelimit-limit"), Some("5"), "request {i}");
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            Some((4 - i).to_string().as_str()),
+            "request {i}"
+        );
+    }
+    assert_month_refusal(&refused, "GET over the quota");
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("5"));
+    assert_month_refusal(&refused_post, "POST over the quota");
+    // validate's own answer for a limited key: valid false, rate_limited, retry_after.
+    assert_eq!(answered.status, 200, "{answered:?}");
+    assert_eq!(answered.body["valid"], false);
+    assert_eq!(answered.body["reason"], "rate_limited");
+    let retry = answered.body["retry_after"].as_i64().unwrap();
+    assert!((retry - secs_to_next_utc_month()).abs() <= 5, "{retry}");
+    // The refusal created nothing.
+    let listed = common::send(
+        client()
+            .get(server.url(&format!("/operator/v1/accounts/{account_id}")))
+            .header("x-api-key", &op),
+    )
+    .await;
+    assert_eq!(listed.body["key_count"], 1, "{listed:?}");
+
+    // A restarted node (in-process counts gone) starts from the stored usage counters.
+    assert!(server.sigterm().success());
+    server.restart();
+    assert_month_refusal(&get(&server, &key, "/v1/api-keys").await, "after a restart");
+
+    // An override on the account wins over the plan's number.
+    let path = format!("/operator/v1/accounts/{account_id}");
+    let overridden = patch(
+        &server,
+        &op,
+        &path,
+        &json!({"overrides": {"per_month": 1000}}),
+    )
+    .await;
+    assert_eq!(overridden.status, 200, "{overridden:?}");
+    eventually(
+        Duration::from_secs(2),
+        "the account's own quota lets requests through",
+        async || get(&server, &key, "/v1/api-keys").await.status == 200,
+    )
+    .await;
+    let through = get(&server, &key, "/v1/api-keys").await;
+    assert_eq!(through.header("x-ratelimit-limit"), Some("1000"));
+}
+
+#[tokio::test]
+async fn a_lower_override_refuses_first_and_a_raised_plan_lets_requests_through_within_a_second() {
+    // Arrange: a generous plan; one account overridden down to two, one left on it.
+    let server = Server::start_with(&["--no-bootstrap"]);
+    let op = operator_key(&server);
+    assert_eq!(
+        put(
+            &server,
+            &op,
+            "/operator/v1/plans/metered",
+            &json!({"per_minute": 100, "per_month": 3}),
+        )
+        .await
+        .status,
+        200
+    );
+    let (overridden_id, overridden) = account_on(&server, &op, "metered").await;
+    let (_, on_plan) = account_on(&server, &op, "metered").await;
+    // Set before the key's first use, so no node has the account cached yet.
+    let path = format!("/operator/v1/accounts/{overridden_id}");
+    let set = patch(&server, &op, &path, &json!({"overrides": {"per_month": 2}})).await;
+    assert_eq!(set.status, 200, "{set:?}");
+
+    // Act
+    let first = get(&server, &overridden, "/v1/usage").await;
+    let second = get(&server, &overridden, "/v1/api-keys").await;
+    let third = get(&server, &overridden, "/v1/api-keys").await;
+    let mut plan_replies = Vec::new();
+    for _ in 0..4 {
+        plan_replies.push(get(&server, &on_plan, "/v1/api-keys").await);
+    }
+
+    // Assert
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(
+        first.body["quota"]["per_month"], 2,
+        "the override is in force"
+    );
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_month_refusal(&third, "over the account's own quota");
+    for (i, r) in plan_replies.iter().take(3).enumerate() {
+        assert_eq!(r.status, 200, "plan request {i}: {r:?}");
+    }
+    assert_month_refusal(&plan_replies[3], "over the plan's quota");
+    // The month's usage shows the quota with nothing left.
+    let usage = get(&server, &on_plan, "/v1/usage").await;
+    assert_month_refusal(&usage, "usage over the quota");
+
+    // Raising the plan's quota lets the account on it through again within a second.
+    let raised = put(
+        &server,
+        &op,
+        "/operator/v1/plans/metered",
+        &json!({"per_minute": 100, "per_month": 50}),
+    )
+    .await;
+    assert_eq!(raised.status, 200, "{raised:?}");
+    eventually(
+        Duration::from_secs(2),
+        "the raised quota takes effect",
+        async || get(&server, &on_plan, "/v1/api-keys").await.status == 200,
+    )
+    .await;
+    let report = get(&server, &on_plan, "/v1/usage").await;
+    assert_eq!(report.status, 200, "{report:?}");
+    assert_eq!(report.body["quota"]["per_month"], 50);
+    // The override still holds the other account.
+    assert_month_refusal(
+        &get(&server, &overridden, "/v1/api-keys").await,
+        "the override wins over the raised plan",
+    );
+}

@@ -135,6 +135,67 @@ async fn redis_holds_the_free_plan_limit_across_two_nodes() {
     assert_eq!(refused, 20);
 }
 
+#[tokio::test]
+async fn redis_holds_the_monthly_quota_across_two_nodes() {
+    let Some(redis) = service_url(REDIS_URL_VAR, "shared monthly quota") else {
+        return;
+    };
+    let Some(a) = Server::start_on_postgres(
+        "shared monthly quota",
+        &["--no-bootstrap", "--redis-url", &redis],
+    ) else {
+        return;
+    };
+    let b = a.another_node(&["--no-bootstrap", "--redis-url", &redis]);
+    let plan = a.cli(&["plans", "set", "metered", "--per-month", "5"]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let acct = a.create_account("metered");
+
+    // Three requests on node A and two on node B use the month's five.
+    for (node, name) in [(&a, "A"), (&a, "A"), (&a, "A"), (&b, "B"), (&b, "B")] {
+        let r = get(node, &acct.api_key, "/v1/api-keys").await;
+        assert_eq!(r.status, 200, "node {name}: {r:?}");
+    }
+    // Then both refuse, for the month.
+    for (node, name) in [(&a, "A"), (&b, "B"), (&a, "A"), (&b, "B")] {
+        let r = get(node, &acct.api_key, "/v1/api-keys").await;
+        assert_eq!(r.status, 429, "node {name}: {r:?}");
+        assert_eq!(r.body["error"]["details"]["window"], "month", "node {name}");
+        assert_eq!(r.header("x-ratelimit-limit"), Some("5"), "node {name}");
+    }
+    // A third node joining later counts on from the same shared count.
+    let c = a.another_node(&["--no-bootstrap", "--redis-url", &redis]);
+    let r = get(&c, &acct.api_key, "/v1/api-keys").await;
+    assert_eq!(r.status, 429, "node C: {r:?}");
+    assert_eq!(r.body["error"]["details"]["window"], "month");
+}
+
+#[tokio::test]
+async fn without_redis_each_node_starts_the_month_from_storage() {
+    let Some(mut a) = Server::start_on_postgres("per-node monthly quota", &["--no-bootstrap"])
+    else {
+        return;
+    };
+    let plan = a.cli(&["plans", "set", "metered", "--per-month", "3"]);
+    assert!(plan.status.success());
+    let acct = a.create_account("metered");
+    for _ in 0..3 {
+        assert_eq!(get(&a, &acct.api_key, "/v1/api-keys").await.status, 200);
+    }
+    assert_eq!(get(&a, &acct.api_key, "/v1/api-keys").await.status, 429);
+    // Node A stops (its last metering flush stores its uses); node B, which starts
+    // counting the month now, starts from the usage counters, not from nothing.
+    assert!(a.sigterm().success());
+    let b = a.another_node(&["--no-bootstrap"]);
+    let r = get(&b, &acct.api_key, "/v1/api-keys").await;
+    assert_eq!(r.status, 429, "node B: {r:?}");
+    assert_eq!(r.body["error"]["details"]["window"], "month");
+}
+
 /// A TCP proxy to PostgreSQL that can cut every connection and refuse new ones.
 struct CuttableProxy {
     port: u16,

@@ -215,8 +215,7 @@ async fn requests_this_month(
 ) -> Result<u64, ApiError> {
     let now = caller.now();
     let month = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
-    let usage = state.store.usage(account_id, &month).await?;
-    Ok(usage.iter().map(|(_, _, n)| n).sum())
+    Ok(crate::usage::requests_in_month(state.store.as_ref(), account_id, &month).await?)
 }
 
 /// Get an account.

@@ -7,25 +7,33 @@
 -- KEYS[2] minute window: HASH bucket index -> count, plus field "n" = sum of the counts
 -- KEYS[3] day window:    LIST of bucket indexes (minutes since the epoch), oldest first
 -- KEYS[4] day window:    HASH bucket index -> count, plus field "n"
+-- KEYS[5] month window:  HASH m = month number (year * 12 + month - 1, UTC), n = count
 -- ARGV[1] per-minute limit, or -1 when unlimited
 -- ARGV[2] per-day limit, or -1 when unlimited
--- ARGV[3] "1" to count the request when it is allowed, "0" to only look (peek)
--- ARGV[4] tests only, never set in production (left out, or "" when credits follow): the
---         time in ms since the epoch to use instead of the server's. It exists so that the
---         shared test vectors can state the time of each request, and a replay can compare
---         with the local limiter over days of traffic; production leaves it out so every
---         node counts on Redis's clock.
+-- ARGV[3] per-month limit (the quota), or -1 when unlimited
+-- ARGV[4] "1" to count the request when it is allowed, "0" to only look (peek)
+-- ARGV[5] tests only, never set in production (left "" there): the time in ms since the
+--         epoch to use instead of the server's. It exists so that the shared test vectors
+--         can state the time of each request, and a replay can compare with the local
+--         limiter over days of traffic; production leaves it out so every node counts on
+--         Redis's clock.
+-- ARGV[6] the month number of the stored count in ARGV[7], or "" without one
+-- ARGV[7] the account's requests of that month as storage holds them
 --
 -- A key's credits, only for a key's own limits (the rule of `credit_step` in src/lib.rs):
--- KEYS[5] HASH g = generation of the credits the balance started from, p = refill period
+-- KEYS[6] HASH g = generation of the credits the balance started from, p = refill period
 --         of the last refill or start, b = balance
--- ARGV[5] cost; ARGV[6] generation; ARGV[7] the balance a caller set; ARGV[8] refill
---         amount, or -1 without a refill; ARGV[9] the refill period now (the caller's UTC
---         day or month number, -1 without a refill); ARGV[10] the refill period the balance
+-- ARGV[8] cost; ARGV[9] generation; ARGV[10] the balance a caller set; ARGV[11] refill
+--         amount, or -1 without a refill; ARGV[12] the refill period now (the caller's UTC
+--         day or month number, -1 without a refill); ARGV[13] the refill period the balance
 --         was set in
 --
--- Returns {allowed (1/0), limit, remaining, reset_secs, retry_after_secs (-1 when allowed)}
--- for the tighter window, and with KEYS[5] also {refused for credits (1/0), balance after}.
+-- Returns {-1, month number} and changes nothing when the month is limited and has no
+-- count yet in KEYS[5] and ARGV[6] is not that month: the caller reads the stored count of
+-- that month and runs the script again with it, which sets it only if still absent.
+-- Otherwise returns {allowed (1/0), limit, remaining, reset_secs, retry_after_secs (-1 when
+-- allowed), refusing window (0 none, 1 minute, 2 day, 3 month)} for the tighter window,
+-- and with KEYS[6] also {refused for credits (1/0), balance after}.
 --
 -- Cost: O(1) per request plus O(buckets evicted); only a refusal walks the oldest buckets,
 -- and that walk stops as soon as the count would drop below the limit (one step unless the
@@ -39,12 +47,71 @@ end
 
 -- The server's clock, not the caller's: every node then agrees on the buckets even when
 -- their own clocks are skewed.
-local now_ms = tonumber(ARGV[4])
+local now_ms = tonumber(ARGV[5])
 if not now_ms then
   local t = redis.call('TIME')
   now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local consume = ARGV[3] == '1'
+local consume = ARGV[4] == '1'
+
+-- The calendar (proleptic Gregorian, UTC) from days since 1970-01-01 and back, by
+-- Howard Hinnant's algorithms; the Rust side uses the `time` crate, and the vectors hold
+-- the two together at month and year edges.
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then
+    y = y + 1
+  end
+  return y, m
+end
+
+local function days_from_civil(y, m)
+  if m <= 2 then
+    y = y - 1
+  end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5)
+  return era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+end
+
+-- The month window: the month's count, started from storage's the first time any node
+-- needs it (set only if absent, in this atomic step).
+local month = { limit = tonumber(ARGV[3]), total = 0 }
+if month.limit >= 0 then
+  local y, m = civil_from_days(math.floor(now_ms / 86400000))
+  month.number = y * 12 + m - 1
+  if m == 12 then
+    y, m = y + 1, 1
+  else
+    m = m + 1
+  end
+  month.end_ms = days_from_civil(y, m) * 86400000
+  local state = redis.call('HMGET', KEYS[5], 'm', 'n')
+  if tonumber(state[1]) == month.number then
+    month.total = tonumber(state[2]) or 0
+  elseif tonumber(ARGV[6]) == month.number then
+    month.total = tonumber(ARGV[7])
+    redis.call('HSET', KEYS[5], 'm', string.format('%d', month.number), 'n', string.format('%d', month.total))
+    -- Useless once the month is over (plus a second of slack).
+    redis.call('PEXPIRE', KEYS[5], month.end_ms - now_ms + 1000)
+  else
+    return { -1, month.number }
+  end
+end
+
+-- Seconds until the month is over, rounded up.
+local function secs_until_month_end()
+  return math.floor((month.end_ms - now_ms + 999) / 1000)
+end
 
 local function window(list, hash, bucket_ms, span, limit)
   return {
@@ -59,7 +126,9 @@ local function window(list, hash, bucket_ms, span, limit)
 end
 
 local minute = window(KEYS[1], KEYS[2], 1000, 61, ARGV[1])
+minute.code = 1
 local day = window(KEYS[3], KEYS[4], 60000, 1441, ARGV[2])
+day.code = 2
 local windows = { minute, day }
 
 -- Bucket indexes are integers well below 2^53; '%d' keeps them free of exponents.
@@ -145,38 +214,41 @@ for _, w in ipairs(windows) do
   end
 end
 
+-- The full window that decides retry-after refuses; the wider on a tie.
 local allowed = true
-for _, w in ipairs(windows) do
-  if w.limit >= 0 and w.total >= w.limit then
-    allowed = false
+local retry = -1
+local refused_by = 0
+local function refuse(code, secs)
+  allowed = false
+  if secs >= retry then
+    retry = secs
+    refused_by = code
   end
 end
-
-local retry = -1
-if not allowed then
-  retry = 1
-  for _, w in ipairs(windows) do
-    if w.limit >= 0 and w.total >= w.limit then
-      retry = math.max(retry, retry_after(w))
-    end
+for _, w in ipairs(windows) do
+  if w.limit >= 0 and w.total >= w.limit then
+    refuse(w.code, retry_after(w))
   end
+end
+if month.limit >= 0 and month.total >= month.limit then
+  refuse(3, math.max(1, secs_until_month_end()))
 end
 
 -- Credits: checked once the windows have room, taken only with them (one atomic step, so
 -- concurrent requests never spend a balance twice nor below zero).
 local credit_reply = nil
-if KEYS[5] then
-  local cost = tonumber(ARGV[5])
-  local generation = ARGV[6]
-  local amount = tonumber(ARGV[8])
-  local period = tonumber(ARGV[9])
-  local state = redis.call('HMGET', KEYS[5], 'g', 'p', 'b')
+if KEYS[6] then
+  local cost = tonumber(ARGV[8])
+  local generation = ARGV[9]
+  local amount = tonumber(ARGV[11])
+  local period = tonumber(ARGV[12])
+  local state = redis.call('HMGET', KEYS[6], 'g', 'p', 'b')
   local known = state[1] == generation
   local p, b
   if known then
     p, b = tonumber(state[2]), tonumber(state[3])
   else
-    p, b = tonumber(ARGV[10]), tonumber(ARGV[7])
+    p, b = tonumber(ARGV[13]), tonumber(ARGV[10])
   end
   local changed = not known
   if amount >= 0 and period > p then
@@ -193,9 +265,9 @@ if KEYS[5] then
     changed = true
   end
   if changed and (consume or known) then
-    redis.call('HSET', KEYS[5], 'g', generation, 'p', string.format('%d', p), 'b', string.format('%d', b))
+    redis.call('HSET', KEYS[6], 'g', generation, 'p', string.format('%d', p), 'b', string.format('%d', b))
     -- A balance outlives any idle spell a caller would expect it to (400 days).
-    redis.call('EXPIRE', KEYS[5], 34560000)
+    redis.call('EXPIRE', KEYS[6], 34560000)
   end
   credit_reply = { refused, b }
 end
@@ -207,9 +279,12 @@ if allowed and consume then
       add(w)
     end
   end
+  if month.limit >= 0 then
+    month.total = redis.call('HINCRBY', KEYS[5], 'n', 1)
+  end
 end
 
--- The tighter window is the one with fewer requests left; ties go to the minute.
+-- The tighter window is the one with fewer requests left; ties go to the narrower.
 local shown_limit, shown_remaining, shown_reset = 0, 0, 0
 local shown = false
 for _, w in ipairs(windows) do
@@ -224,8 +299,16 @@ for _, w in ipairs(windows) do
     end
   end
 end
+if month.limit >= 0 then
+  local remaining = math.max(0, month.limit - month.total)
+  if not shown or remaining < shown_remaining then
+    shown_limit = month.limit
+    shown_remaining = remaining
+    shown_reset = month.total > 0 and secs_until_month_end() or 0
+  end
+end
 
 if credit_reply then
-  return { allowed and 1 or 0, shown_limit, shown_remaining, shown_reset, retry, credit_reply[1], credit_reply[2] }
+  return { allowed and 1 or 0, shown_limit, shown_remaining, shown_reset, retry, refused_by, credit_reply[1], credit_reply[2] }
 end
-return { allowed and 1 or 0, shown_limit, shown_remaining, shown_reset, retry }
+return { allowed and 1 or 0, shown_limit, shown_remaining, shown_reset, retry, refused_by }

@@ -27,6 +27,14 @@
 //! at most 61 + 1441 small entries. Every write sets `PEXPIRE` to when the newest bucket leaves
 //! its window, so idle accounts vanish by themselves without a sweeper.
 //!
+//! The month window is one more hash, `{prefix}{<account>}:mo`: the month's number and its
+//! count. The script works the month out from Redis's clock; when the month is limited and
+//! the hash holds no count of it, the script answers that, changing nothing, with the
+//! month's number, and the limiter runs it again with the account's stored count of that
+//! month ([`MonthSeeds`]: read from storage once per account and month on this node), which
+//! the script sets only if the count is still absent. Every node then adds to the one count,
+//! and the hash expires a second after the month ends.
+//!
 //! A key's own windows are the same keys under `{prefix}{key:<key_id>}`, and its credits one
 //! more hash there (`:cr`), which the same script checks and charges in the same step as the
 //! key's windows. The account's windows and the key's are two steps: a request the key's
@@ -57,8 +65,11 @@ use async_trait::async_trait;
 use keyward_core::{AccountId, Credits, Limits, metric};
 use time::OffsetDateTime;
 
+use std::sync::Arc;
+
 use crate::{
-    KeyCharge, KeyDecision, LocalRateLimiter, RateDecision, RateLimiter, Window, secs_until_refill,
+    KeyCharge, KeyDecision, LocalRateLimiter, MonthSeeds, RateDecision, RateLimiter, UsageSource,
+    Window, secs_until_refill,
 };
 
 /// The atomic evict/sum/decide/count step, run on the Redis server.
@@ -100,6 +111,7 @@ pub struct RedisRateLimiter {
     conn: ConnectionManager,
     script: redis::Script,
     options: RedisRateLimiterOptions,
+    seeds: Arc<MonthSeeds>,
     fallback: LocalRateLimiter,
     health: Health,
     /// Tests only: send the caller's `now` to the script (its optional fourth argument)
@@ -273,12 +285,14 @@ impl RedisRateLimiter {
             .set_max_delay(options.timeout);
         // Lazy, so that a server that is down at start does not hold the node's start-up.
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let seeds = Arc::new(MonthSeeds::default());
         let limiter = Self {
             conn,
             script: redis::Script::new(SCRIPT),
             health: Health::new(options.probe_interval),
             options,
-            fallback: LocalRateLimiter::new(),
+            fallback: LocalRateLimiter::with_seeds(Arc::clone(&seeds)),
+            seeds,
             #[cfg(test)]
             caller_clock: false,
         };
@@ -296,6 +310,15 @@ impl RedisRateLimiter {
         Ok(limiter)
     }
 
+    /// The limiter with month windows starting from the counts `source` holds (without
+    /// it, from nothing stored).
+    #[must_use]
+    pub fn with_usage(mut self, source: Arc<dyn UsageSource>) -> Self {
+        self.seeds = Arc::new(MonthSeeds::new(source));
+        self.fallback = LocalRateLimiter::with_seeds(Arc::clone(&self.seeds));
+        self
+    }
+
     /// Whether the last call to Redis succeeded, i.e. limits currently hold across nodes
     /// (for health checks and dashboards).
     #[must_use]
@@ -303,7 +326,7 @@ impl RedisRateLimiter {
         !self.health.down.load(Ordering::Acquire)
     }
 
-    fn keys(&self, owner: &str) -> [String; 4] {
+    fn keys(&self, owner: &str) -> [String; 5] {
         let prefix = &self.options.key_prefix;
         // `{…}` is a Redis Cluster hash tag: an account's keys land in one slot.
         let base = format!("{prefix}{{{owner}}}");
@@ -312,32 +335,68 @@ impl RedisRateLimiter {
             format!("{base}:m:c"),
             format!("{base}:d:b"),
             format!("{base}:d:c"),
+            format!("{base}:mo"),
         ]
     }
 
+    /// The account's decision; when Redis has no count of the month yet, a second run
+    /// with the stored count.
     async fn ask_redis(
         &self,
         account: &AccountId,
         limits: Limits,
         now: OffsetDateTime,
         consume: bool,
-    ) -> Result<RateDecision, Failure> {
-        self.run_script(account.as_str(), limits, None, now, consume)
-            .await
-            .map(|(decision, _)| decision)
+    ) -> Result<Option<RateDecision>, Failure> {
+        let owner = account.as_str();
+        let reply = match self
+            .run_script(owner, limits, None, None, now, consume)
+            .await?
+        {
+            Reply::NeedsMonth(month) => match self.seeds.get(account, month).await {
+                Some(stored) => {
+                    self.run_script(owner, limits, Some((month, stored)), None, now, consume)
+                        .await?
+                }
+                // Storage did not answer: the month is not enforced for this request.
+                None => {
+                    let limits = Limits {
+                        per_month: None,
+                        ..limits
+                    };
+                    if limits.is_unlimited() {
+                        return Ok(None);
+                    }
+                    self.run_script(owner, limits, None, None, now, consume)
+                        .await?
+                }
+            },
+            reply => reply,
+        };
+        match reply {
+            Reply::Decided(decision, _) => Ok(Some(decision)),
+            Reply::NeedsMonth(month) => Err(Failure::Malformed(vec![-1, month])),
+        }
     }
 
-    /// Runs the script for `owner`'s windows (an account id, or `key:<key_id>`), and its
-    /// credits if given with the request's cost.
+    /// Runs the script for `owner`'s windows (an account id, or `key:<key_id>`), with the
+    /// stored count of a month if given, and its credits if given with the request's cost.
     async fn run_script(
         &self,
         owner: &str,
         limits: Limits,
+        stored_month: Option<(i64, u64)>,
         credits: Option<(&Credits, u32)>,
         now: OffsetDateTime,
         consume: bool,
-    ) -> Result<(RateDecision, Option<(bool, u64)>), Failure> {
-        let [minute_buckets, minute_counts, day_buckets, day_counts] = self.keys(owner);
+    ) -> Result<Reply, Failure> {
+        let [
+            minute_buckets,
+            minute_counts,
+            day_buckets,
+            day_counts,
+            month,
+        ] = self.keys(owner);
         let limit_arg = |limit: Option<u32>| limit.map_or(-1, i64::from);
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -345,8 +404,10 @@ impl RedisRateLimiter {
             .key(minute_counts)
             .key(day_buckets)
             .key(day_counts)
+            .key(month)
             .arg(limit_arg(limits.per_minute))
             .arg(limit_arg(limits.per_day))
+            .arg(limit_arg(limits.per_month))
             .arg(u8::from(consume));
         #[cfg(test)]
         let caller_clock = self.caller_clock;
@@ -354,9 +415,13 @@ impl RedisRateLimiter {
         let caller_clock = false;
         if caller_clock {
             invocation.arg(crate::unix_ms(now));
-        } else if credits.is_some() {
+        } else {
             invocation.arg("");
         }
+        match stored_month {
+            Some((month, count)) => invocation.arg(month).arg(count),
+            None => invocation.arg("").arg(0),
+        };
         if let Some((credits, cost)) = credits {
             let period_of = |t| credits.refill.map_or(-1, |r| r.interval.period_of(t));
             let set_at = OffsetDateTime::from_unix_timestamp(credits.set_at).unwrap_or(now);
@@ -380,13 +445,16 @@ impl RedisRateLimiter {
                 .await
                 .map_err(|_| Failure::Timeout(self.options.timeout))?
                 .map_err(Failure::Redis)?;
-        let credit = match reply.get(5..) {
+        if let &[-1, month] = reply.as_slice() {
+            return Ok(Reply::NeedsMonth(month));
+        }
+        let credit = match reply.get(6..) {
             Some(&[refused, balance]) => Some((refused == 1, u64::try_from(balance).unwrap_or(0))),
             _ => None,
         };
-        let decision = parse_reply(reply.get(..5).unwrap_or_default());
+        let decision = parse_reply(reply.get(..6).unwrap_or_default());
         match (decision, credit.is_some() == credits.is_some()) {
-            (Some(decision), true) => Ok((decision, credit)),
+            (Some(decision), true) => Ok(Reply::Decided(decision, credit)),
             _ => Err(Failure::Malformed(reply)),
         }
     }
@@ -401,10 +469,12 @@ impl RedisRateLimiter {
             let owner = format!("key:{}", charge.key);
             let credits = charge.credits.map(|c| (c, charge.cost));
             match self
-                .run_script(&owner, charge.limits, credits, now, consume)
+                .run_script(&owner, charge.limits, None, credits, now, consume)
                 .await
             {
-                Ok((windows, credit)) => {
+                // A key's own limits have no month.
+                Ok(Reply::NeedsMonth(month)) => self.failed(&Failure::Malformed(vec![-1, month])),
+                Ok(Reply::Decided(mut windows, credit)) => {
                     self.recovered(now);
                     let limited = !charge.limits.is_unlimited();
                     let credits_refused = credit.is_some_and(|(refused, _)| refused);
@@ -413,8 +483,9 @@ impl RedisRateLimiter {
                     } else if credits_refused {
                         Some(Window::Credits)
                     } else {
-                        Some(windows.window(charge.limits))
+                        windows.refused_by
                     };
+                    windows.refused_by = refused_by;
                     let retry_after_secs = match refused_by {
                         Some(Window::Credits) => {
                             charge.credits.and_then(|c| secs_until_refill(c, now))
@@ -453,7 +524,8 @@ impl RedisRateLimiter {
             tracing::info!("Redis rate limiter is back; limits are shared across nodes again");
             // Redis has the authoritative counts again: drop the outage's local ones, so
             // memory returns and a later outage starts from a clean slate.
-            self.fallback.forget_idle(now + time::Duration::days(2));
+            self.fallback
+                .forget_idle_accounts(now + time::Duration::days(2), true);
         }
     }
 
@@ -471,7 +543,7 @@ impl RedisRateLimiter {
             match self.ask_redis(account, limits, now, consume).await {
                 Ok(decision) => {
                     self.recovered(now);
-                    return Some(decision);
+                    return decision;
                 }
                 Err(failure) => self.failed(&failure),
             }
@@ -485,12 +557,42 @@ impl RedisRateLimiter {
     }
 }
 
-/// Reads the script's `{allowed, limit, remaining, reset_secs, retry_after_secs or -1}`.
+/// What one run of the script answered.
+#[derive(Debug)]
+enum Reply {
+    /// The decision, and with credits whether they refused and the balance after.
+    Decided(RateDecision, Option<(bool, u64)>),
+    /// The month is limited and Redis has no count of it: run again with the stored
+    /// count of this month (its number).
+    NeedsMonth(i64),
+}
+
+/// Reads the script's `{allowed, limit, remaining, reset_secs, retry_after_secs or -1,
+/// refusing window}`.
 fn parse_reply(reply: &[i64]) -> Option<RateDecision> {
-    let &[allowed, limit, remaining, reset_secs, retry_after] = reply else {
+    let &[
+        allowed,
+        limit,
+        remaining,
+        reset_secs,
+        retry_after,
+        refused_by,
+    ] = reply
+    else {
         return None;
     };
+    let refused_by = match refused_by {
+        0 => None,
+        1 => Some(Window::Minute),
+        2 => Some(Window::Day),
+        3 => Some(Window::Month),
+        _ => return None,
+    };
+    if allowed == 1 && refused_by.is_some() {
+        return None;
+    }
     Some(RateDecision {
+        refused_by,
         allowed: allowed == 1,
         limit: u32::try_from(limit).ok()?,
         remaining: u32::try_from(remaining).ok()?,

@@ -178,7 +178,8 @@ async fn peek_consumes_nothing() {
             limit: 10,
             remaining: 10,
             reset_secs: 0,
-            retry_after_secs: None
+            retry_after_secs: None,
+            refused_by: None,
         }
     );
     assert!(fx.keys().is_empty(), "a peek creates no keys");
@@ -456,21 +457,29 @@ async fn redis_going_away_and_coming_back() {
 #[test]
 fn malformed_replies_are_rejected() {
     assert_eq!(
-        parse_reply(&[1, 10, 9, 61, -1]),
+        parse_reply(&[1, 10, 9, 61, -1, 0]),
         Some(RateDecision {
             allowed: true,
             limit: 10,
             remaining: 9,
             reset_secs: 61,
-            retry_after_secs: None
+            retry_after_secs: None,
+            refused_by: None,
         })
     );
+    let refused = parse_reply(&[0, 10, 0, 61, 60, 3]).unwrap();
     assert_eq!(
-        parse_reply(&[0, 10, 0, 61, 60]).unwrap().retry_after_secs,
-        Some(60)
+        (refused.retry_after_secs, refused.refused_by),
+        (Some(60), Some(Window::Month))
     );
-    assert_eq!(parse_reply(&[1, 10, 9, 61]), None);
-    assert_eq!(parse_reply(&[1, -10, 9, 61, -1]), None);
+    assert_eq!(parse_reply(&[1, 10, 9, 61, -1]), None);
+    assert_eq!(parse_reply(&[1, -10, 9, 61, -1, 0]), None);
+    assert_eq!(parse_reply(&[0, 10, 0, 61, 60, 4]), None);
+    assert_eq!(
+        parse_reply(&[1, 10, 9, 61, -1, 1]),
+        None,
+        "allowed, yet refused"
+    );
 }
 
 /// A small deterministic generator, so a failing replay can be reproduced.
@@ -490,19 +499,32 @@ async fn matches_the_local_limiter_step_for_step() {
     let Some(fx) = Fixture::new("matches_the_local_limiter_step_for_step") else {
         return;
     };
-    let shared = fx.limiter_on_caller_clock().await;
-    let local = LocalRateLimiter::new();
     let accounts = [acct(), acct(), acct()];
+    // The same stored counts for each, read by each on its own.
+    let stored = [(); 2].map(|()| {
+        let stored = Arc::new(crate::vectors::StoredCounts::default());
+        let november = time::macros::datetime!(2026-11-01 0:00 UTC);
+        stored.set_at(&accounts[0], november, 3);
+        stored.set_at(&accounts[1], november, 40);
+        stored
+    });
+    let shared = fx
+        .limiter_on_caller_clock()
+        .await
+        .with_usage(stored[0].clone());
+    let local = LocalRateLimiter::with_usage(stored[1].clone());
     let limit_sets = [
-        Limits::new(Some(5), Some(20)),
-        Limits::new(Some(3), None),
+        Limits::new(Some(5), Some(20)).with_per_month(Some(30)),
+        Limits::new(Some(3), None).with_per_month(Some(200)),
         Limits::new(None, Some(7)),
         Limits::new(Some(10), Some(100)),
         Limits::new(Some(0), Some(5)),
         Limits::new(Some(4), Some(4)),
+        Limits::default().with_per_month(Some(45)),
     ];
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut t = time::macros::datetime!(2026-11-26 12:00:00.5 UTC);
+    let mut month_refusals = 0;
     // Mostly sub-second gaps, some of about a minute, a few of hours: every window rolls,
     // the day window included (about two simulated days in all).
     for step in 0..4000 {
@@ -516,7 +538,7 @@ async fn matches_the_local_limiter_step_for_step() {
         let account = &accounts[which];
         // Each account has its plan; now and then the plan changes under it.
         let limits = if rng.below(20) == 0 {
-            limit_sets[usize::try_from(rng.below(6)).unwrap()]
+            limit_sets[usize::try_from(rng.below(7)).unwrap()]
         } else {
             limit_sets[which]
         };
@@ -536,8 +558,13 @@ async fn matches_the_local_limiter_step_for_step() {
             got, expected,
             "step {step} at {t}, {limits:?}, consume {consume}"
         );
+        if got.is_some_and(|d| d.refused_by == Some(Window::Month)) {
+            month_refusals += 1;
+        }
     }
     assert!(shared.is_redis_up());
+    assert!(month_refusals > 0, "the replay reaches a monthly quota");
+    assert!(stored.iter().all(|s| s.most_reads() == 1));
 }
 
 #[tokio::test]
@@ -782,4 +809,93 @@ async fn key_limits_and_credits_match_the_local_limiter_step_for_step() {
         assert_eq!(got, expected, "step {step} at {t}, consume {consume}");
     }
     assert!(shared.is_redis_up());
+}
+
+/// One count of the month for every node: seeded once from storage (set only if absent),
+/// never more successes than the quota across two nodes racing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_month_count_seeded_once() {
+    let Some(fx) = Fixture::new("two_nodes_share_one_month_count_seeded_once") else {
+        return;
+    };
+    let a = acct();
+    // Each node's own view of storage, to count each node's reads.
+    let stored = [(); 2].map(|()| {
+        let stored = Arc::new(crate::vectors::StoredCounts::default());
+        stored.set_at(&a, now(), 10);
+        stored
+    });
+    let one = Arc::new(fx.limiter().await.with_usage(stored[0].clone()));
+    let two = Arc::new(fx.limiter().await.with_usage(stored[1].clone()));
+    let limits = Limits::default().with_per_month(Some(40));
+    let mut tasks = JoinSet::new();
+    for i in 0..60 {
+        let limiter = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let a = a.clone();
+        tasks.spawn(async move { limiter.acquire(&a, limits, now()).await.unwrap() });
+    }
+    let mut allowed = 0;
+    while let Some(d) = tasks.join_next().await {
+        let d = d.unwrap();
+        if d.allowed {
+            allowed += 1;
+        } else {
+            assert_eq!(d.refused_by, Some(Window::Month));
+            let to_month_end = crate::secs_until_month_end(now());
+            let retry = d.retry_after_secs.unwrap();
+            assert!(retry.abs_diff(to_month_end) <= 2, "retry-after {retry}");
+        }
+    }
+    assert_eq!(allowed, 30, "10 stored and 30 counted make the quota of 40");
+    assert!(
+        stored.iter().all(|s| s.most_reads() <= 1),
+        "each node reads the month's stored count at most once"
+    );
+    assert!(one.is_redis_up() && two.is_redis_up());
+    // The month's count expires a second after the month ends.
+    let ttl = fx.pttl(&format!("{{{a}}}:mo"));
+    let to_month_end = i64::try_from(crate::secs_until_month_end(now())).unwrap() * 1000;
+    assert!(
+        (to_month_end - 5_000..=to_month_end + 2_000).contains(&ttl),
+        "ttl {ttl} ms, month ends in {to_month_end} ms"
+    );
+}
+
+/// The script's calendar (days to year and month and back, in Lua) against the `time`
+/// crate's, at times spread over centuries: a stored count makes `reset` the seconds until
+/// the month ends.
+#[tokio::test]
+async fn the_scripts_calendar_is_the_rust_one() {
+    let Some(fx) = Fixture::new("the_scripts_calendar_is_the_rust_one") else {
+        return;
+    };
+    let limiter = fx.limiter_on_caller_clock().await;
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    let limits = Limits::default().with_per_month(Some(1_000));
+    for _ in 0..300 {
+        // 1970 to about 2300, to the millisecond.
+        let ms = i64::try_from(rng.below(10_400_000_000_000)).unwrap();
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+        let a = acct();
+        let reply = limiter
+            .run_script(
+                a.as_str(),
+                limits,
+                Some((crate::month_number(t), 1)),
+                None,
+                t,
+                false,
+            )
+            .await
+            .unwrap();
+        let d = match reply {
+            Reply::Decided(d, None) => d,
+            other => panic!("at {t}: {other:?}"),
+        };
+        assert_eq!(
+            (d.remaining, d.reset_secs),
+            (999, crate::secs_until_month_end(t)),
+            "at {t}"
+        );
+    }
 }
