@@ -499,9 +499,9 @@ pub async fn revoke_api_key(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeakedKeysRequest {
-    /// The strings found, 1 to 1000: each that is a working secret of a key of any account
-    /// stops working.
-    #[schema(min_items = 1, max_items = 1000)]
+    /// The strings found, 1 to 1000 (more is a `400`, or a `413` once the body passes the
+    /// body limit): each that is a working secret of a key of any account stops working.
+    #[schema(min_items = 1)]
     pub keys: Vec<String>,
     /// Where they were found, in the reporter's words: 1 to 200 characters, no control
     /// characters. Kept in each `key.leaked` event.
