@@ -192,9 +192,33 @@ impl KeySecret {
     /// The display hint: prefix, first 4 and last 4 characters (`kw_AbCd…wxyz`).
     #[must_use]
     pub fn hint(&self) -> String {
-        let key = self.expose();
-        let (prefix, body) = key.split_once('_').unwrap_or(("", key));
-        format!("{prefix}_{}…{}", &body[..4], &body[body.len() - 4..])
+        hint_of(self.expose())
+    }
+}
+
+/// The display hint of any presented string, key or not (a leak report names strings
+/// that may be neither): a key's is its prefix, first 4 and last 4 characters
+/// (`kw_AbCd…wxyz`). Of anything else it shows no more than a key's would: the part
+/// before the first `_` if that is a well-formed prefix, and the first and last 4
+/// characters of the rest only when the rest has at least 16 (so a hint never shows
+/// most of a short string); otherwise `…` alone stands for them.
+#[must_use]
+pub fn hint_of(raw: &str) -> String {
+    let (prefix, body) = match raw.split_once('_') {
+        Some((prefix, body)) if KeyPrefix::is_well_formed(prefix) => (Some(prefix), body),
+        _ => (None, raw),
+    };
+    let chars: Vec<char> = body.chars().collect();
+    let middle = if chars.len() >= 16 {
+        let first: String = chars[..4].iter().collect();
+        let last: String = chars[chars.len() - 4..].iter().collect();
+        format!("{first}…{last}")
+    } else {
+        "…".to_owned()
+    };
+    match prefix {
+        Some(prefix) => format!("{prefix}_{middle}"),
+        None => middle,
     }
 }
 
@@ -315,6 +339,18 @@ mod tests {
         let key = KeySecret::generate(&kw(), &mut Fixed(3));
         let s = key.expose().to_owned();
         assert_eq!(key.hint(), format!("kw_{}…{}", &s[3..7], &s[s.len() - 4..]));
+    }
+
+    #[test]
+    fn the_hint_of_any_string_shows_no_more_than_a_keys_would() {
+        let key = KeySecret::generate(&kw(), &mut Fixed(5));
+        assert_eq!(hint_of(key.expose()), key.hint());
+        assert_eq!(hint_of("kw_short"), "kw_…");
+        assert_eq!(hint_of("nope"), "…");
+        assert_eq!(hint_of("X_0123456789abcdefXYZ"), "X_01…fXYZ");
+        assert_eq!(hint_of("ghp_0123456789abcdefXYZ"), "ghp_0123…fXYZ");
+        assert_eq!(hint_of("kw_ééééééééééééééééé"), "kw_éééé…éééé");
+        assert_eq!(hint_of(""), "…");
     }
 
     #[test]

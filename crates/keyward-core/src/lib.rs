@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod key;
+pub mod leak;
 pub mod metric;
 pub mod model;
 pub mod policy;
@@ -14,7 +15,7 @@ pub mod scope;
 pub mod timefmt;
 pub mod webhook;
 
-pub use key::{KeyDigest, KeyFormatError, KeyPrefix, KeySecret, OsRandom, RandomSource};
+pub use key::{KeyDigest, KeyFormatError, KeyPrefix, KeySecret, OsRandom, RandomSource, hint_of};
 pub use model::{
     AccountId, AccountStatus, EventId, ExternalId, InvalidValue, KeyId, KeyName, KeyStatus, Limits,
     MAX_REQUEST_ID_LEN, Metadata, OperatorId, PlanName, RequestId, StoredStatus, WebhookId,

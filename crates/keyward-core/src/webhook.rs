@@ -22,6 +22,8 @@ pub enum EventType {
     KeyRotated,
     /// A key was revoked.
     KeyRevoked,
+    /// A key was reported leaked and revoked or disabled.
+    KeyLeaked,
     /// A key expires in 7 days, or in 1 day.
     KeyExpiring,
     /// A key's `expires_at` passed.
@@ -35,6 +37,7 @@ impl EventType {
         Self::KeyUpdated,
         Self::KeyRotated,
         Self::KeyRevoked,
+        Self::KeyLeaked,
         Self::KeyExpiring,
         Self::KeyExpired,
     ];
@@ -47,6 +50,7 @@ impl EventType {
             Self::KeyUpdated => "key.updated",
             Self::KeyRotated => "key.rotated",
             Self::KeyRevoked => "key.revoked",
+            Self::KeyLeaked => "key.leaked",
             Self::KeyExpiring => "key.expiring",
             Self::KeyExpired => "key.expired",
         }

@@ -110,8 +110,16 @@ impl RequestContext {
     /// The request's context, put there by the envelope middleware (a fresh one for a
     /// request that did not pass through it).
     pub(crate) fn of(parts: &Parts) -> Arc<Self> {
-        parts
-            .extensions
+        Self::in_extensions(&parts.extensions)
+    }
+
+    /// [`RequestContext::of`] a whole request, for a handler that reads the body itself.
+    pub(crate) fn of_request<B>(req: &axum::http::Request<B>) -> Arc<Self> {
+        Self::in_extensions(req.extensions())
+    }
+
+    fn in_extensions(extensions: &axum::http::Extensions) -> Arc<Self> {
+        extensions
             .get::<Arc<Self>>()
             .cloned()
             .unwrap_or_else(|| Arc::new(Self::new(new_request_id(), OffsetDateTime::now_utc())))

@@ -26,6 +26,9 @@ pub enum ErrorCode {
     ValidationError,
     /// `x-api-key` missing, malformed, unknown, inactive or expired.
     InvalidApiKey,
+    /// A signed request's signature is missing, made with an unknown key, or does not
+    /// match its body (GitHub secret scanning).
+    InvalidSignature,
     /// The key lacks a scope.
     InsufficientPermissions,
     /// Unknown route, or a key not in the caller's account.
@@ -54,7 +57,7 @@ impl ErrorCode {
     pub const fn status(self) -> StatusCode {
         match self {
             Self::InvalidRequest | Self::ValidationError => StatusCode::BAD_REQUEST,
-            Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::InvalidApiKey | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::InsufficientPermissions => StatusCode::FORBIDDEN,
             Self::ResourceNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -234,6 +237,12 @@ impl ApiError {
     #[must_use]
     pub fn no_such_route() -> Self {
         Self::not_found("no such route")
+    }
+
+    /// `401 INVALID_SIGNATURE`: a signed request whose signature does not verify;
+    /// `details.reason` says which check failed.
+    pub fn bad_signature(message: impl Into<String>, reason: &str) -> Self {
+        Self::new(ErrorCode::InvalidSignature, message).with_details(json!({ "reason": reason }))
     }
 
     /// `404` for a key that is missing or in another account: the same words either way.

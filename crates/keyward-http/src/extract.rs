@@ -96,13 +96,28 @@ impl JsonBody {
     /// `INVALID_REQUEST` for a non-JSON body or content type, `VALIDATION_ERROR` for
     /// data that does not fit `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse_json(self.json_bytes()?)
+    }
+
+    /// The body, if it arrived whole and its content type is JSON.
+    fn json_bytes(&self) -> Result<&Bytes, ApiError> {
         let bytes = self.bytes()?;
         if !self.json_type {
             return Err(ApiError::invalid_request(
                 "the request body must be JSON with content-type application/json",
             ));
         }
-        parse_json(bytes)
+        Ok(bytes)
+    }
+
+    /// The body as it arrived, for a check over its exact bytes (a signature) before
+    /// [`JsonBody::parse`].
+    ///
+    /// # Errors
+    /// `413` over the body limit, `408` for a body that stopped arriving, `400` for one
+    /// that broke off.
+    pub fn raw(&self) -> Result<&Bytes, ApiError> {
+        self.bytes()
     }
 
     fn bytes(&self) -> Result<&Bytes, ApiError> {
@@ -114,6 +129,20 @@ impl JsonBody {
                 "the request body could not be read",
             )),
         }
+    }
+
+    /// Parses a required JSON body that is an array (GitHub secret scanning's format),
+    /// each item a `T`.
+    ///
+    /// # Errors
+    /// As [`JsonBody::parse`]; `VALIDATION_ERROR` (field `body`) for JSON that is not an
+    /// array or an item that is not a `T`.
+    pub fn parse_array<T: DeserializeOwned>(&self) -> Result<Vec<T>, ApiError> {
+        let bytes = self.json_bytes()?;
+        if !matches!(first_byte(bytes), Some(b'[') | None) {
+            return Err(ApiError::validation("body", "must be a JSON array"));
+        }
+        deserialize(bytes)
     }
 
     /// Parses an optional JSON body: an empty one, or JSON `null`, is `None`.
@@ -149,10 +178,20 @@ pub fn is_json_content_type(value: &str) -> bool {
 /// The documented error for the first problem found.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde's derived structs also read a JSON array, field by field in order: every
-    // body keyward takes is an object, so an array is refused before it gets there.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+    // body keyward takes is an object (but GitHub's, [`JsonBody::parse_array`]), so an
+    // array is refused before it gets there.
+    if first_byte(bytes) == Some(b'[') {
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
+    deserialize(bytes)
+}
+
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// Reads JSON as `T`, with the errors of [`parse_json`].
+fn deserialize<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = field_of(&e);

@@ -7,8 +7,8 @@
 //!
 //! Modules, from the bottom: `error` and `dto`; `cache` and `gateway` (the routes file
 //! and the upstream); `context` and `state`; `auth`,
-//! `extract` and `middleware`; `handlers`; `openapi`; and this root, which assembles the
-//! router. Each names only modules below it, so no two modules depend on each other
+//! `extract` and `middleware`; `leaks` (the answer to a report of leaked keys);
+//! `handlers`; `openapi`; and this root, which assembles the router. Each names only modules below it, so no two modules depend on each other
 //! (`tests/module_graph.rs` checks it).
 
 pub mod auth;
@@ -19,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod handlers;
+pub mod leaks;
 pub mod middleware;
 pub mod openapi;
 pub mod operator;
@@ -30,7 +31,7 @@ use axum::routing::{any, delete, get, post, put};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::handlers::gateway::{authorize, forward};
-use crate::handlers::{console, history, keys, operator as operator_api, ops, webhooks};
+use crate::handlers::{console, history, keys, operator as operator_api, ops, scanning, webhooks};
 
 pub use crate::cache::key::KEY_CACHE_TTL;
 pub use crate::state::{AppState, AppStateBuilder, MetricsRender};
@@ -90,6 +91,10 @@ pub fn router(state: AppState) -> Router {
             "/operator/v1/api-keys/{key_id}",
             get(operator_api::get_api_key).delete(operator_api::revoke_api_key),
         )
+        .route(
+            "/operator/v1/leaked-keys",
+            post(operator_api::report_leaked_keys),
+        )
         .route("/operator/v1/plans", get(operator_api::list_plans))
         .route(
             "/operator/v1/plans/{name}",
@@ -102,6 +107,13 @@ pub fn router(state: AppState) -> Router {
         // path after the prefix.
         .route("/authorize", any(authorize))
         .route("/authorize/{*path}", any(authorize));
+    // GitHub secret scanning's endpoint exists only with its keys file; without it the
+    // path is a 404 like any other keyward does not serve.
+    let v1 = if state.github_keys.is_some() {
+        v1.route("/secret-scanning/github", post(scanning::github))
+    } else {
+        v1
+    };
     // A route that panics, for the tests of the envelope's panic handling.
     #[cfg(test)]
     let v1 = v1.route("/v1/test-panic", get(tests::panics));

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use keyward_core::Scope;
+use keyward_core::leak::SignatureError;
 use keyward_ratelimit::Window;
 use utoipa::openapi::example::Example;
 use utoipa::openapi::header::Header;
@@ -17,7 +18,7 @@ use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ApiError, KeyRejection};
-use crate::handlers::{gateway, history, keys, operator as operator_api, ops, webhooks};
+use crate::handlers::{gateway, history, keys, operator as operator_api, ops, scanning, webhooks};
 use crate::middleware::MAX_REQUEST_HEADERS;
 use crate::operator;
 use crate::state::DEFAULT_BODY_LIMIT;
@@ -52,6 +53,7 @@ use crate::{dto, error};
         operator_api::issue_api_key,
         operator_api::get_api_key,
         operator_api::revoke_api_key,
+        operator_api::report_leaked_keys,
         operator_api::list_plans,
         operator_api::put_plan,
         operator_api::delete_plan,
@@ -59,6 +61,7 @@ use crate::{dto, error};
         ops::readyz,
         ops::metrics,
         gateway::authorize,
+        scanning::github,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject, error::ErrorCode, dto::KeyStatusDto)),
     modifiers(&Contract),
@@ -68,7 +71,8 @@ use crate::{dto, error};
         (name = "webhooks", description = "Signed deliveries of the account's events"),
         (name = "operations", description = "Health, readiness and metrics (no key)"),
         (name = "gateway", description = "Forward auth for the platform's own routes (--routes FILE). In gateway mode (--upstream URL) keyward also forwards those routes to the upstream; they are the platform's operations, not keyward's, so this document does not list them"),
-        (name = "operator", description = "The operator API: accounts and plans, with an operator key (kwop_…)"),
+        (name = "operator", description = "The operator API: accounts, plans and leaked keys, with an operator key (kwop_…)"),
+        (name = "secret-scanning", description = "GitHub secret scanning's partner endpoint (--github-scanning-keys FILE): GitHub reports tokens found in public places, signed with its keys; without the keys file the path is a 404"),
     )
 )]
 pub struct ApiDoc;
@@ -123,6 +127,12 @@ pub enum Failure {
     PlanInUse,
     /// `404`: metrics are served on the private address of `--metrics-listen`, not here.
     MetricsElsewhere,
+    /// `409`: a key of the report kept changing under it.
+    LeakRace,
+    /// `401`: the request's signature is missing, by an unknown key, or not over its body.
+    Signature,
+    /// `404`: the endpoint is not served (no `--github-scanning-keys`).
+    ScanningOff,
     /// `431`: more request headers than the server takes (any request).
     Headers,
     /// `500`: a bug (any request).
@@ -138,9 +148,9 @@ pub const EVERY_OPERATION: &[Failure] = &[Failure::Headers, Failure::Bug];
 /// unit test fails for an operation missing from this table).
 pub const FAILURES: &[(&str, &[Failure])] = {
     use Failure::{
-        AccountInPath, Body, Change, ExternalIdTaken, Key, KeyForm, KeyInPath, MetricsElsewhere,
-        NotReady, OperatorKey, PlanInPath, PlanInUse, Query, RateLimit, Storage, Unrouted,
-        WebhookInPath,
+        AccountInPath, Body, Change, ExternalIdTaken, Key, KeyForm, KeyInPath, LeakRace,
+        MetricsElsewhere, NotReady, OperatorKey, PlanInPath, PlanInUse, Query, RateLimit,
+        ScanningOff, Signature, Storage, Unrouted, WebhookInPath,
     };
     const READ: Failure = Failure::Scope(Scope::READ);
     const WRITE: Failure = Failure::Scope(Scope::WRITE);
@@ -200,6 +210,10 @@ pub const FAILURES: &[(&str, &[Failure])] = {
             "operator_revoke_api_key",
             &[OperatorKey, KeyInPath, Change, Storage],
         ),
+        (
+            "operator_report_leaked_keys",
+            &[OperatorKey, Body, LeakRace, Storage],
+        ),
         ("operator_list_plans", &[OperatorKey, Storage]),
         ("operator_put_plan", &[OperatorKey, Body, Storage]),
         (
@@ -218,6 +232,10 @@ pub const FAILURES: &[(&str, &[Failure])] = {
                 RateLimit,
                 Storage,
             ],
+        ),
+        (
+            "github_secret_scanning",
+            &[ScanningOff, Signature, Body, LeakRace, Storage],
         ),
     ]
 };
@@ -276,6 +294,15 @@ impl Failure {
                 "Another account has this external_id; details.account_id names it (CONFLICT)"
             }
             Self::PlanInUse => "An account uses the plan (CONFLICT)",
+            Self::LeakRace => {
+                "A reported key kept changing under the report (CONFLICT); the strings before it were acted on, and a retry finds them done"
+            }
+            Self::Signature => {
+                "The Github-Public-Key-Identifier or Github-Public-Key-Signature header is missing, names no key of the keys file, or the signature is not over this body (INVALID_SIGNATURE; details.reason: missing, unknown_key or bad_signature); nothing changed"
+            }
+            Self::ScanningOff => {
+                "keyward was started without --github-scanning-keys, so it does not serve this endpoint (RESOURCE_NOT_FOUND)"
+            }
             Self::Headers => "More than 100 request headers (INVALID_REQUEST)",
             Self::Bug => "A bug, logged with the request id (PROCESSING_ERROR)",
         }
@@ -359,6 +386,27 @@ impl Failure {
                 ApiError::conflict("the plan is in use: move its accounts to another plan first"),
             )],
             Self::MetricsElsewhere => vec![("served_elsewhere", ApiError::no_such_route())],
+            Self::LeakRace => vec![(
+                "key_kept_changing",
+                ApiError::conflict("the key changed concurrently; retry"),
+            )],
+            Self::Signature => vec![
+                (
+                    "missing",
+                    ApiError::bad_signature(
+                        SignatureError::Missing.to_string(),
+                        SignatureError::Missing.as_str(),
+                    ),
+                ),
+                (
+                    "bad_signature",
+                    ApiError::bad_signature(
+                        SignatureError::Mismatch.to_string(),
+                        SignatureError::Mismatch.as_str(),
+                    ),
+                ),
+            ],
+            Self::ScanningOff => vec![("not_served", ApiError::no_such_route())],
             Self::Unrouted => vec![("no_such_route", ApiError::no_such_route())],
             Self::Bug => vec![(
                 "bug",
@@ -447,6 +495,13 @@ impl Modify for Contract {
                 SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                     "x-api-key",
                     "An operator key (kwop_…), made by `keyward operators create`",
+                ))),
+            );
+            components.add_security_scheme(
+                "github_signature",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "Github-Public-Key-Signature",
+                    "GitHub's signature: base64 of the DER ECDSA P-256 / SHA-256 signature over the raw body, by the key that Github-Public-Key-Identifier names in the file of --github-scanning-keys",
                 ))),
             );
         }
@@ -558,16 +613,22 @@ mod tests {
             // that matches no route.
             let named = ["{key_id}", "{account_id}", "{name}", "{webhook_id}"];
             let finds = method != "put" && named.iter().any(|id| path.contains(id));
+            // GitHub's endpoint is a 404 where it is not served.
             assert_eq!(
                 documented.contains("404"),
-                finds || path == "/metrics" || path == "/authorize",
+                finds
+                    || ["/metrics", "/authorize", "/secret-scanning/github"]
+                        .contains(&path.as_str()),
                 "{method} {path}: {documented:?}"
             );
             // A key's change; an account's creation or change (its external id); a
             // plan's deletion (while in use).
             let account = path.starts_with("/operator/v1/accounts") && !path.ends_with("/api-keys");
+            // A leak report's key that keeps changing under it.
+            let leaks = path == "/operator/v1/leaked-keys" || path == "/secret-scanning/github";
             let changes = (method != "get" && (path.contains("{key_id}") || account))
-                || (method == "delete" && path.starts_with("/operator/v1/plans/"));
+                || (method == "delete" && path.starts_with("/operator/v1/plans/"))
+                || leaks;
             assert_eq!(
                 documented.contains("409"),
                 changes,
@@ -632,12 +693,7 @@ mod tests {
             let e = RouteTable::parse(&text).expect_err(path);
             assert!(e.message.contains("keyward serves itself"), "{path}: {e}");
         }
-        for path in [
-            "/",
-            "/docs/index.html",
-            "/console",
-            "/secret-scanning/github",
-        ] {
+        for path in ["/", "/docs/index.html", "/console"] {
             let text = format!("[[route]]\nmethod = \"GET\"\npath = \"{path}\"\n");
             assert!(RouteTable::parse(&text).is_err(), "{path}");
         }

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use keyward_core::leak::{GithubKeys, LeakResponse};
 use keyward_core::policy::IpNet;
 use keyward_core::{AccountId, KeyDigest, KeyId, KeyPrefix};
 use keyward_ratelimit::RateLimiter;
@@ -58,6 +59,11 @@ pub struct Shared {
     /// Whether webhook targets may be private or loopback addresses
     /// (`--webhooks-allow-private`).
     pub(crate) webhooks_allow_private: bool,
+    /// What a leak report does to a live key (`--on-leak`).
+    pub(crate) on_leak: LeakResponse,
+    /// GitHub secret scanning's public keys (`--github-scanning-keys`): with them,
+    /// `POST /secret-scanning/github` is served.
+    pub(crate) github_keys: Option<GithubKeys>,
     ids: Mutex<ulid::Generator>,
     /// Set once the server stops accepting connections: `/readyz` then answers `503`.
     draining: AtomicBool,
@@ -89,6 +95,8 @@ pub struct AppStateBuilder {
     trusted_proxies: Vec<IpNet>,
     clock_offset: time::Duration,
     webhooks_allow_private: bool,
+    on_leak: LeakResponse,
+    github_keys: Option<GithubKeys>,
 }
 
 impl AppStateBuilder {
@@ -108,6 +116,8 @@ impl AppStateBuilder {
             trusted_proxies: Vec::new(),
             clock_offset: time::Duration::ZERO,
             webhooks_allow_private: false,
+            on_leak: LeakResponse::default(),
+            github_keys: None,
         }
     }
 
@@ -168,6 +178,21 @@ impl AppStateBuilder {
         self
     }
 
+    /// What a leak report does to a live key: revoke it (the default) or disable it.
+    #[must_use]
+    pub fn on_leak(mut self, response: LeakResponse) -> Self {
+        self.on_leak = response;
+        self
+    }
+
+    /// GitHub secret scanning's public keys: `POST /secret-scanning/github` is served
+    /// only with them.
+    #[must_use]
+    pub fn github_keys(mut self, keys: GithubKeys) -> Self {
+        self.github_keys = Some(keys);
+        self
+    }
+
     /// Most keys the authentication cache holds.
     #[must_use]
     pub fn key_cache_capacity(mut self, entries: u64) -> Self {
@@ -197,6 +222,8 @@ impl AppStateBuilder {
             trusted_proxies: self.trusted_proxies,
             clock_offset: self.clock_offset,
             webhooks_allow_private: self.webhooks_allow_private,
+            on_leak: self.on_leak,
+            github_keys: self.github_keys,
             ids: Mutex::new(ulid::Generator::new()),
             draining: AtomicBool::new(false),
         }))

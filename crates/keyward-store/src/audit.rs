@@ -20,8 +20,8 @@ pub struct AuditItem {
     /// When.
     #[schema(format = DateTime)]
     pub time: String,
-    /// `key.created`, `key.updated`, `key.rotated`, `key.revoked`, `webhook.created` or
-    /// `webhook.deleted`.
+    /// `key.created`, `key.updated`, `key.rotated`, `key.revoked`, `key.leaked`,
+    /// `webhook.created` or `webhook.deleted`.
     pub action: String,
     /// The key that made the change (`null` for operator commands).
     pub actor_key_id: Option<String>,

@@ -37,6 +37,7 @@ macro_rules! for_each_scenario {
             updates_need_the_current_version_and_are_audited,
             rotation_keeps_old_secrets_only_for_the_grace_period,
             revocation_removes_key_and_secrets_but_keeps_audit,
+            a_leaked_key_is_revoked_or_disabled_with_its_leak_event,
             imported_keys_authenticate_and_are_audited,
             meter_batches_record_history_usage_and_last_used,
             history_pages_by_cursor_and_filters_and_prunes,
@@ -689,6 +690,89 @@ pub async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store:
         .unwrap();
     let actions: Vec<_> = events.iter().map(|e| e.action).collect();
     assert_eq!(actions, [AuditAction::Revoked, AuditAction::Created]);
+}
+
+/// A leaked key is revoked, or disabled, with a `key.leaked` event in place of the
+/// change's own; a stale version is a conflict that changes nothing.
+pub async fn a_leaked_key_is_revoked_or_disabled_with_its_leak_event<S: Store>(store: &S) {
+    use keyward_core::leak::LeakResponse;
+    let (acct, _, _) = seeded(store, "pro").await;
+    let (revoked, revoked_secret) = new_key(&acct.account_id, &["read"]);
+    let (disabled, disabled_secret) = new_key(&acct.account_id, &["read"]);
+    let revoked_v = store.insert_key(&revoked, &audit()).await.unwrap().version;
+    let disabled_v = store.insert_key(&disabled, &audit()).await.unwrap().version;
+    let stale = store
+        .leak_key(
+            &acct.account_id,
+            &disabled.key_id,
+            disabled_v + 1,
+            LeakResponse::Disable,
+            &audit(),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+
+    let changed = store
+        .leak_key(
+            &acct.account_id,
+            &revoked.key_id,
+            revoked_v,
+            LeakResponse::Revoke,
+            &audit(),
+        )
+        .await
+        .unwrap();
+    assert!(changed.key.is_none());
+    assert_eq!(changed.stale_digests, vec![revoked_secret.digest()]);
+    let gone = store
+        .auth_by_digest(&revoked_secret.digest())
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+
+    let changed = store
+        .leak_key(
+            &acct.account_id,
+            &disabled.key_id,
+            disabled_v,
+            LeakResponse::Disable,
+            &audit(),
+        )
+        .await
+        .unwrap();
+    let key = changed.key.unwrap();
+    assert_eq!(key.status, keyward_core::StoredStatus::Inactive);
+    assert_eq!(key.version, disabled_v + 1);
+    assert_eq!(changed.stale_digests, vec![disabled_secret.digest()]);
+    let found = store
+        .auth_by_digest(&disabled_secret.digest())
+        .await
+        .unwrap();
+    assert_eq!(
+        found.unwrap().key.status,
+        keyward_core::StoredStatus::Inactive
+    );
+
+    for key_id in [&revoked.key_id, &disabled.key_id] {
+        let page = PageQuery {
+            limit: 10,
+            key_id: Some(key_id.clone()),
+            ..PageQuery::default()
+        };
+        let events = store.audit_log(&acct.account_id, &page).await.unwrap();
+        let actions: Vec<_> = events.iter().map(|e| e.action).collect();
+        assert_eq!(actions, [AuditAction::Leaked, AuditAction::Created]);
+    }
+    let missing = store
+        .leak_key(
+            &acct.account_id,
+            &revoked.key_id,
+            revoked_v,
+            LeakResponse::Revoke,
+            &audit(),
+        )
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
 
 /// Imported keys authenticate and have their events; an import is all or nothing.

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use async_trait::async_trait;
+use keyward_core::leak::LeakResponse;
 use keyward_core::{
     AccountId, AccountStatus, ExternalId, KeyDigest, KeyId, KeyName, KeyPolicies, KeyStatus,
     Limits, Metadata, OperatorId, PlanName, RequestId, ScopeSet, StoredStatus, WebhookId,
@@ -257,6 +258,8 @@ pub enum AuditAction {
     Rotated,
     /// `key.revoked`
     Revoked,
+    /// `key.leaked`: reported leaked, and revoked or disabled.
+    Leaked,
     /// `webhook.created`
     WebhookCreated,
     /// `webhook.deleted`
@@ -272,6 +275,7 @@ impl AuditAction {
             Self::Updated => "key.updated",
             Self::Rotated => "key.rotated",
             Self::Revoked => "key.revoked",
+            Self::Leaked => "key.leaked",
             Self::WebhookCreated => "webhook.created",
             Self::WebhookDeleted => "webhook.deleted",
         }
@@ -285,6 +289,7 @@ impl AuditAction {
             Self::Updated,
             Self::Rotated,
             Self::Revoked,
+            Self::Leaked,
             Self::WebhookCreated,
             Self::WebhookDeleted,
         ]
@@ -559,6 +564,19 @@ pub trait Store: Send + Sync + 'static {
         account_id: &AccountId,
         key_id: &KeyId,
         expected_version: i64,
+        audit: &AuditContext,
+    ) -> StoreResult<Changed>;
+
+    /// Answers a leak of one of the key's secrets: revokes it (as [`Store::revoke_key`]) or
+    /// disables it (status `inactive`, as [`Store::update_key`]), with its `key.leaked`
+    /// event (and webhook event) instead of `key.revoked` or `key.updated`. `Conflict` if
+    /// the key changed meanwhile, `NotFound` if it is gone.
+    async fn leak_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &KeyId,
+        expected_version: i64,
+        response: LeakResponse,
         audit: &AuditContext,
     ) -> StoreResult<Changed>;
 

@@ -161,6 +161,17 @@ pub struct ServeArgs {
     /// 2 s, and scan key expiries every second.
     #[arg(long, hide = true)]
     pub webhooks_fast_retries: bool,
+    /// What a report of leaked keys (`POST /operator/v1/leaked-keys`, GitHub secret
+    /// scanning) does to a key that still works: `revoke` it, or `disable` it and leave
+    /// the decision to its owner.
+    #[arg(long, env = "KEYWARD_ON_LEAK", default_value = "revoke", value_parser = parse_on_leak)]
+    pub on_leak: keyward_core::leak::LeakResponse,
+    /// GitHub's secret scanning public keys (a saved copy of
+    /// `https://api.github.com/meta/public_keys/secret_scanning`): with it, keyward serves
+    /// `POST /secret-scanning/github` for GitHub's partner program. Read at start; a file
+    /// that is not that document stops `serve`.
+    #[arg(long, env = "KEYWARD_GITHUB_SCANNING_KEYS")]
+    pub github_scanning_keys: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, env = "KEYWARD_BODY_LIMIT", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub body_limit: u32,
@@ -224,6 +235,11 @@ pub struct ServeArgs {
     /// not given. `--body-limit` and `--body-timeout` are for keyward's own endpoints.
     #[arg(long, env = "KEYWARD_UPSTREAM_BODY_LIMIT", requires = "upstream")]
     pub upstream_body_limit: Option<u64>,
+}
+
+fn parse_on_leak(raw: &str) -> Result<keyward_core::leak::LeakResponse, String> {
+    raw.parse()
+        .map_err(|e: keyward_core::InvalidValue| e.0.to_owned())
 }
 
 fn parse_proxy(raw: &str) -> Result<keyward_core::policy::IpNet, String> {

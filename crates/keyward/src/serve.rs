@@ -106,12 +106,34 @@ fn gateway(args: &ServeArgs) -> anyhow::Result<Option<keyward_http::gateway::Gat
     Ok(Some(keyward_http::gateway::Gateway { routes, upstream }))
 }
 
+/// GitHub secret scanning's public keys of `--github-scanning-keys`, if given.
+fn github_keys(args: &ServeArgs) -> anyhow::Result<Option<keyward_core::leak::GithubKeys>> {
+    let Some(path) = &args.github_scanning_keys else {
+        return Ok(None);
+    };
+    let named = || {
+        format!(
+            "the GitHub secret scanning keys file {} (set by --github-scanning-keys or KEYWARD_GITHUB_SCANNING_KEYS)",
+            path.display()
+        )
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", named()))?;
+    let keys = keyward_core::leak::GithubKeys::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{} {e}", named()))?;
+    tracing::info!(
+        keys = keys.len(),
+        "serving GitHub secret scanning on /secret-scanning/github"
+    );
+    Ok(Some(keys))
+}
+
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let metrics = crate::metrics::install()?;
     // Read before anything else starts: a routes file with a fault stops `serve` with its
     // line, having touched nothing.
     let gateway = gateway(&args)?;
+    let github_keys = github_keys(&args)?;
 
     let backend =
         open_store_with(&args.database.database_url, Open::serve(args.no_migrate)).await?;
@@ -198,13 +220,17 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .access_log(args.access_log)
         .trusted_proxies(args.trusted_proxies.clone())
         .clock_offset(time::Duration::seconds(args.test_clock_offset))
-        .webhooks_allow_private(args.webhooks_allow_private);
+        .webhooks_allow_private(args.webhooks_allow_private)
+        .on_leak(args.on_leak);
     // With a private metrics address, the public one answers `/metrics` with `404`.
     if metrics_listener.is_none() {
         state = state.metrics(render.clone());
     }
     if let Some(gateway) = gateway {
         state = state.gateway(gateway);
+    }
+    if let Some(keys) = github_keys {
+        state = state.github_keys(keys);
     }
     let state = state.build();
 

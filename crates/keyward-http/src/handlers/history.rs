@@ -169,7 +169,7 @@ pub fn audit_query(mut query: QueryParams) -> Result<PageQuery, ApiError> {
                 ApiError::validation(
                     "action",
                     "must be key.created, key.updated, key.rotated, key.revoked, \
-                     webhook.created or webhook.deleted",
+                     key.leaked, webhook.created or webhook.deleted",
                 )
             })
         })
@@ -302,7 +302,7 @@ pub async fn get_usage(
 #[utoipa::path(
     get, path = "/v1/audit-log", operation_id = "list_audit_log", tag = "metering",
     params(
-        ("action" = Option<String>, Query, description = "Only key.created, key.updated, key.rotated, key.revoked, webhook.created or webhook.deleted"),
+        ("action" = Option<String>, Query, description = "Only key.created, key.updated, key.rotated, key.revoked, key.leaked, webhook.created or webhook.deleted"),
         ("key_id" = Option<String>, Query, description = "Only events of this key"),
         ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time"),
         ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time"),

@@ -1,11 +1,14 @@
-//! `/operator/v1/`: the platform's own backend manages accounts and plans with an
-//! operator key (API.md §Operator API). The work is in [`crate::operator`], which the CLI
-//! calls too; these handlers read the request and write the answer.
+//! `/operator/v1/`: the platform's own backend manages accounts and plans, and reports
+//! leaked keys, with an operator key (API.md §Operator API). The work is in
+//! [`crate::operator`], which the CLI calls too, and for leaks in [`crate::leaks`], which
+//! GitHub secret scanning's endpoint calls too; these handlers read the request and write
+//! the answer.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keyward_core::leak::{self, MAX_LEAKED_KEYS};
 use keyward_core::{AccountId, KeyName, Limits, timefmt};
 use keyward_store::{AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditContext, Plan};
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,7 @@ use crate::auth::OperatorCaller;
 use crate::dto::{ApiKeyObject, ApiKeyWithSecret, nullable};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyIdSegment, QueryParams};
+use crate::leaks::{self, LeakAction, LeakReport, Leaked};
 use crate::operator::{
     self, DEFAULT_PLAN, NewAccount, parse_account_name, parse_external_id, parse_limit,
     parse_plan_name,
@@ -488,6 +492,102 @@ pub async fn revoke_api_key(
         .await?;
     state.forget_changed_key(Some(&current.account_id), &changed.stale_digests);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /operator/v1/leaked-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeakedKeysRequest {
+    /// The strings found, 1 to 1000 (more is a `400`, or a `413` once the body passes the
+    /// body limit): each that is a working secret of a key of any account stops working.
+    #[schema(min_items = 1)]
+    pub keys: Vec<String>,
+    /// Where they were found, in the reporter's words: 1 to 200 characters, no control
+    /// characters. Kept in each `key.leaked` event.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
+    pub source: Option<String>,
+    /// Where they were found: an absolute http:// or https:// URL of at most 2048
+    /// characters. Kept in each `key.leaked` event.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 2048)]
+    pub url: Option<String>,
+}
+
+/// The answer for one reported string.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeakedKeyResult {
+    /// The string's display hint (`kw_AbCd…wxyz`); never the string.
+    pub hint: String,
+    /// The key the string is a secret of, if it is a stored key's; `null` for a string
+    /// that is not a key, or whose key is revoked (its secrets go with it).
+    pub key_id: Option<String>,
+    /// `revoked` or `disabled` (per `--on-leak`) for a working secret; `none` for anything
+    /// else: not a key (no lookup for a string that fails the checksum), unknown, revoked,
+    /// a rotated-out secret past its grace period, or a key already disabled under
+    /// `--on-leak disable`.
+    pub action: LeakAction,
+}
+
+/// The answers, in the order of the strings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeakedKeysResponse {
+    /// One per string given.
+    pub results: Vec<LeakedKeyResult>,
+}
+
+/// Report leaked keys: each that still works is revoked (or disabled) at once on every node.
+#[utoipa::path(
+    post, path = "/operator/v1/leaked-keys", operation_id = "operator_report_leaked_keys", tag = "operator",
+    request_body = LeakedKeysRequest,
+    responses((status = 200, description = "What was done for each string, in order", body = LeakedKeysResponse)),
+    security(("operator_key" = []))
+)]
+pub async fn report_leaked_keys(
+    State(state): State<AppState>,
+    caller: OperatorCaller,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let req: LeakedKeysRequest = body.parse()?;
+    if req.keys.is_empty() || req.keys.len() > MAX_LEAKED_KEYS {
+        return Err(ApiError::validation(
+            "keys",
+            format!("must hold 1 to {MAX_LEAKED_KEYS} strings"),
+        ));
+    }
+    let source = req
+        .source
+        .as_deref()
+        .map(|raw| leak::parse_source(raw).map_err(|e| ApiError::validation("source", e.0)))
+        .transpose()?;
+    let url = req
+        .url
+        .as_deref()
+        .map(|raw| leak::parse_url(raw).map_err(|e| ApiError::validation("url", e.0)))
+        .transpose()?;
+    let report = LeakReport {
+        source: source.as_deref(),
+        request_id: caller.request_id(),
+        now: caller.now(),
+    };
+    let strings: Vec<Leaked<'_>> = req
+        .keys
+        .iter()
+        .map(|raw| Leaked {
+            raw,
+            url: url.as_deref(),
+        })
+        .collect();
+    let outcomes = leaks::respond(&state, &strings, &report).await?;
+    let results = outcomes
+        .into_iter()
+        .map(|o| LeakedKeyResult {
+            hint: o.hint,
+            key_id: o.key_id.map(|id| id.as_str().to_owned()),
+            action: o.action,
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(LeakedKeysResponse { results })).into_response())
 }
 
 /// A plan on the wire.

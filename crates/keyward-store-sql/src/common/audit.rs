@@ -75,6 +75,7 @@ fn event_type(action: AuditAction) -> Option<EventType> {
         AuditAction::Updated => Some(EventType::KeyUpdated),
         AuditAction::Rotated => Some(EventType::KeyRotated),
         AuditAction::Revoked => Some(EventType::KeyRevoked),
+        AuditAction::Leaked => Some(EventType::KeyLeaked),
         AuditAction::WebhookCreated | AuditAction::WebhookDeleted => None,
     }
 }

@@ -1,5 +1,6 @@
 //! Keys: listing with its status filter, creation, and the steps of a change (update,
-//! rotate, revoke), each in one transaction with its audit event.
+//! rotate, revoke, a leak's revoke or disable), each in one transaction with its audit
+//! event.
 
 use keyward_core::{AccountId, KeyDigest, KeyId, KeyName, KeyStatus, StoredStatus, timefmt};
 use keyward_store::{
@@ -208,8 +209,8 @@ pub(crate) async fn begin_change<B: Backend>(
     Ok((tx, digests))
 }
 
-/// Ends a key change: writes its audit event, reads the key back (unless revoked) and
-/// commits.
+/// Ends a key change: writes its audit event, reads the key back (unless the change
+/// deleted it: `gone`) and commits.
 pub(crate) async fn finish_change<D: Dialect>(
     mut tx: Tx<D>,
     account_id: &AccountId,
@@ -217,6 +218,7 @@ pub(crate) async fn finish_change<D: Dialect>(
     action: AuditAction,
     audit: &AuditContext,
     stale_digests: Vec<KeyDigest>,
+    gone: bool,
 ) -> StoreResult<Changed> {
     audit::insert_events(
         &mut tx,
@@ -224,7 +226,7 @@ pub(crate) async fn finish_change<D: Dialect>(
         [(account_id, Some(key_id), audit)].into_iter(),
     )
     .await?;
-    let key = if action == AuditAction::Revoked {
+    let key = if gone {
         None
     } else {
         let key = get(on(&mut tx), account_id, key_id).await?;

@@ -14,8 +14,9 @@ use std::fmt::Debug;
 use std::future::Future;
 
 use async_trait::async_trait;
+use keyward_core::leak::LeakResponse;
 use keyward_core::{
-    AccountId, ExternalId, KeyDigest, KeyId, Limits, OperatorId, PlanName, WebhookId,
+    AccountId, ExternalId, KeyDigest, KeyId, Limits, OperatorId, PlanName, StoredStatus, WebhookId,
 };
 use keyward_store::{
     Account, AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditAction, AuditChain,
@@ -544,7 +545,16 @@ impl<B: Backend> Store for SqlStore<B> {
         let (mut tx, stale) =
             keys::begin_change(&self.0, account_id, key_id, expected_version).await?;
         keys::patch(&mut tx, key_id, patch).await?;
-        keys::finish_change(tx, account_id, key_id, AuditAction::Updated, audit, stale).await
+        keys::finish_change(
+            tx,
+            account_id,
+            key_id,
+            AuditAction::Updated,
+            audit,
+            stale,
+            false,
+        )
+        .await
     }
 
     async fn rotate_key(
@@ -559,7 +569,16 @@ impl<B: Backend> Store for SqlStore<B> {
         let (mut tx, stale) =
             keys::begin_change(&self.0, account_id, key_id, expected_version).await?;
         keys::rotate(&mut tx, key_id, secret, old_secrets_end, audit.time).await?;
-        keys::finish_change(tx, account_id, key_id, AuditAction::Rotated, audit, stale).await
+        keys::finish_change(
+            tx,
+            account_id,
+            key_id,
+            AuditAction::Rotated,
+            audit,
+            stale,
+            false,
+        )
+        .await
     }
 
     async fn revoke_key(
@@ -575,7 +594,46 @@ impl<B: Backend> Store for SqlStore<B> {
         // key).
         let delete = sqlx::query("delete from api_key where key_id = $1").arg(key_id.as_str());
         delete.run(on(&mut tx)).await?;
-        keys::finish_change(tx, account_id, key_id, AuditAction::Revoked, audit, stale).await
+        keys::finish_change(
+            tx,
+            account_id,
+            key_id,
+            AuditAction::Revoked,
+            audit,
+            stale,
+            true,
+        )
+        .await
+    }
+
+    async fn leak_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &KeyId,
+        expected_version: i64,
+        response: LeakResponse,
+        audit: &AuditContext,
+    ) -> StoreResult<Changed> {
+        let (mut tx, stale) =
+            keys::begin_change(&self.0, account_id, key_id, expected_version).await?;
+        let gone = match response {
+            LeakResponse::Revoke => {
+                let delete =
+                    sqlx::query("delete from api_key where key_id = $1").arg(key_id.as_str());
+                delete.run(on(&mut tx)).await?;
+                true
+            }
+            LeakResponse::Disable => {
+                let patch = KeyPatch {
+                    status: Some(StoredStatus::Inactive),
+                    ..KeyPatch::default()
+                };
+                keys::patch(&mut tx, key_id, &patch).await?;
+                false
+            }
+        };
+        let action = AuditAction::Leaked;
+        keys::finish_change(tx, account_id, key_id, action, audit, stale, gone).await
     }
 
     async fn write_meter_batch(&self, batch: &MeterBatch) -> StoreResult<()> {
