@@ -49,12 +49,18 @@ use crate::{dto, error};
         operator_api::create_account,
         operator_api::get_account,
         operator_api::update_account,
+        operator_api::delete_account,
         operator_api::issue_api_key,
         operator_api::get_api_key,
         operator_api::revoke_api_key,
         operator_api::list_plans,
         operator_api::put_plan,
         operator_api::delete_plan,
+        operator_api::list_audit_log,
+        operator_api::create_webhook,
+        operator_api::list_webhooks,
+        operator_api::delete_webhook,
+        operator_api::list_webhook_deliveries,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -68,7 +74,7 @@ use crate::{dto, error};
         (name = "webhooks", description = "Signed deliveries of the account's events"),
         (name = "operations", description = "Health, readiness and metrics (no key)"),
         (name = "gateway", description = "Forward auth for the platform's own routes (--routes FILE). In gateway mode (--upstream URL) keyward also forwards those routes to the upstream; they are the platform's operations, not keyward's, so this document does not list them"),
-        (name = "operator", description = "The operator API: accounts and plans, with an operator key (kwop_…)"),
+        (name = "operator", description = "The operator API: accounts, plans, the operator log and webhooks of every account, with an operator key (kwop_…)"),
     )
 )]
 pub struct ApiDoc;
@@ -190,6 +196,21 @@ pub const FAILURES: &[(&str, &[Failure])] = {
         (
             "operator_update_account",
             &[OperatorKey, AccountInPath, Body, ExternalIdTaken, Storage],
+        ),
+        (
+            "operator_delete_account",
+            &[OperatorKey, AccountInPath, Storage],
+        ),
+        ("operator_list_audit_log", &[OperatorKey, Query, Storage]),
+        ("operator_create_webhook", &[OperatorKey, Body, Storage]),
+        ("operator_list_webhooks", &[OperatorKey, Storage]),
+        (
+            "operator_delete_webhook",
+            &[OperatorKey, WebhookInPath, Storage],
+        ),
+        (
+            "operator_list_webhook_deliveries",
+            &[OperatorKey, WebhookInPath, Query, Storage],
         ),
         (
             "operator_issue_api_key",
@@ -563,9 +584,11 @@ mod tests {
                 finds || path == "/metrics" || path == "/authorize",
                 "{method} {path}: {documented:?}"
             );
-            // A key's change; an account's creation or change (its external id); a
-            // plan's deletion (while in use).
-            let account = path.starts_with("/operator/v1/accounts") && !path.ends_with("/api-keys");
+            // A key's change; an account's creation or change (its external id), not its
+            // deletion; a plan's deletion (while in use).
+            let account = path.starts_with("/operator/v1/accounts")
+                && !path.ends_with("/api-keys")
+                && method != "delete";
             let changes = (method != "get" && (path.contains("{key_id}") || account))
                 || (method == "delete" && path.starts_with("/operator/v1/plans/"));
             assert_eq!(

@@ -17,8 +17,8 @@ use futures_util::future::join_all;
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    Account, AuditAction, AuditContext, KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret,
-    PageQuery, Plan, RequestRecord, Store, StoreError, UsageKey,
+    Account, AuditAction, AuditChain, AuditContext, KeyPatch, KeyQuery, MeterBatch, NewKey,
+    NewSecret, PageQuery, Plan, RequestRecord, Store, StoreError, UsageKey,
 };
 
 /// `for_each_scenario!(m!(tokens…))` calls `m!(tokens… name, name, …)` with the name of
@@ -114,6 +114,7 @@ pub fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
 pub fn audit() -> AuditContext {
     AuditContext {
         actor_key_id: None,
+        operator: None,
         request_id: "req_test".into(),
         time: now(),
         changes: serde_json::json!({}),
@@ -141,11 +142,11 @@ pub async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
     assert_eq!(listed[0].limits, Limits::new(Some(10), Some(100)));
 
     store
-        .set_plan(&acct.account_id, &PlanName::enterprise())
+        .set_plan(&acct.account_id, &PlanName::enterprise(), &audit())
         .await
         .unwrap();
     store
-        .set_limits(&acct.account_id, Limits::new(Some(7), None))
+        .set_limits(&acct.account_id, Limits::new(Some(7), None), &audit())
         .await
         .unwrap();
     let auth = store
@@ -162,7 +163,7 @@ pub async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
     let missing = AccountId::from_ulid(next_ulid());
     assert!(matches!(
         store
-            .set_plan(&missing, &PlanName::parse("pro").unwrap())
+            .set_plan(&missing, &PlanName::parse("pro").unwrap(), &audit())
             .await,
         Err(StoreError::NotFound)
     ));
@@ -192,7 +193,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         name: PlanName::parse("gold").unwrap(),
         limits: Limits::new(None, Some(50)).with_per_month(Some(5)),
     };
-    store.put_plan(&gold).await.unwrap();
+    store.put_plan(&gold, &audit()).await.unwrap();
     let mut acct = account("gold");
     acct.external_id = Some(ExternalId::parse("cus_42").unwrap());
     acct.metadata = Metadata::parse(serde_json::json!({"tier": "gold"})).unwrap();
@@ -206,6 +207,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         .set_limits(
             &acct.account_id,
             Limits::new(Some(3), None).with_per_month(Some(9)),
+            &audit(),
         )
         .await
         .unwrap();
@@ -213,7 +215,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         limits: Limits::new(Some(100), Some(500)),
         ..gold.clone()
     };
-    store.put_plan(&changed).await.unwrap();
+    store.put_plan(&changed, &audit()).await.unwrap();
     let auth = store
         .auth_by_digest(&secret.digest())
         .await
@@ -226,12 +228,12 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
     );
 
     assert!(matches!(
-        store.delete_plan(&gold.name).await,
+        store.delete_plan(&gold.name, &audit()).await,
         Err(StoreError::Conflict(_))
     ));
     let unknown = PlanName::parse("platinum").unwrap();
     assert!(matches!(
-        store.set_plan(&acct.account_id, &unknown).await,
+        store.set_plan(&acct.account_id, &unknown, &audit()).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
@@ -245,7 +247,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.delete_plan(&unknown).await,
+        store.delete_plan(&unknown, &audit()).await,
         Err(StoreError::NotFound)
     ));
     let mut twin = account("free");
@@ -257,10 +259,14 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
     ));
 
     store
-        .set_plan(&acct.account_id, &PlanName::parse("free").unwrap())
+        .set_plan(
+            &acct.account_id,
+            &PlanName::parse("free").unwrap(),
+            &audit(),
+        )
         .await
         .unwrap();
-    store.delete_plan(&gold.name).await.unwrap();
+    store.delete_plan(&gold.name, &audit()).await.unwrap();
     assert_eq!(store.plans().await.unwrap(), initial);
     assert_eq!(
         store.account_count().await.unwrap(),
@@ -559,7 +565,7 @@ pub async fn updates_need_the_current_version_and_are_audited<S: Store>(store: &
 
     let events = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 10,
                 ..PageQuery::default()
@@ -678,7 +684,7 @@ pub async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store:
     );
     let events = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 10,
                 key_id: Some(key.key_id.clone()),
@@ -721,7 +727,7 @@ pub async fn imported_keys_authenticate_and_are_audited<S: Store>(store: &S) {
     assert_eq!(listed.len(), 51);
     let events = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 100,
                 action: Some(AuditAction::Created),
@@ -1231,7 +1237,7 @@ pub async fn concurrent_creations_each_commit_and_fail_alone<S: Store>(store: &S
     }
     let log = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 1000,
                 ..PageQuery::default()
