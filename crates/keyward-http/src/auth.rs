@@ -414,12 +414,6 @@ impl OperatorCaller {
     pub fn now(&self) -> OffsetDateTime {
         self.ctx.arrived
     }
-
-    /// The actor its changes record: this operator, and this request.
-    #[must_use]
-    pub fn actor(&self) -> crate::operator::Actor {
-        crate::operator::Actor::operator(self.operator.operator_id.clone(), self.request_id())
-    }
 }
 
 impl FromRequestParts<AppState> for OperatorCaller {

@@ -176,7 +176,7 @@ pub async fn create_account(
         state.store.as_ref(),
         new,
         &state.prefix,
-        &caller.actor(),
+        &actor(&caller),
         caller.now(),
     )
     .await?;
@@ -201,6 +201,11 @@ fn parse_metadata(raw: Option<Value>) -> Result<keyward_core::Metadata, ApiError
     raw.map(|v| keyward_core::Metadata::parse(v).map_err(|e| ApiError::validation("metadata", e.0)))
         .transpose()
         .map(Option::unwrap_or_default)
+}
+
+/// The actor the caller's changes record: its operator, and this request.
+fn actor(caller: &OperatorCaller) -> operator::Actor {
+    operator::Actor::operator(caller.operator.operator_id.clone(), caller.request_id())
 }
 
 /// The account of the path, or the `404` of a missing one.
@@ -382,7 +387,7 @@ pub async fn update_account(
         state.store.as_ref(),
         &id,
         &patch,
-        &caller.actor(),
+        &actor(&caller),
         caller.now(),
     )
     .await?;
@@ -406,7 +411,7 @@ pub async fn delete_account(
 ) -> Result<Response, ApiError> {
     let id = account_id(&raw)?;
     let digests =
-        operator::delete_account(state.store.as_ref(), &id, &caller.actor(), caller.now()).await?;
+        operator::delete_account(state.store.as_ref(), &id, &actor(&caller), caller.now()).await?;
     state.forget_changed_key(Some(&id), &digests);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -447,7 +452,7 @@ pub async fn create_webhook(
     caller: OperatorCaller,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let audit = caller.actor().audit(caller.now(), Value::Null);
+    let audit = actor(&caller).audit(caller.now(), Value::Null);
     webhooks::create(&state, None, body, &audit).await
 }
 
@@ -476,7 +481,7 @@ pub async fn delete_webhook(
     caller: OperatorCaller,
     segment: KeyIdSegment,
 ) -> Result<Response, ApiError> {
-    let audit = caller.actor().audit(caller.now(), Value::Null);
+    let audit = actor(&caller).audit(caller.now(), Value::Null);
     webhooks::delete(&state, None, &segment, &audit).await
 }
 
@@ -521,7 +526,7 @@ pub async fn issue_api_key(
         &id,
         req,
         &state.prefix,
-        &caller.actor(),
+        &actor(&caller),
         caller.now(),
     )
     .await?;
@@ -588,7 +593,7 @@ pub async fn revoke_api_key(
     let digests = operator::revoke_key(
         state.store.as_ref(),
         &current,
-        &caller.actor(),
+        &actor(&caller),
         caller.now(),
     )
     .await?;
@@ -663,7 +668,7 @@ pub async fn put_plan(
     let name = parse_plan_name("name", &raw)?;
     let plan = Plan { name, limits };
     let digests =
-        operator::put_plan(state.store.as_ref(), &plan, &caller.actor(), caller.now()).await?;
+        operator::put_plan(state.store.as_ref(), &plan, &actor(&caller), caller.now()).await?;
     state.forget_changed_key(None, &digests);
     Ok((StatusCode::OK, Json(PlanObject::from(&plan))).into_response())
 }
@@ -681,7 +686,7 @@ pub async fn delete_plan(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = plan_in_path(&raw)?;
-    operator::delete_plan(state.store.as_ref(), &name, &caller.actor(), caller.now()).await?;
+    operator::delete_plan(state.store.as_ref(), &name, &actor(&caller), caller.now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
