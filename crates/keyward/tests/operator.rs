@@ -949,7 +949,7 @@ async fn the_operator_log_is_for_operator_keys_and_takes_only_its_parameters() {
         assert_eq!(r.error_code(), "VALIDATION_ERROR");
         assert_eq!(r.field(), field);
     }
-    // operator.created and account.created: one per page, then the cursor.
+    // account.created, then operator.created: one per page, newest first, by cursor.
     assert_eq!(paged.status, 200, "{paged:?}");
     assert_eq!(paged.body["events"].as_array().unwrap().len(), 1);
     let cursor = paged.body["next_before"].as_str().unwrap();
@@ -959,7 +959,8 @@ async fn the_operator_log_is_for_operator_keys_and_takes_only_its_parameters() {
         &format!("/operator/v1/audit-log?limit=1&before={cursor}"),
     )
     .await;
-    assert_eq!(next.body["events"][0]["action"], "operator.created");
+    assert_eq!(paged.body["events"][0]["action"], "operator.created");
+    assert_eq!(next.body["events"][0]["action"], "account.created");
     assert!(next.body["next_before"].is_null(), "{next:?}");
 }
 

@@ -921,17 +921,19 @@ async fn an_operator_subscription_receives_every_accounts_events_and_account_eve
             "{kind} of {account} in {seen:?}"
         );
     }
-    let deliveries = get(
-        &server,
-        &op,
-        &format!("/operator/v1/webhooks/{webhook_id}/deliveries?limit=100"),
+    // The delivery log has each attempt once it is recorded (just after the answer).
+    let log = format!("/operator/v1/webhooks/{webhook_id}/deliveries?limit=100");
+    eventually(
+        DELIVERY_WAIT,
+        "every attempt in the delivery log",
+        async || {
+            let r = get(&server, &op, &log).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            let attempts = r.body["deliveries"].as_array().unwrap();
+            attempts.len() == wanted.len() + 1 && attempts.iter().all(|a| a["status"] == 200)
+        },
     )
     .await;
-    assert_eq!(deliveries.status, 200, "{deliveries:?}");
-    assert!(
-        deliveries.body["deliveries"].as_array().unwrap().len() >= wanted.len(),
-        "{deliveries:?}"
-    );
 }
 
 #[tokio::test]
