@@ -44,6 +44,8 @@ macro_rules! for_each_scenario {
             a_large_batch_reads_back_whole_in_order,
             a_flush_longer_than_a_run_reads_back_whole,
             concurrent_creations_each_commit_and_fail_alone,
+            an_account_is_deleted_with_its_keys_history_and_usage_but_not_its_log,
+            operator_changes_are_chained_in_the_operator_log_and_the_accounts,
         }
     };
 }
@@ -1493,4 +1495,237 @@ pub async fn two_nodes_writing_one_account_together_keep_its_audit_chain_whole<S
             unchained: 0
         })
     );
+}
+
+/// The audit context of a change an operator made through the API.
+fn by_operator(request_id: &str) -> AuditContext {
+    AuditContext {
+        operator: Some(crate::OperatorActor::Api(
+            keyward_core::OperatorId::from_trusted("op_01JD0000000000000000000000".into()),
+        )),
+        request_id: request_id.into(),
+        ..audit()
+    }
+}
+
+/// The actions of a chain, oldest first.
+async fn actions_of<S: Store>(store: &S, chain: &AuditChain) -> Vec<(&'static str, String)> {
+    let query = PageQuery {
+        limit: 1000,
+        ..PageQuery::default()
+    };
+    let events = store.audit_log(chain, &query).await.unwrap();
+    events
+        .iter()
+        .rev()
+        .map(|e| (e.action.as_str(), e.request_id.clone()))
+        .collect()
+}
+
+/// Deleting an account revokes its keys and deletes its history, usage and subscriptions
+/// and the account; its log stays, chained, ending with `account.deleted`; a second
+/// deletion finds nothing; another account is untouched.
+pub async fn an_account_is_deleted_with_its_keys_history_and_usage_but_not_its_log<S: Store>(
+    store: &S,
+) {
+    let (acct, key, secret) = seeded(store, "pro").await;
+    let (other, other_key, other_secret) = seeded(store, "pro").await;
+    let t = now();
+    let month = month_of(t);
+    let mut batch = MeterBatch::default();
+    for (a, k) in [(&acct, &key), (&other, &other_key)] {
+        batch
+            .requests
+            .push(record(&a.account_id, &k.key_id, "GET /v1/api-keys", 200, t));
+        batch.usage.push((
+            UsageKey {
+                account_id: a.account_id.clone(),
+                day: format!("{month}-01"),
+                endpoint: "GET /v1/api-keys".into(),
+                key_id: k.key_id.clone(),
+            },
+            1,
+        ));
+    }
+    store.write_meter_batch(&batch).await.unwrap();
+
+    let digests = store
+        .delete_account(&acct.account_id, &by_operator("req_delete"))
+        .await
+        .unwrap();
+
+    assert_eq!(digests, vec![secret.digest()]);
+    assert!(store.account(&acct.account_id).await.unwrap().is_none());
+    assert!(
+        store
+            .auth_by_digest(&secret.digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.any_key(&key.key_id).await.unwrap().is_none());
+    let page = PageQuery {
+        limit: 100,
+        ..PageQuery::default()
+    };
+    assert!(
+        store
+            .request_history(&acct.account_id, &page)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .usage(&acct.account_id, &month)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .usage_by_day(&acct.account_id, &month)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let chain = AuditChain::Account(acct.account_id.clone());
+    assert_eq!(
+        actions_of(store, &chain).await,
+        [
+            ("key.created", "req_test".to_owned()),
+            ("account.deleted", "req_delete".to_owned())
+        ]
+    );
+    assert!(crate::verify_chain(store, &chain).await.unwrap().is_ok());
+    assert!(matches!(
+        store
+            .delete_account(&acct.account_id, &by_operator("req_again"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // The other account keeps everything.
+    assert!(
+        store
+            .auth_by_digest(&other_secret.digest())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .request_history(&other.account_id, &page)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.usage(&other.account_id, &month).await.unwrap().len(),
+        1
+    );
+    assert!(
+        crate::verify_chain(store, &AuditChain::Operator)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}
+
+/// `YYYY-MM` of a time (as the metering writer names months).
+fn month_of(t: OffsetDateTime) -> String {
+    format!("{:04}-{:02}", t.year(), u8::from(t.month()))
+}
+
+/// Operators' changes are chained in the operator log (actor: the operator's id; the
+/// account in `changes`) and, for an account's, in its log too (actor `null`); a status
+/// set to the one the account has is no event; every chain verifies.
+pub async fn operator_changes_are_chained_in_the_operator_log_and_the_accounts<S: Store>(
+    store: &S,
+) {
+    let acct = account("free");
+    let (key, _) = new_key(&acct.account_id, &["read", "write", "admin"]);
+    store
+        .create_account(&acct, &key, &by_operator("req_create"))
+        .await
+        .unwrap();
+    let suspend = crate::AccountPatch {
+        status: Some(AccountStatus::Suspended),
+        name: Some("renamed".into()),
+        ..crate::AccountPatch::default()
+    };
+    store
+        .update_account(&acct.account_id, &suspend, &by_operator("req_suspend"))
+        .await
+        .unwrap();
+    let again = crate::AccountPatch {
+        status: Some(AccountStatus::Suspended),
+        ..crate::AccountPatch::default()
+    };
+    store
+        .update_account(&acct.account_id, &again, &by_operator("req_again"))
+        .await
+        .unwrap();
+    let gold = Plan {
+        name: PlanName::parse("gold").unwrap(),
+        limits: Limits::new(Some(5), None),
+    };
+    store
+        .put_plan(&gold, &by_operator("req_plan"))
+        .await
+        .unwrap();
+    store
+        .delete_plan(&gold.name, &by_operator("req_plan_delete"))
+        .await
+        .unwrap();
+
+    let operator_log = actions_of(store, &AuditChain::Operator).await;
+    let own = actions_of(store, &AuditChain::Account(acct.account_id.clone())).await;
+
+    assert_eq!(
+        operator_log,
+        [
+            ("account.created", "req_create".to_owned()),
+            ("account.suspended", "req_suspend".to_owned()),
+            ("account.updated", "req_suspend".to_owned()),
+            ("plan.updated", "req_plan".to_owned()),
+            ("plan.deleted", "req_plan_delete".to_owned()),
+        ]
+    );
+    assert_eq!(
+        own,
+        [
+            ("key.created", "req_create".to_owned()),
+            ("account.suspended", "req_suspend".to_owned()),
+            ("account.updated", "req_suspend".to_owned()),
+        ]
+    );
+    let query = PageQuery {
+        limit: 100,
+        ..PageQuery::default()
+    };
+    let events = store
+        .audit_log(&AuditChain::Operator, &query)
+        .await
+        .unwrap();
+    for event in &events {
+        assert_eq!(
+            event.actor_key_id.as_deref(),
+            Some("op_01JD0000000000000000000000")
+        );
+    }
+    let created = events.last().unwrap();
+    assert_eq!(created.changes["account_id"], acct.account_id.as_str());
+    assert_eq!(created.changes["first_key_id"], key.key_id.as_str());
+    let own_events = store
+        .audit_log(&AuditChain::Account(acct.account_id.clone()), &query)
+        .await
+        .unwrap();
+    assert!(own_events.iter().all(|e| e.actor_key_id.is_none()));
+    let chains = store.audit_chains().await.unwrap();
+    assert!(chains.contains(&AuditChain::Operator), "{chains:?}");
+    for chain in &chains {
+        let report = crate::verify_chain(store, chain).await.unwrap();
+        assert!(report.is_ok(), "{chain}: {report:?}");
+    }
 }

@@ -235,15 +235,16 @@ async fn forget_account<B: Backend>(
 }
 
 /// The events of an account's change (API.md: `account.suspended` or `account.resumed`
-/// for its status, `account.updated` for the other fields), in its log and the operator
-/// log.
+/// for a status it did not have, `account.updated` for the other fields), in its log and
+/// the operator log.
 async fn account_events<D: Dialect>(
     tx: &mut Tx<D>,
     account_id: &AccountId,
     patch: &AccountPatch,
+    changed_status: Option<AccountStatus>,
     audit: &AuditContext,
 ) -> StoreResult<()> {
-    if let Some(status) = patch.status {
+    if let Some(status) = changed_status {
         let action = match status {
             AccountStatus::Suspended => AuditAction::AccountSuspended,
             AccountStatus::Active => AuditAction::AccountResumed,
@@ -418,6 +419,20 @@ impl<B: Backend> Store for SqlStore<B> {
         audit: &AuditContext,
     ) -> StoreResult<(AccountSummary, Vec<KeyDigest>)> {
         let mut tx = self.0.begin().await?;
+        // The status before the change, its row held to commit: a status set to the one
+        // the account has is no suspension or resumption.
+        let sql = format!(
+            "select status from account where account_id = $1{}",
+            B::Db::LOCK_FOR_CHANGE
+        );
+        let before: String = match sqlx::query(AssertSqlSafe(sql))
+            .arg(account_id.as_str())
+            .optional(on(&mut tx))
+            .await?
+        {
+            Some(row) => B::Db::get(&row, "status")?,
+            None => return Err(StoreError::NotFound),
+        };
         if let Some(plan) = &patch.plan {
             ensure_plan(&mut tx, plan).await?;
         }
@@ -465,7 +480,8 @@ impl<B: Backend> Store for SqlStore<B> {
             .one(on(&mut tx))
             .await?;
         let account = rows::account::<B::Db>(&row)?;
-        account_events(&mut tx, account_id, patch, audit).await?;
+        let changed_status = patch.status.filter(|s| s.as_str() != before);
+        account_events(&mut tx, account_id, patch, changed_status, audit).await?;
         commit(tx).await?;
         Ok((account, digests))
     }
