@@ -884,16 +884,14 @@ async fn an_operator_subscription_receives_every_accounts_events_and_account_eve
         ("key.created", other.account_id.as_str()),
         ("account.deleted", acme.as_str()),
     ];
+    // And the key the other account made.
+    let all = wanted.len() + 1;
     let delivered = eventually(DELIVERY_WAIT, "every event delivered", async || {
         let delivered = receiver.delivered();
-        if delivered.len() >= wanted.len() + 1 {
+        if delivered.len() >= all {
             Ok(delivered)
         } else {
-            Err(format!(
-                "{} of {} delivered",
-                delivered.len(),
-                wanted.len() + 1
-            ))
+            Err(format!("{} of {all} delivered", delivered.len()))
         }
     })
     .await;
@@ -930,7 +928,7 @@ async fn an_operator_subscription_receives_every_accounts_events_and_account_eve
             let r = get(&server, &op, &log).await;
             assert_eq!(r.status, 200, "{r:?}");
             let attempts = r.body["deliveries"].as_array().unwrap();
-            attempts.len() == wanted.len() + 1 && attempts.iter().all(|a| a["status"] == 200)
+            attempts.len() == all && attempts.iter().all(|a| a["status"] == 200)
         },
     )
     .await;
