@@ -1,5 +1,6 @@
-//! `/operator/v1/`: the platform's own backend manages accounts and plans with an
-//! operator key (API.md §Operator API). The work is in [`crate::operator`], which the CLI
+//! `/operator/v1/`: the platform's own backend manages accounts and plans, reads the
+//! operator log and subscribes to every account's events with an operator key (API.md
+//! §Operator API). The work is in [`crate::operator`], which the CLI
 //! calls too; these handlers read the request and write the answer.
 
 use axum::Json;

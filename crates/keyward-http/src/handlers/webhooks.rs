@@ -1,4 +1,6 @@
-//! Webhook subscriptions of an account and their delivery logs (API.md §Webhooks).
+//! Webhook subscriptions and their delivery logs (API.md §Webhooks): an account's, and
+//! with no account the operators' (`create`, `list`, `delete` and `deliveries`, which
+//! `handlers/operator.rs` calls too).
 
 use axum::Json;
 use axum::extract::State;
