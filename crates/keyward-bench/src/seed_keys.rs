@@ -90,9 +90,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut batch = Vec::new();
     let audit = AuditContext {
         actor_key_id: None,
+        operator: None,
         request_id: "seed-keys".to_owned(),
         time: timefmt::truncate(OffsetDateTime::now_utc()),
         changes: serde_json::json!({ "seeded": true }),
+    };
+    let seeder = keyward::Actor {
+        request_id: "seed-keys".to_owned(),
+        ..keyward::Actor::cli()
     };
     let mut generator = ulid::Generator::new();
     let mut next_ulid = || generator.generate().map_err(|_| "ULID overflow");
@@ -106,7 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             metadata: Metadata::default(),
         };
         let (mut created, mut first, first_audit) =
-            keyward::new_account(new, &prefix, "seed-keys", OffsetDateTime::now_utc())
+            keyward::new_account(new, &prefix, &seeder, OffsetDateTime::now_utc())
                 .map_err(|e| e.message)?;
         created.account.overrides = limits;
         first.policies = policies.clone();

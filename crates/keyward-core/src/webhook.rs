@@ -28,6 +28,16 @@ pub enum EventType {
     KeyExpiring,
     /// A key's `expires_at` passed.
     KeyExpired,
+    /// An account was created (operators' subscriptions only).
+    AccountCreated,
+    /// An account's name, plan, overrides, metadata or external id changed.
+    AccountUpdated,
+    /// An account was suspended.
+    AccountSuspended,
+    /// An account was resumed.
+    AccountResumed,
+    /// An account was deleted.
+    AccountDeleted,
 }
 
 impl EventType {
@@ -42,6 +52,22 @@ impl EventType {
         Self::KeyExpired,
     ];
 
+    /// Every type an operator's subscription may name: an account's, and the accounts'
+    /// own.
+    pub const OPERATOR_TYPES: &'static [Self] = &[
+        Self::KeyCreated,
+        Self::KeyUpdated,
+        Self::KeyRotated,
+        Self::KeyRevoked,
+        Self::KeyExpiring,
+        Self::KeyExpired,
+        Self::AccountCreated,
+        Self::AccountUpdated,
+        Self::AccountSuspended,
+        Self::AccountResumed,
+        Self::AccountDeleted,
+    ];
+
     /// Its name on the wire.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -53,30 +79,39 @@ impl EventType {
             Self::KeyLeaked => "key.leaked",
             Self::KeyExpiring => "key.expiring",
             Self::KeyExpired => "key.expired",
+            Self::AccountCreated => "account.created",
+            Self::AccountUpdated => "account.updated",
+            Self::AccountSuspended => "account.suspended",
+            Self::AccountResumed => "account.resumed",
+            Self::AccountDeleted => "account.deleted",
         }
     }
 
-    /// The type named `raw`, if an account may subscribe to it.
+    /// The type named `raw`.
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ACCOUNT_TYPES
+        Self::OPERATOR_TYPES
             .iter()
             .copied()
             .find(|t| t.as_str() == raw)
     }
 }
 
-/// Parses a subscription's `events`: at least one known type, no duplicates, order kept.
+/// Parses a subscription's `events`: at least one type of `allowed`
+/// ([`EventType::ACCOUNT_TYPES`] or [`EventType::OPERATOR_TYPES`]), no duplicates, order
+/// kept.
 ///
 /// # Errors
 /// Which rule the list breaks.
-pub fn parse_events(raw: &[String]) -> Result<Vec<EventType>, InvalidValue> {
+pub fn parse_events(raw: &[String], allowed: &[EventType]) -> Result<Vec<EventType>, InvalidValue> {
     if raw.is_empty() {
         return Err(InvalidValue("must name at least one event type"));
     }
     let mut out = Vec::with_capacity(raw.len());
     for name in raw {
-        let t = EventType::parse(name).ok_or(InvalidValue("unknown event type"))?;
+        let t = EventType::parse(name)
+            .filter(|t| allowed.contains(t))
+            .ok_or(InvalidValue("unknown event type"))?;
         if out.contains(&t) {
             return Err(InvalidValue("names an event type twice"));
         }
@@ -345,9 +380,13 @@ mod tests {
     #[test]
     fn event_lists_need_known_types_without_repeats() {
         let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert!(parse_events(&names(&["key.created", "key.revoked"])).is_ok());
-        assert!(parse_events(&names(&[])).is_err());
-        assert!(parse_events(&names(&["key.created", "key.created"])).is_err());
-        assert!(parse_events(&names(&["key.nope"])).is_err());
+        let account = EventType::ACCOUNT_TYPES;
+        let operator = EventType::OPERATOR_TYPES;
+        assert!(parse_events(&names(&["key.created", "key.revoked"]), account).is_ok());
+        assert!(parse_events(&names(&[]), account).is_err());
+        assert!(parse_events(&names(&["key.created", "key.created"]), account).is_err());
+        assert!(parse_events(&names(&["key.nope"]), account).is_err());
+        assert!(parse_events(&names(&["account.created"]), account).is_err());
+        assert!(parse_events(&names(&["account.created", "key.created"]), operator).is_ok());
     }
 }

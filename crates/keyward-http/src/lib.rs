@@ -81,7 +81,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/operator/v1/accounts/{account_id}",
-            get(operator_api::get_account).patch(operator_api::update_account),
+            get(operator_api::get_account)
+                .patch(operator_api::update_account)
+                .delete(operator_api::delete_account),
         )
         .route(
             "/operator/v1/accounts/{account_id}/api-keys",
@@ -94,6 +96,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/operator/v1/leaked-keys",
             post(operator_api::report_leaked_keys),
+        )
+        .route("/operator/v1/audit-log", get(operator_api::list_audit_log))
+        .route(
+            "/operator/v1/webhooks",
+            get(operator_api::list_webhooks).post(operator_api::create_webhook),
+        )
+        .route(
+            "/operator/v1/webhooks/{webhook_id}",
+            delete(operator_api::delete_webhook),
+        )
+        .route(
+            "/operator/v1/webhooks/{webhook_id}/deliveries",
+            get(operator_api::list_webhook_deliveries),
         )
         .route("/operator/v1/plans", get(operator_api::list_plans))
         .route(

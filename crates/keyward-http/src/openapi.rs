@@ -50,6 +50,7 @@ use crate::{dto, error};
         operator_api::create_account,
         operator_api::get_account,
         operator_api::update_account,
+        operator_api::delete_account,
         operator_api::issue_api_key,
         operator_api::get_api_key,
         operator_api::revoke_api_key,
@@ -57,6 +58,11 @@ use crate::{dto, error};
         operator_api::list_plans,
         operator_api::put_plan,
         operator_api::delete_plan,
+        operator_api::list_audit_log,
+        operator_api::create_webhook,
+        operator_api::list_webhooks,
+        operator_api::delete_webhook,
+        operator_api::list_webhook_deliveries,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -71,7 +77,7 @@ use crate::{dto, error};
         (name = "webhooks", description = "Signed deliveries of the account's events"),
         (name = "operations", description = "Health, readiness and metrics (no key)"),
         (name = "gateway", description = "Forward auth for the platform's own routes (--routes FILE). In gateway mode (--upstream URL) keyward also forwards those routes to the upstream; they are the platform's operations, not keyward's, so this document does not list them"),
-        (name = "operator", description = "The operator API: accounts, plans and leaked keys, with an operator key (kwop_…)"),
+        (name = "operator", description = "The operator API: accounts, plans, the operator log, webhooks of every account and leaked keys, with an operator key (kwop_…)"),
         (name = "secret-scanning", description = "GitHub secret scanning's partner endpoint (--github-scanning-keys FILE): GitHub reports tokens found in public places, signed with its keys; without the keys file the path is a 404"),
     )
 )]
@@ -200,6 +206,21 @@ pub const FAILURES: &[(&str, &[Failure])] = {
         (
             "operator_update_account",
             &[OperatorKey, AccountInPath, Body, ExternalIdTaken, Storage],
+        ),
+        (
+            "operator_delete_account",
+            &[OperatorKey, AccountInPath, Storage],
+        ),
+        ("operator_list_audit_log", &[OperatorKey, Query, Storage]),
+        ("operator_create_webhook", &[OperatorKey, Body, Storage]),
+        ("operator_list_webhooks", &[OperatorKey, Storage]),
+        (
+            "operator_delete_webhook",
+            &[OperatorKey, WebhookInPath, Storage],
+        ),
+        (
+            "operator_list_webhook_deliveries",
+            &[OperatorKey, WebhookInPath, Query, Storage],
         ),
         (
             "operator_issue_api_key",
@@ -621,9 +642,11 @@ mod tests {
                         .contains(&path.as_str()),
                 "{method} {path}: {documented:?}"
             );
-            // A key's change; an account's creation or change (its external id); a
-            // plan's deletion (while in use).
-            let account = path.starts_with("/operator/v1/accounts") && !path.ends_with("/api-keys");
+            // A key's change; an account's creation or change (its external id), not its
+            // deletion; a plan's deletion (while in use).
+            let account = path.starts_with("/operator/v1/accounts")
+                && !path.ends_with("/api-keys")
+                && method != "delete";
             // A leak report's key that keeps changing under it.
             let leaks = path == "/operator/v1/leaked-keys" || path == "/secret-scanning/github";
             let changes = (method != "get" && (path.contains("{key_id}") || account))

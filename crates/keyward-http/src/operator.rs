@@ -8,7 +8,8 @@ use keyward_core::{
     OperatorId, OsRandom, PlanName, ScopeSet, timefmt,
 };
 use keyward_store::{
-    Account, AccountSummary, AuditContext, NewKey, NewSecret, Operator, Plan, Store, StoreError,
+    Account, AccountSummary, AuditContext, NewKey, NewSecret, Operator, OperatorActor, Plan, Store,
+    StoreError,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -43,6 +44,58 @@ pub struct CreatedAccount {
     pub key_id: KeyId,
     /// The first key's secret.
     pub secret: KeySecret,
+}
+
+/// Who makes an operator's change, as the audit events record it: an operator through
+/// the API (actor its `op_…` id, the request's id), or the CLI (no actor id, request id
+/// `cli`; `bootstrap` for `serve`'s first account).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The operator, or the CLI.
+    pub operator: OperatorActor,
+    /// The request id the events carry.
+    pub request_id: String,
+}
+
+impl Actor {
+    /// A `keyward` command.
+    #[must_use]
+    pub fn cli() -> Self {
+        Self {
+            operator: OperatorActor::Cli,
+            request_id: "cli".to_owned(),
+        }
+    }
+
+    /// `serve`'s bootstrap of the first account.
+    #[must_use]
+    pub fn bootstrap() -> Self {
+        Self {
+            operator: OperatorActor::Cli,
+            request_id: "bootstrap".to_owned(),
+        }
+    }
+
+    /// An operator key's request.
+    #[must_use]
+    pub fn operator(operator_id: OperatorId, request_id: &str) -> Self {
+        Self {
+            operator: OperatorActor::Api(operator_id),
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// The audit context of a change it makes at `now` (no account key acts).
+    #[must_use]
+    pub fn audit(&self, now: OffsetDateTime, changes: serde_json::Value) -> AuditContext {
+        AuditContext {
+            actor_key_id: None,
+            operator: Some(self.operator.clone()),
+            request_id: self.request_id.clone(),
+            time: now,
+            changes,
+        }
+    }
 }
 
 /// Checks an account name: 1 to 200 characters, not only white space.
@@ -89,16 +142,15 @@ pub fn parse_limit(field: &str, raw: Option<u64>) -> Result<Option<u32>, ApiErro
     .transpose()
 }
 
-/// A new account, its first key (scopes `read`, `write`, `admin`) and that key's
-/// `key.created` event, not yet stored. `actor` is the audit event's request id
-/// (`cli`, `bootstrap`, or an operator request's id).
+/// A new account, its first key (scopes `read`, `write`, `admin`) and the audit context
+/// of its creation by `actor`, not yet stored.
 ///
 /// # Errors
 /// None in practice: the built-in first key's scopes and name are valid.
 pub fn new_account(
     new: NewAccount,
     prefix: &KeyPrefix,
-    actor: &str,
+    actor: &Actor,
     now: OffsetDateTime,
 ) -> Result<(CreatedAccount, NewKey, AuditContext), ApiError> {
     let now = timefmt::truncate(now);
@@ -129,17 +181,15 @@ pub fn new_account(
         policies: keyward_core::KeyPolicies::default(),
         expire_after_inactive_days: None,
     };
-    let audit = AuditContext {
-        actor_key_id: None,
-        request_id: actor.to_owned(),
-        time: now,
-        changes: json!({
+    let audit = actor.audit(
+        now,
+        json!({
             "name": "First key",
             "scopes": ["read", "write", "admin"],
             "expires_at": null,
             "metadata": {},
         }),
-    };
+    );
     let key_id = key.key_id.clone();
     Ok((
         CreatedAccount {
@@ -162,7 +212,7 @@ pub async fn create_account(
     store: &dyn Store,
     new: NewAccount,
     prefix: &KeyPrefix,
-    actor: &str,
+    actor: &Actor,
     now: OffsetDateTime,
 ) -> Result<CreatedAccount, ApiError> {
     if let Some(external_id) = &new.external_id {
@@ -239,6 +289,8 @@ pub async fn update_account(
     store: &dyn Store,
     account_id: &AccountId,
     patch: &keyward_store::AccountPatch,
+    actor: &Actor,
+    now: OffsetDateTime,
 ) -> Result<(AccountSummary, Vec<keyward_core::KeyDigest>), ApiError> {
     if let Some(Some(external_id)) = &patch.external_id
         && let Some(existing) = store.account_by_external_id(external_id).await?
@@ -246,7 +298,8 @@ pub async fn update_account(
     {
         return Err(external_id_taken(&existing.account.account_id));
     }
-    match store.update_account(account_id, patch).await {
+    let audit = actor.audit(timefmt::truncate(now), serde_json::Value::Null);
+    match store.update_account(account_id, patch, &audit).await {
         Ok(changed) => Ok(changed),
         Err(StoreError::NotFound) => Err(account_not_found()),
         Err(StoreError::Conflict("unknown plan")) => Err(unknown_plan()),
@@ -268,19 +321,14 @@ pub async fn issue_key(
     account_id: &AccountId,
     req: crate::handlers::keys::CreateApiKeyRequest,
     prefix: &KeyPrefix,
-    actor: &str,
+    actor: &Actor,
     now: OffsetDateTime,
 ) -> Result<(keyward_store::ApiKey, KeySecret), ApiError> {
     let key_id = KeyId::from_ulid(ulid::Ulid::generate());
     let (secret, key, changes) =
         crate::handlers::keys::new_key(prefix, key_id, req, account_id.clone(), now)?;
     account(store, account_id).await?;
-    let audit = AuditContext {
-        actor_key_id: None,
-        request_id: actor.to_owned(),
-        time: key.created_at,
-        changes,
-    };
+    let audit = actor.audit(key.created_at, changes);
     match store.insert_key(&key, &audit).await {
         Ok(stored) => Ok((stored, secret)),
         // The account went away meanwhile.
@@ -296,16 +344,25 @@ pub async fn issue_key(
 pub async fn put_plan(
     store: &dyn Store,
     plan: &Plan,
+    actor: &Actor,
+    now: OffsetDateTime,
 ) -> Result<Vec<keyward_core::KeyDigest>, ApiError> {
-    Ok(store.put_plan(plan).await?)
+    let audit = actor.audit(timefmt::truncate(now), serde_json::Value::Null);
+    Ok(store.put_plan(plan, &audit).await?)
 }
 
 /// Deletes a plan no account uses.
 ///
 /// # Errors
 /// `404` if there is none of that name, `409` while an account uses it.
-pub async fn delete_plan(store: &dyn Store, name: &PlanName) -> Result<(), ApiError> {
-    match store.delete_plan(name).await {
+pub async fn delete_plan(
+    store: &dyn Store,
+    name: &PlanName,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let audit = actor.audit(timefmt::truncate(now), serde_json::Value::Null);
+    match store.delete_plan(name, &audit).await {
         Ok(()) => Ok(()),
         Err(StoreError::NotFound) => Err(plan_not_found()),
         Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
@@ -324,6 +381,7 @@ pub async fn create_operator(
     store: &dyn Store,
     name: &str,
     prefix: &KeyPrefix,
+    actor: &Actor,
     now: OffsetDateTime,
 ) -> Result<(Operator, KeySecret), ApiError> {
     let name = parse_account_name(name)?;
@@ -344,6 +402,71 @@ pub async fn create_operator(
         digest: secret.digest(),
         hint: secret.hint(),
     };
-    store.insert_operator(&operator, &stored).await?;
+    let audit = actor.audit(operator.created_at, serde_json::Value::Null);
+    store.insert_operator(&operator, &stored, &audit).await?;
     Ok((operator, secret))
+}
+
+/// Revokes an operator: its key never works again.
+///
+/// # Errors
+/// `404` if there is none, or the store's.
+pub async fn revoke_operator(
+    store: &dyn Store,
+    operator_id: &OperatorId,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let audit = actor.audit(timefmt::truncate(now), serde_json::Value::Null);
+    match store.revoke_operator(operator_id, &audit).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("no operator with this id")),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Revokes a key of any account (incident response), with its `key.revoked` event in the
+/// account's log and the operator log; the caller drops the returned digests.
+///
+/// # Errors
+/// `404` for a missing key, `409` if it changed meanwhile, or the store's.
+pub async fn revoke_key(
+    store: &dyn Store,
+    key: &keyward_store::ApiKey,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<Vec<keyward_core::KeyDigest>, ApiError> {
+    let audit = actor.audit(
+        now,
+        json!({
+            "name": key.name.as_ref().map(KeyName::as_str),
+            "scopes": key.scopes.to_strings(),
+            "hint": key.hint,
+        }),
+    );
+    let changed = store
+        .revoke_key(&key.account_id, &key.key_id, key.version, &audit)
+        .await?;
+    Ok(changed.stale_digests)
+}
+
+/// Deletes an account: revokes every key (every node drops them within a second), deletes
+/// its request history, usage and subscriptions, and the account (its `external_id` is
+/// free again); its audit log is kept, ending with `account.deleted`. The caller drops the
+/// returned digests.
+///
+/// # Errors
+/// `404` for a missing account (a second deletion too), or the store's.
+pub async fn delete_account(
+    store: &dyn Store,
+    account_id: &AccountId,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<Vec<keyward_core::KeyDigest>, ApiError> {
+    let audit = actor.audit(timefmt::truncate(now), serde_json::Value::Null);
+    match store.delete_account(account_id, &audit).await {
+        Ok(digests) => Ok(digests),
+        Err(StoreError::NotFound) => Err(account_not_found()),
+        Err(other) => Err(other.into()),
+    }
 }

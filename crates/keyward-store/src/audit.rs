@@ -21,9 +21,12 @@ pub struct AuditItem {
     #[schema(format = DateTime)]
     pub time: String,
     /// `key.created`, `key.updated`, `key.rotated`, `key.revoked`, `key.leaked`,
-    /// `webhook.created` or `webhook.deleted`.
+    /// `webhook.created`, `webhook.deleted`, `account.updated`, `account.suspended`, `account.resumed` or
+    /// `account.deleted`; in the operator log also `account.created`, `plan.updated`,
+    /// `plan.deleted`, `operator.created` and `operator.revoked`.
     pub action: String,
-    /// The key that made the change (`null` for operator commands).
+    /// The key that made the change; in the operator log the operator (`op_…`). `null`
+    /// for the CLI (its `request_id` is `cli`), and in an account's log for an operator.
     pub actor_key_id: Option<String>,
     /// The key changed (`null` for an event about a subscription).
     pub key_id: Option<String>,
@@ -46,7 +49,7 @@ impl AuditItem {
     pub fn sealed(
         time: OffsetDateTime,
         action: AuditAction,
-        actor_key_id: Option<&KeyId>,
+        actor_key_id: Option<&str>,
         key_id: Option<&KeyId>,
         changes: &Value,
         request_id: &str,
@@ -55,7 +58,7 @@ impl AuditItem {
         let mut item = Self {
             time: timefmt::format(time),
             action: action.as_str().to_owned(),
-            actor_key_id: actor_key_id.map(ToString::to_string),
+            actor_key_id: actor_key_id.map(ToOwned::to_owned),
             key_id: key_id.map(ToString::to_string),
             changes: changes.clone(),
             request_id: request_id.to_owned(),
@@ -95,7 +98,7 @@ impl AuditEvent {
         AuditItem {
             time: timefmt::format(self.time),
             action: self.action.as_str().to_owned(),
-            actor_key_id: self.actor_key_id.as_ref().map(ToString::to_string),
+            actor_key_id: self.actor_key_id.clone(),
             key_id: self.key_id.as_ref().map(ToString::to_string),
             changes: self.changes.clone(),
             request_id: self.request_id.clone(),
@@ -105,20 +108,37 @@ impl AuditEvent {
     }
 }
 
-/// A hash chain of audit events: each account's log is one. (The operator log is one
-/// more variant, with its own head.)
+/// A hash chain of audit events: each account's log is one, and the operator log one
+/// more, with its own head.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AuditChain {
     /// The account's events.
     Account(AccountId),
+    /// The operator log: what operators and the CLI did.
+    Operator,
 }
 
 impl AuditChain {
-    /// The chain's id in storage (the row that holds its head).
+    /// The operator log's id in storage (account ids start with `acct_`).
+    pub const OPERATOR_ID: &'static str = "operator";
+
+    /// The chain's id in storage (the row that holds its head, and its events'
+    /// `account_id` column).
     #[must_use]
     pub fn id(&self) -> &str {
         match self {
             Self::Account(account_id) => account_id.as_str(),
+            Self::Operator => Self::OPERATOR_ID,
+        }
+    }
+
+    /// The chain a stored id names.
+    #[must_use]
+    pub fn from_id(id: String) -> Self {
+        if id == Self::OPERATOR_ID {
+            Self::Operator
+        } else {
+            Self::Account(AccountId::from_trusted(id))
         }
     }
 }
@@ -127,6 +147,7 @@ impl fmt::Display for AuditChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Account(account_id) => write!(f, "account {account_id}"),
+            Self::Operator => f.write_str("operator log"),
         }
     }
 }

@@ -17,8 +17,8 @@ use futures_util::future::join_all;
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    Account, AuditAction, AuditContext, KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret,
-    PageQuery, Plan, RequestRecord, Store, StoreError, UsageKey,
+    Account, AuditAction, AuditChain, AuditContext, KeyPatch, KeyQuery, MeterBatch, NewKey,
+    NewSecret, PageQuery, Plan, RequestRecord, Store, StoreError, UsageKey,
 };
 
 /// `for_each_scenario!(m!(tokens…))` calls `m!(tokens… name, name, …)` with the name of
@@ -45,6 +45,8 @@ macro_rules! for_each_scenario {
             a_large_batch_reads_back_whole_in_order,
             a_flush_longer_than_a_run_reads_back_whole,
             concurrent_creations_each_commit_and_fail_alone,
+            an_account_is_deleted_with_its_keys_history_and_usage_but_not_its_log,
+            operator_changes_are_chained_in_the_operator_log_and_the_accounts,
         }
     };
 }
@@ -115,6 +117,7 @@ pub fn new_key(account_id: &AccountId, scopes: &[&str]) -> (NewKey, KeySecret) {
 pub fn audit() -> AuditContext {
     AuditContext {
         actor_key_id: None,
+        operator: None,
         request_id: "req_test".into(),
         time: now(),
         changes: serde_json::json!({}),
@@ -142,11 +145,11 @@ pub async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
     assert_eq!(listed[0].limits, Limits::new(Some(10), Some(100)));
 
     store
-        .set_plan(&acct.account_id, &PlanName::enterprise())
+        .set_plan(&acct.account_id, &PlanName::enterprise(), &audit())
         .await
         .unwrap();
     store
-        .set_limits(&acct.account_id, Limits::new(Some(7), None))
+        .set_limits(&acct.account_id, Limits::new(Some(7), None), &audit())
         .await
         .unwrap();
     let auth = store
@@ -163,7 +166,7 @@ pub async fn accounts_are_created_listed_and_replanned<S: Store>(store: &S) {
     let missing = AccountId::from_ulid(next_ulid());
     assert!(matches!(
         store
-            .set_plan(&missing, &PlanName::parse("pro").unwrap())
+            .set_plan(&missing, &PlanName::parse("pro").unwrap(), &audit())
             .await,
         Err(StoreError::NotFound)
     ));
@@ -193,7 +196,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         name: PlanName::parse("gold").unwrap(),
         limits: Limits::new(None, Some(50)).with_per_month(Some(5)),
     };
-    store.put_plan(&gold).await.unwrap();
+    store.put_plan(&gold, &audit()).await.unwrap();
     let mut acct = account("gold");
     acct.external_id = Some(ExternalId::parse("cus_42").unwrap());
     acct.metadata = Metadata::parse(serde_json::json!({"tier": "gold"})).unwrap();
@@ -207,6 +210,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         .set_limits(
             &acct.account_id,
             Limits::new(Some(3), None).with_per_month(Some(9)),
+            &audit(),
         )
         .await
         .unwrap();
@@ -214,7 +218,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         limits: Limits::new(Some(100), Some(500)),
         ..gold.clone()
     };
-    store.put_plan(&changed).await.unwrap();
+    store.put_plan(&changed, &audit()).await.unwrap();
     let auth = store
         .auth_by_digest(&secret.digest())
         .await
@@ -227,12 +231,12 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
     );
 
     assert!(matches!(
-        store.delete_plan(&gold.name).await,
+        store.delete_plan(&gold.name, &audit()).await,
         Err(StoreError::Conflict(_))
     ));
     let unknown = PlanName::parse("platinum").unwrap();
     assert!(matches!(
-        store.set_plan(&acct.account_id, &unknown).await,
+        store.set_plan(&acct.account_id, &unknown, &audit()).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
@@ -246,7 +250,7 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.delete_plan(&unknown).await,
+        store.delete_plan(&unknown, &audit()).await,
         Err(StoreError::NotFound)
     ));
     let mut twin = account("free");
@@ -258,10 +262,14 @@ pub async fn plans_are_data_and_overrides_apply_on_any_plan<S: Store>(store: &S)
     ));
 
     store
-        .set_plan(&acct.account_id, &PlanName::parse("free").unwrap())
+        .set_plan(
+            &acct.account_id,
+            &PlanName::parse("free").unwrap(),
+            &audit(),
+        )
         .await
         .unwrap();
-    store.delete_plan(&gold.name).await.unwrap();
+    store.delete_plan(&gold.name, &audit()).await.unwrap();
     assert_eq!(store.plans().await.unwrap(), initial);
     assert_eq!(
         store.account_count().await.unwrap(),
@@ -560,7 +568,7 @@ pub async fn updates_need_the_current_version_and_are_audited<S: Store>(store: &
 
     let events = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 10,
                 ..PageQuery::default()
@@ -679,7 +687,7 @@ pub async fn revocation_removes_key_and_secrets_but_keeps_audit<S: Store>(store:
     );
     let events = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 10,
                 key_id: Some(key.key_id.clone()),
@@ -805,7 +813,7 @@ pub async fn imported_keys_authenticate_and_are_audited<S: Store>(store: &S) {
     assert_eq!(listed.len(), 51);
     let events = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 100,
                 action: Some(AuditAction::Created),
@@ -1315,7 +1323,7 @@ pub async fn concurrent_creations_each_commit_and_fail_alone<S: Store>(store: &S
     }
     let log = store
         .audit_log(
-            &acct.account_id,
+            &AuditChain::Account(acct.account_id.clone()),
             &PageQuery {
                 limit: 1000,
                 ..PageQuery::default()
@@ -1571,4 +1579,237 @@ pub async fn two_nodes_writing_one_account_together_keep_its_audit_chain_whole<S
             unchained: 0
         })
     );
+}
+
+/// The audit context of a change an operator made through the API.
+fn by_operator(request_id: &str) -> AuditContext {
+    AuditContext {
+        operator: Some(crate::OperatorActor::Api(
+            keyward_core::OperatorId::from_trusted("op_01JD0000000000000000000000".into()),
+        )),
+        request_id: request_id.into(),
+        ..audit()
+    }
+}
+
+/// The actions of a chain, oldest first.
+async fn actions_of<S: Store>(store: &S, chain: &AuditChain) -> Vec<(&'static str, String)> {
+    let query = PageQuery {
+        limit: 1000,
+        ..PageQuery::default()
+    };
+    let events = store.audit_log(chain, &query).await.unwrap();
+    events
+        .iter()
+        .rev()
+        .map(|e| (e.action.as_str(), e.request_id.clone()))
+        .collect()
+}
+
+/// Deleting an account revokes its keys and deletes its history, usage and subscriptions
+/// and the account; its log stays, chained, ending with `account.deleted`; a second
+/// deletion finds nothing; another account is untouched.
+pub async fn an_account_is_deleted_with_its_keys_history_and_usage_but_not_its_log<S: Store>(
+    store: &S,
+) {
+    let (acct, key, secret) = seeded(store, "pro").await;
+    let (other, other_key, other_secret) = seeded(store, "pro").await;
+    let t = now();
+    let month = month_of(t);
+    let mut batch = MeterBatch::default();
+    for (a, k) in [(&acct, &key), (&other, &other_key)] {
+        batch
+            .requests
+            .push(record(&a.account_id, &k.key_id, "GET /v1/api-keys", 200, t));
+        batch.usage.push((
+            UsageKey {
+                account_id: a.account_id.clone(),
+                day: format!("{month}-01"),
+                endpoint: "GET /v1/api-keys".into(),
+                key_id: k.key_id.clone(),
+            },
+            1,
+        ));
+    }
+    store.write_meter_batch(&batch).await.unwrap();
+
+    let digests = store
+        .delete_account(&acct.account_id, &by_operator("req_delete"))
+        .await
+        .unwrap();
+
+    assert_eq!(digests, vec![secret.digest()]);
+    assert!(store.account(&acct.account_id).await.unwrap().is_none());
+    assert!(
+        store
+            .auth_by_digest(&secret.digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.any_key(&key.key_id).await.unwrap().is_none());
+    let page = PageQuery {
+        limit: 100,
+        ..PageQuery::default()
+    };
+    assert!(
+        store
+            .request_history(&acct.account_id, &page)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .usage(&acct.account_id, &month)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .usage_by_day(&acct.account_id, &month)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let chain = AuditChain::Account(acct.account_id.clone());
+    assert_eq!(
+        actions_of(store, &chain).await,
+        [
+            ("key.created", "req_test".to_owned()),
+            ("account.deleted", "req_delete".to_owned())
+        ]
+    );
+    assert!(crate::verify_chain(store, &chain).await.unwrap().is_ok());
+    assert!(matches!(
+        store
+            .delete_account(&acct.account_id, &by_operator("req_again"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // The other account keeps everything.
+    assert!(
+        store
+            .auth_by_digest(&other_secret.digest())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .request_history(&other.account_id, &page)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.usage(&other.account_id, &month).await.unwrap().len(),
+        1
+    );
+    assert!(
+        crate::verify_chain(store, &AuditChain::Operator)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}
+
+/// `YYYY-MM` of a time (as the metering writer names months).
+fn month_of(t: OffsetDateTime) -> String {
+    format!("{:04}-{:02}", t.year(), u8::from(t.month()))
+}
+
+/// Operators' changes are chained in the operator log (actor: the operator's id; the
+/// account in `changes`) and, for an account's, in its log too (actor `null`); a status
+/// set to the one the account has is no event; every chain verifies.
+pub async fn operator_changes_are_chained_in_the_operator_log_and_the_accounts<S: Store>(
+    store: &S,
+) {
+    let acct = account("free");
+    let (key, _) = new_key(&acct.account_id, &["read", "write", "admin"]);
+    store
+        .create_account(&acct, &key, &by_operator("req_create"))
+        .await
+        .unwrap();
+    let suspend = crate::AccountPatch {
+        status: Some(AccountStatus::Suspended),
+        name: Some("renamed".into()),
+        ..crate::AccountPatch::default()
+    };
+    store
+        .update_account(&acct.account_id, &suspend, &by_operator("req_suspend"))
+        .await
+        .unwrap();
+    let again = crate::AccountPatch {
+        status: Some(AccountStatus::Suspended),
+        ..crate::AccountPatch::default()
+    };
+    store
+        .update_account(&acct.account_id, &again, &by_operator("req_again"))
+        .await
+        .unwrap();
+    let gold = Plan {
+        name: PlanName::parse("gold").unwrap(),
+        limits: Limits::new(Some(5), None),
+    };
+    store
+        .put_plan(&gold, &by_operator("req_plan"))
+        .await
+        .unwrap();
+    store
+        .delete_plan(&gold.name, &by_operator("req_plan_delete"))
+        .await
+        .unwrap();
+
+    let operator_log = actions_of(store, &AuditChain::Operator).await;
+    let own = actions_of(store, &AuditChain::Account(acct.account_id.clone())).await;
+
+    assert_eq!(
+        operator_log,
+        [
+            ("account.created", "req_create".to_owned()),
+            ("account.suspended", "req_suspend".to_owned()),
+            ("account.updated", "req_suspend".to_owned()),
+            ("plan.updated", "req_plan".to_owned()),
+            ("plan.deleted", "req_plan_delete".to_owned()),
+        ]
+    );
+    assert_eq!(
+        own,
+        [
+            ("key.created", "req_create".to_owned()),
+            ("account.suspended", "req_suspend".to_owned()),
+            ("account.updated", "req_suspend".to_owned()),
+        ]
+    );
+    let query = PageQuery {
+        limit: 100,
+        ..PageQuery::default()
+    };
+    let events = store
+        .audit_log(&AuditChain::Operator, &query)
+        .await
+        .unwrap();
+    for event in &events {
+        assert_eq!(
+            event.actor_key_id.as_deref(),
+            Some("op_01JD0000000000000000000000")
+        );
+    }
+    let created = events.last().unwrap();
+    assert_eq!(created.changes["account_id"], acct.account_id.as_str());
+    assert_eq!(created.changes["first_key_id"], key.key_id.as_str());
+    let own_events = store
+        .audit_log(&AuditChain::Account(acct.account_id.clone()), &query)
+        .await
+        .unwrap();
+    assert!(own_events.iter().all(|e| e.actor_key_id.is_none()));
+    let chains = store.audit_chains().await.unwrap();
+    assert!(chains.contains(&AuditChain::Operator), "{chains:?}");
+    for chain in &chains {
+        let report = crate::verify_chain(store, chain).await.unwrap();
+        assert!(report.is_ok(), "{chain}: {report:?}");
+    }
 }

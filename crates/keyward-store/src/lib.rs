@@ -95,6 +95,43 @@ pub struct AccountPatch {
     pub external_id: Option<Option<ExternalId>>,
 }
 
+impl AccountPatch {
+    /// What the patch changes, as its audit events say: the fields it sets.
+    #[must_use]
+    pub fn changes(&self) -> serde_json::Value {
+        let mut changes = serde_json::Map::new();
+        if let Some(name) = &self.name {
+            changes.insert("name".into(), name.as_str().into());
+        }
+        if let Some(plan) = &self.plan {
+            changes.insert("plan".into(), plan.as_str().into());
+        }
+        if let Some(o) = self.overrides {
+            changes.insert(
+                "overrides".into(),
+                serde_json::json!({
+                    "per_minute": o.per_minute,
+                    "per_day": o.per_day,
+                    "per_month": o.per_month,
+                }),
+            );
+        }
+        if let Some(status) = self.status {
+            changes.insert("status".into(), status.as_str().into());
+        }
+        if let Some(metadata) = &self.metadata {
+            changes.insert("metadata".into(), metadata.as_map().clone().into());
+        }
+        if let Some(external_id) = &self.external_id {
+            changes.insert(
+                "external_id".into(),
+                external_id.as_ref().map(ExternalId::as_str).into(),
+            );
+        }
+        serde_json::Value::Object(changes)
+    }
+}
+
 /// A page of accounts for the operator: after an id, with filters.
 #[derive(Debug, Clone, Default)]
 pub struct AccountQuery {
@@ -264,9 +301,47 @@ pub enum AuditAction {
     WebhookCreated,
     /// `webhook.deleted`
     WebhookDeleted,
+    /// `account.created` (operator log)
+    AccountCreated,
+    /// `account.updated`
+    AccountUpdated,
+    /// `account.suspended`
+    AccountSuspended,
+    /// `account.resumed`
+    AccountResumed,
+    /// `account.deleted`
+    AccountDeleted,
+    /// `plan.updated` (operator log: a plan created or its limits replaced)
+    PlanUpdated,
+    /// `plan.deleted` (operator log)
+    PlanDeleted,
+    /// `operator.created` (operator log)
+    OperatorCreated,
+    /// `operator.revoked` (operator log)
+    OperatorRevoked,
 }
 
 impl AuditAction {
+    /// Every action.
+    pub const ALL: [Self; 16] = [
+        Self::Created,
+        Self::Updated,
+        Self::Rotated,
+        Self::Revoked,
+        Self::Leaked,
+        Self::WebhookCreated,
+        Self::WebhookDeleted,
+        Self::AccountCreated,
+        Self::AccountUpdated,
+        Self::AccountSuspended,
+        Self::AccountResumed,
+        Self::AccountDeleted,
+        Self::PlanUpdated,
+        Self::PlanDeleted,
+        Self::OperatorCreated,
+        Self::OperatorRevoked,
+    ];
+
     /// Name on the wire and in storage.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -278,23 +353,56 @@ impl AuditAction {
             Self::Leaked => "key.leaked",
             Self::WebhookCreated => "webhook.created",
             Self::WebhookDeleted => "webhook.deleted",
+            Self::AccountCreated => "account.created",
+            Self::AccountUpdated => "account.updated",
+            Self::AccountSuspended => "account.suspended",
+            Self::AccountResumed => "account.resumed",
+            Self::AccountDeleted => "account.deleted",
+            Self::PlanUpdated => "plan.updated",
+            Self::PlanDeleted => "plan.deleted",
+            Self::OperatorCreated => "operator.created",
+            Self::OperatorRevoked => "operator.revoked",
         }
+    }
+
+    /// Whether the account's own log records it, when it is about an account (the
+    /// others are the operator log's only).
+    #[must_use]
+    pub const fn in_account_log(self) -> bool {
+        !matches!(
+            self,
+            Self::AccountCreated
+                | Self::PlanUpdated
+                | Self::PlanDeleted
+                | Self::OperatorCreated
+                | Self::OperatorRevoked
+        )
     }
 
     /// Parses the stored name.
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
-        [
-            Self::Created,
-            Self::Updated,
-            Self::Rotated,
-            Self::Revoked,
-            Self::Leaked,
-            Self::WebhookCreated,
-            Self::WebhookDeleted,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == raw)
+        Self::ALL.into_iter().find(|a| a.as_str() == raw)
+    }
+}
+
+/// Who, on the operator's side, made a change: it is recorded in the operator log too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorActor {
+    /// An operator key, through the operator API.
+    Api(OperatorId),
+    /// A `keyward` command (or `serve`'s bootstrap).
+    Cli,
+}
+
+impl OperatorActor {
+    /// The operator's id (`op_…`), or `None` for the CLI.
+    #[must_use]
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Api(id) => Some(id.as_str()),
+            Self::Cli => None,
+        }
     }
 }
 
@@ -303,6 +411,9 @@ impl AuditAction {
 pub struct AuditContext {
     /// The caller's key (`None` for operator commands).
     pub actor_key_id: Option<KeyId>,
+    /// The operator or CLI that made the change (`None`: an account's key did): the
+    /// change is recorded in the operator log too, with the operator as its actor.
+    pub operator: Option<OperatorActor>,
     /// The request that made the change.
     pub request_id: String,
     /// When.
@@ -320,8 +431,8 @@ pub struct AuditEvent {
     pub time: OffsetDateTime,
     /// What happened.
     pub action: AuditAction,
-    /// Who did it.
-    pub actor_key_id: Option<KeyId>,
+    /// Who did it: a key's id, or in the operator log an operator's (`op_…`).
+    pub actor_key_id: Option<String>,
     /// To which key (`None` for an event about a subscription).
     pub key_id: Option<KeyId>,
     /// What changed.
@@ -459,7 +570,8 @@ pub trait Store: Send + Sync + 'static {
     /// Number of accounts (bootstrap happens only at zero).
     async fn account_count(&self) -> StoreResult<u64>;
     /// Creates an account and its first key (with its `key.created` event) in one
-    /// transaction.
+    /// transaction, with `account.created` in the operator log (actor: `audit.operator`)
+    /// and for operator webhooks.
     async fn create_account(
         &self,
         account: &Account,
@@ -492,31 +604,66 @@ pub trait Store: Send + Sync + 'static {
     /// from its own caches. `NotFound` for a missing account; `Conflict("unknown plan")`
     /// for a plan the plan table does not hold, `Conflict("unique constraint")` for an
     /// external id another account has.
+    /// Its events (`account.updated`, and `account.suspended` or `account.resumed` for a
+    /// status) go to the account's log and the operator log, and to operator webhooks.
     async fn update_account(
         &self,
         account_id: &AccountId,
         patch: &AccountPatch,
+        audit: &AuditContext,
     ) -> StoreResult<(AccountSummary, Vec<KeyDigest>)>;
+    /// Deletes an account: revokes every key (every node drops them, as for a revoke),
+    /// deletes its request history, usage counters and webhook subscriptions, and the
+    /// account itself, with its `account.deleted` event in its own log (which is kept)
+    /// and the operator log. `NotFound` for a missing account. Returns the digests its
+    /// keys had, which the caller drops from its own caches.
+    async fn delete_account(
+        &self,
+        account_id: &AccountId,
+        audit: &AuditContext,
+    ) -> StoreResult<Vec<KeyDigest>>;
     /// Changes an account's plan ([`Store::update_account`] with only the plan).
-    async fn set_plan(&self, account_id: &AccountId, plan: &PlanName) -> StoreResult<()>;
+    async fn set_plan(
+        &self,
+        account_id: &AccountId,
+        plan: &PlanName,
+        audit: &AuditContext,
+    ) -> StoreResult<()>;
     /// Replaces an account's overrides of its plan's numbers ([`Store::update_account`]
     /// with only the overrides).
-    async fn set_limits(&self, account_id: &AccountId, overrides: Limits) -> StoreResult<()>;
+    async fn set_limits(
+        &self,
+        account_id: &AccountId,
+        overrides: Limits,
+        audit: &AuditContext,
+    ) -> StoreResult<()>;
     /// Every plan, by name.
     async fn plans(&self) -> StoreResult<Vec<Plan>>;
     /// Creates a plan or replaces its limits, and tells every node to drop the keys of
-    /// the plan's accounts from their caches; returns their digests.
-    async fn put_plan(&self, plan: &Plan) -> StoreResult<Vec<KeyDigest>>;
+    /// the plan's accounts from their caches; returns their digests. `plan.updated` goes
+    /// to the operator log.
+    async fn put_plan(&self, plan: &Plan, audit: &AuditContext) -> StoreResult<Vec<KeyDigest>>;
     /// Deletes a plan: `NotFound` if there is none of that name, `Conflict` while an
-    /// account uses it.
-    async fn delete_plan(&self, name: &PlanName) -> StoreResult<()>;
+    /// account uses it; `plan.deleted` goes to the operator log.
+    async fn delete_plan(&self, name: &PlanName, audit: &AuditContext) -> StoreResult<()>;
 
-    /// Stores an operator and the digest of its key.
-    async fn insert_operator(&self, operator: &Operator, secret: &NewSecret) -> StoreResult<()>;
+    /// Stores an operator and the digest of its key, with `operator.created` in the
+    /// operator log.
+    async fn insert_operator(
+        &self,
+        operator: &Operator,
+        secret: &NewSecret,
+        audit: &AuditContext,
+    ) -> StoreResult<()>;
     /// Every operator, oldest first.
     async fn list_operators(&self) -> StoreResult<Vec<Operator>>;
-    /// Deletes an operator, so that its key never works again. `NotFound` if none.
-    async fn revoke_operator(&self, operator_id: &OperatorId) -> StoreResult<()>;
+    /// Deletes an operator, so that its key never works again, with `operator.revoked` in
+    /// the operator log. `NotFound` if none.
+    async fn revoke_operator(
+        &self,
+        operator_id: &OperatorId,
+        audit: &AuditContext,
+    ) -> StoreResult<()>;
     /// The operator whose key has this digest.
     async fn operator_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<Operator>>;
 
@@ -601,10 +748,10 @@ pub trait Store: Send + Sync + 'static {
         account_id: &AccountId,
         month: &str,
     ) -> StoreResult<Vec<(String, u64)>>;
-    /// A page of the account's audit log, newest first.
+    /// A page of a chain's events (an account's log, or the operator log), newest first.
     async fn audit_log(
         &self,
-        account_id: &AccountId,
+        chain: &AuditChain,
         query: &PageQuery,
     ) -> StoreResult<Vec<AuditEvent>>;
     /// Every audit chain that has events, in a stable order.
@@ -621,8 +768,8 @@ pub trait Store: Send + Sync + 'static {
     /// has none).
     async fn audit_chain_head(&self, chain: &AuditChain) -> StoreResult<Option<String>>;
 
-    /// Stores a subscription, with its `webhook.created` audit event when it belongs to an
-    /// account.
+    /// Stores a subscription, with its `webhook.created` audit event in its account's log
+    /// (an operator's subscription: in the operator log).
     async fn create_webhook(&self, webhook: &Webhook, audit: &AuditContext) -> StoreResult<()>;
     /// The subscriptions of an account (`None`: the operator's, of every account), oldest
     /// first.

@@ -324,6 +324,16 @@ pub enum AccountsCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Delete an account: its keys are revoked, its request history, usage and webhook
+    /// subscriptions deleted; its audit log is kept.
+    Delete {
+        /// The account.
+        #[arg(value_parser = parse_account_id)]
+        account_id: AccountId,
+        /// The database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Override an account's plan numbers (any plan): N replaces the plan's number,
     /// `none` goes back to the plan's; an omitted window keeps its current override.
     SetLimits {

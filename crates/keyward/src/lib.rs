@@ -15,10 +15,8 @@ use keyward_core::{
 };
 use keyward_http::error::ApiError;
 use keyward_http::operator;
-pub use keyward_http::operator::{CreatedAccount, NewAccount, new_account};
-use keyward_store::{
-    AccountPatch, AccountSummary, AuditChain, Plan, Store, StoreError, verify_chain,
-};
+pub use keyward_http::operator::{Actor, CreatedAccount, NewAccount, new_account};
+use keyward_store::{AccountPatch, AccountSummary, AuditChain, Plan, Store, verify_chain};
 use keyward_store_sql::{IfMissing, Migrations, PgStore, SqliteStore};
 use time::OffsetDateTime;
 
@@ -290,7 +288,7 @@ pub async fn create_account(
     name: &str,
     plan: PlanName,
     prefix: &KeyPrefix,
-    actor: &str,
+    actor: &Actor,
 ) -> anyhow::Result<CreatedAccount> {
     let new = NewAccount {
         name: operator::parse_account_name(name).map_err(refusal)?,
@@ -327,7 +325,8 @@ pub async fn bootstrap(
         metadata: Metadata::default(),
     };
     let (created, key, audit) =
-        new_account(new, prefix, "bootstrap", OffsetDateTime::now_utc()).map_err(refusal)?;
+        new_account(new, prefix, &Actor::bootstrap(), OffsetDateTime::now_utc())
+            .map_err(refusal)?;
     let made = store
         .bootstrap_account(&created.account, &key, &audit)
         .await
@@ -350,8 +349,14 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
                 Open::accounts_create(&database.database_url),
             )
             .await?;
-            let created =
-                create_account(backend.store().as_ref(), &name, plan, &prefix, "cli").await?;
+            let created = create_account(
+                backend.store().as_ref(),
+                &name,
+                plan,
+                &prefix,
+                &Actor::cli(),
+            )
+            .await?;
             let store = backend;
             store.close().await;
             if json {
@@ -457,7 +462,7 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
                 &account_id,
                 req,
                 &prefix,
-                "cli",
+                &Actor::cli(),
                 OffsetDateTime::now_utc(),
             )
             .await;
@@ -505,6 +510,27 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
             };
             change_account(&database.database_url, &account_id, &patch).await?;
             println!("{account_id} is active");
+        }
+        AccountsCommand::Delete {
+            account_id,
+            database,
+        } => {
+            let store = open_store_with(&database.database_url, Open::EXISTING).await?;
+            let deleted = operator::delete_account(
+                store.store().as_ref(),
+                &account_id,
+                &Actor::cli(),
+                OffsetDateTime::now_utc(),
+            )
+            .await;
+            store.close().await;
+            match deleted {
+                Ok(_) => println!("{account_id} deleted"),
+                Err(e) if e.status == StatusCode::NOT_FOUND => {
+                    bail!(no_account(&account_id, &database.database_url))
+                }
+                Err(e) => return Err(refusal(e)),
+            }
         }
         AccountsCommand::SetLimits {
             account_id,
@@ -563,6 +589,7 @@ async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
                 store.store().as_ref(),
                 &name,
                 &args.keys.prefix,
+                &Actor::cli(),
                 OffsetDateTime::now_utc(),
             )
             .await;
@@ -615,12 +642,18 @@ async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
             database,
         } => {
             let store = open_store_with(&database.database_url, Open::EXISTING).await?;
-            let revoked = store.store().revoke_operator(&operator_id).await;
+            let revoked = operator::revoke_operator(
+                store.store().as_ref(),
+                &operator_id,
+                &Actor::cli(),
+                OffsetDateTime::now_utc(),
+            )
+            .await;
             store.close().await;
             match revoked {
                 Ok(()) => println!("{operator_id} revoked"),
-                Err(StoreError::NotFound) => bail!("no operator {operator_id}"),
-                Err(other) => return Err(anyhow::Error::new(other).context("revoking")),
+                Err(e) if e.status == StatusCode::NOT_FOUND => bail!("no operator {operator_id}"),
+                Err(e) => return Err(refusal(e)),
             }
         }
     }
@@ -677,7 +710,13 @@ async fn plans(args: PlansArgs) -> anyhow::Result<()> {
                 name: name.clone(),
                 limits,
             };
-            let put = operator::put_plan(store.store().as_ref(), &plan).await;
+            let put = operator::put_plan(
+                store.store().as_ref(),
+                &plan,
+                &Actor::cli(),
+                OffsetDateTime::now_utc(),
+            )
+            .await;
             store.close().await;
             put.map_err(refusal)?;
             println!(
@@ -689,7 +728,13 @@ async fn plans(args: PlansArgs) -> anyhow::Result<()> {
         }
         PlansCommand::Delete { name, database } => {
             let store = open_store_with(&database.database_url, Open::EXISTING).await?;
-            let deleted = operator::delete_plan(store.store().as_ref(), &name).await;
+            let deleted = operator::delete_plan(
+                store.store().as_ref(),
+                &name,
+                &Actor::cli(),
+                OffsetDateTime::now_utc(),
+            )
+            .await;
             store.close().await;
             deleted.map_err(refusal)?;
             println!("plan {name} deleted");
@@ -705,7 +750,14 @@ async fn change_account(
     patch: &AccountPatch,
 ) -> anyhow::Result<AccountSummary> {
     let store = open_store_with(url, Open::EXISTING).await?;
-    let changed = operator::update_account(store.store().as_ref(), account_id, patch).await;
+    let changed = operator::update_account(
+        store.store().as_ref(),
+        account_id,
+        patch,
+        &Actor::cli(),
+        OffsetDateTime::now_utc(),
+    )
+    .await;
     store.close().await;
     match changed {
         Ok((account, _)) => Ok(account),

@@ -168,14 +168,14 @@ async fn every_key_answered_201_before_a_kill_9_is_stored_after_restart() {
     // the audit event its request wrote in the same transaction.
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
     let store = server.store().await;
-    let account_id = AccountId::parse(&account.account_id).unwrap();
+    let chain = keyward_store::AuditChain::Account(AccountId::parse(&account.account_id).unwrap());
     let mut created = std::collections::HashMap::new();
     let mut query = PageQuery {
         limit: 1000,
         ..PageQuery::default()
     };
     loop {
-        let events = store.audit_log(&account_id, &query).await.unwrap();
+        let events = store.audit_log(&chain, &query).await.unwrap();
         let Some(last) = events.last() else { break };
         query.before = Some(last.seq);
         for event in &events {

@@ -203,6 +203,7 @@ async fn insert_key_directly(
     };
     let audit = AuditContext {
         actor_key_id: None,
+        operator: None,
         request_id: "test-setup".to_owned(),
         time: now,
         changes: json!({}),

@@ -17,15 +17,9 @@ use serde_json::{Value, json};
 
 /// Makes an operator through the CLI; returns its key.
 fn operator_key(server: &Server) -> String {
-    let out = server.cli(&["operators", "create", "--name", "billing", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["operator_id"].as_str().unwrap().starts_with("op_"));
-    v["api_key"].as_str().unwrap().to_owned()
+    let (operator_id, key) = common::create_operator(server, "billing");
+    assert!(operator_id.starts_with("op_"), "{operator_id}");
+    key
 }
 
 /// PUT JSON with a key.
@@ -847,4 +841,515 @@ async fn a_lower_override_refuses_first_and_a_raised_plan_lets_requests_through_
         &get(&server, &overridden, "/v1/api-keys").await,
         "the override wins over the raised plan",
     );
+}
+
+/// A request with an operator key and an `x-request-id` of the test's choosing, so that
+/// the audit event it makes can be named.
+async fn as_operator(
+    server: &Server,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    request_id: &str,
+    body: Option<&Value>,
+) -> common::Reply {
+    let mut req = client()
+        .request(method, server.url(path))
+        .header("x-api-key", key)
+        .header("x-request-id", request_id);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    send(req).await
+}
+
+/// The operator log, oldest first, as served.
+async fn operator_log(server: &Server, key: &str) -> Vec<Value> {
+    let r = get(server, key, "/operator/v1/audit-log?limit=1000").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut events = r.body["events"].as_array().unwrap().clone();
+    events.reverse();
+    events
+}
+
+#[tokio::test]
+async fn the_operator_log_chains_what_operators_and_the_cli_did_with_their_actors() {
+    // Arrange: an operator made by the CLI, then changes through the API and the CLI.
+    let server = Server::start();
+    let (op_id, op) = common::create_operator(&server, "support");
+    let (m, p, d) = (
+        reqwest::Method::POST,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    );
+    let created = as_operator(
+        &server,
+        &op,
+        m.clone(),
+        "/operator/v1/accounts",
+        "op-create",
+        Some(&json!({"name": "acme", "external_id": "cus_acme"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let account_id = created.body["account"]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first_secret = created.body["api_key"]["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/operator/v1/accounts/{account_id}");
+    for (request_id, body) in [
+        ("op-update", json!({"name": "acme inc", "plan": "pro"})),
+        ("op-suspend", json!({"status": "suspended"})),
+        ("op-resume", json!({"status": "active"})),
+    ] {
+        let r = as_operator(&server, &op, p.clone(), &path, request_id, Some(&body)).await;
+        assert_eq!(r.status, 200, "{request_id}: {r:?}");
+    }
+    let issued = as_operator(
+        &server,
+        &op,
+        m.clone(),
+        &format!("{path}/api-keys"),
+        "op-issue",
+        Some(&json!({"scopes": ["read", "billing:read"]})),
+    )
+    .await;
+    assert_eq!(issued.status, 201, "{issued:?}");
+    let issued_id = issued.body["key_id"].as_str().unwrap().to_owned();
+    let issued_secret = issued.body["api_key"].as_str().unwrap().to_owned();
+    let revoked = as_operator(
+        &server,
+        &op,
+        d.clone(),
+        &format!("/operator/v1/api-keys/{issued_id}"),
+        "op-revoke",
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, 204, "{revoked:?}");
+    let limits = json!({"per_minute": 5, "per_day": null, "per_month": null});
+    let plan = as_operator(
+        &server,
+        &op,
+        reqwest::Method::PUT,
+        "/operator/v1/plans/gold",
+        "op-plan",
+        Some(&limits),
+    )
+    .await;
+    assert_eq!(plan.status, 200, "{plan:?}");
+    let dropped = as_operator(
+        &server,
+        &op,
+        d.clone(),
+        "/operator/v1/plans/gold",
+        "op-plan-delete",
+        None,
+    )
+    .await;
+    assert_eq!(dropped.status, 204, "{dropped:?}");
+    assert!(
+        server
+            .cli(&["accounts", "suspend", &account_id])
+            .status
+            .success()
+    );
+    assert!(
+        server
+            .cli(&["accounts", "resume", &account_id])
+            .status
+            .success()
+    );
+    let (other_id, _) = common::create_operator(&server, "other");
+    assert!(
+        server
+            .cli(&["operators", "revoke", &other_id])
+            .status
+            .success()
+    );
+
+    // Act
+    let events = operator_log(&server, &op).await;
+    let suspensions = get(
+        &server,
+        &op,
+        "/operator/v1/audit-log?action=account.suspended",
+    )
+    .await;
+
+    // Assert: each change once, with its actor and request, in order.
+    let seen: Vec<(&str, &Value, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                &e["actor_key_id"],
+                e["request_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let op_actor = json!(op_id);
+    let cli = Value::Null;
+    assert_eq!(
+        seen,
+        [
+            ("operator.created", &cli, "cli"),
+            ("account.created", &op_actor, "op-create"),
+            ("account.updated", &op_actor, "op-update"),
+            ("account.suspended", &op_actor, "op-suspend"),
+            ("account.resumed", &op_actor, "op-resume"),
+            ("key.created", &op_actor, "op-issue"),
+            ("key.revoked", &op_actor, "op-revoke"),
+            ("plan.updated", &op_actor, "op-plan"),
+            ("plan.deleted", &op_actor, "op-plan-delete"),
+            ("account.suspended", &cli, "cli"),
+            ("account.resumed", &cli, "cli"),
+            ("operator.created", &cli, "cli"),
+            ("operator.revoked", &cli, "cli"),
+        ]
+    );
+    let created_event = &events[1];
+    assert_eq!(created_event["changes"]["account_id"], account_id.as_str());
+    assert_eq!(created_event["changes"]["external_id"], "cus_acme");
+    assert_eq!(events[2]["changes"]["name"], "acme inc");
+    assert_eq!(events[2]["changes"]["plan"], "pro");
+    assert_eq!(events[5]["key_id"], issued_id.as_str());
+    assert_eq!(events[7]["changes"]["per_minute"], 5);
+    // One chain, by the documented hash.
+    let mut prev = common::GENESIS.to_owned();
+    for event in &events {
+        assert_eq!(event["prev_hash"], json!(prev), "{event}");
+        assert_eq!(
+            event["hash"],
+            json!(common::expected_hash(event)),
+            "{event}"
+        );
+        prev = event["hash"].as_str().unwrap().to_owned();
+    }
+    // Filters as on /v1/audit-log.
+    assert_eq!(suspensions.status, 200, "{suspensions:?}");
+    assert_eq!(suspensions.body["events"].as_array().unwrap().len(), 2);
+    // Never a secret.
+    let text = serde_json::to_string(&events).unwrap();
+    for secret in [&op, &first_secret, &issued_secret] {
+        assert!(!text.contains(secret.as_str()), "a secret in the log");
+    }
+    // The account's own log has the operator's changes of it, without the operator's id.
+    let own = get(&server, &first_secret, "/v1/audit-log?limit=100").await;
+    assert_eq!(own.status, 200, "{own:?}");
+    let own_actions: Vec<(&str, &str)> = own.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            assert!(e["actor_key_id"].is_null(), "{e}");
+            (
+                e["action"].as_str().unwrap(),
+                e["request_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        own_actions,
+        [
+            ("key.created", "op-create"),
+            ("account.updated", "op-update"),
+            ("account.suspended", "op-suspend"),
+            ("account.resumed", "op-resume"),
+            ("key.created", "op-issue"),
+            ("key.revoked", "op-revoke"),
+            ("account.suspended", "cli"),
+            ("account.resumed", "cli"),
+        ]
+    );
+    assert!(
+        !own.text.contains(&op_id),
+        "the operator's id stays in the operator log"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_checks_the_operator_log_and_names_its_edited_event() {
+    // Arrange
+    let server = Server::start();
+    let op = operator_key(&server);
+    let r = as_operator(
+        &server,
+        &op,
+        reqwest::Method::PUT,
+        "/operator/v1/plans/gold",
+        "plan-put",
+        Some(&json!({"per_minute": 5})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = as_operator(
+        &server,
+        &op,
+        reqwest::Method::POST,
+        "/operator/v1/accounts",
+        "acct-create",
+        Some(&json!({"name": "acme", "plan": "gold"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (intact, before) = common::verify(&server, &[]);
+
+    // Act
+    common::tamper(
+        &server,
+        "update audit_event set changes = '{\"name\":\"gold\",\"per_minute\":500}' \
+         where request_id = 'plan-put'",
+    )
+    .await;
+    let (ok, out) = common::verify(&server, &[]);
+
+    // Assert
+    assert!(intact, "{before}");
+    // The account's log and the operator log (operator.created, plan.updated,
+    // account.created).
+    assert!(
+        before.contains("2 chain(s), 4 chained event(s)"),
+        "{before}"
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("operator log"), "{out}");
+    assert!(out.contains("plan.updated"), "{out}");
+    assert!(out.contains("request plan-put"), "{out}");
+    assert!(out.contains("edited"), "{out}");
+}
+
+#[tokio::test]
+async fn the_operator_log_is_for_operator_keys_and_takes_only_its_parameters() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("pro");
+    let op = operator_key(&server);
+
+    // Act
+    let by_account_key = get(&server, &acct.api_key, "/operator/v1/audit-log").await;
+    let unknown_action = get(&server, &op, "/operator/v1/audit-log?action=plan.eaten").await;
+    let unknown_parameter = get(&server, &op, "/operator/v1/audit-log?account=x").await;
+    let bad_limit = get(&server, &op, "/operator/v1/audit-log?limit=0").await;
+    let paged = get(&server, &op, "/operator/v1/audit-log?limit=1").await;
+
+    // Assert
+    assert_eq!(by_account_key.status, 401, "{by_account_key:?}");
+    assert_eq!(by_account_key.error_code(), "INVALID_API_KEY");
+    for (r, field) in [
+        (&unknown_action, "action"),
+        (&unknown_parameter, "account"),
+        (&bad_limit, "limit"),
+    ] {
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.error_code(), "VALIDATION_ERROR");
+        assert_eq!(r.field(), field);
+    }
+    // account.created, then operator.created: one per page, newest first, by cursor.
+    assert_eq!(paged.status, 200, "{paged:?}");
+    assert_eq!(paged.body["events"].as_array().unwrap().len(), 1);
+    let cursor = paged.body["next_before"].as_str().unwrap();
+    let next = get(
+        &server,
+        &op,
+        &format!("/operator/v1/audit-log?limit=1&before={cursor}"),
+    )
+    .await;
+    assert_eq!(paged.body["events"][0]["action"], "operator.created");
+    assert_eq!(next.body["events"][0]["action"], "account.created");
+    assert!(next.body["next_before"].is_null(), "{next:?}");
+}
+
+#[tokio::test]
+async fn deleting_an_account_revokes_its_keys_and_deletes_its_history_and_usage_but_not_its_log() {
+    // Arrange: an account with a second key, used, with an external id.
+    let server = Server::start();
+    let op = operator_key(&server);
+    let created = post(
+        &server,
+        &op,
+        "/operator/v1/accounts",
+        &json!({"name": "leaving", "external_id": "cus_gone"}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let account_id = created.body["account"]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = created.body["api_key"]["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, second) = create_key(&server, &first, &json!({"scopes": ["read"]})).await;
+    let used = get(&server, &second, "/v1/api-keys").await;
+    assert_eq!(used.status, 200, "{used:?}");
+    server
+        .metered(
+            &account_id,
+            &[used.header("x-request-id").unwrap().to_owned()],
+        )
+        .await;
+    let other = server.create_account("pro");
+    let path = format!("/operator/v1/accounts/{account_id}");
+
+    // Act
+    let deleted = delete(&server, &op, &path).await;
+    let first_after = get(&server, &first, "/v1/api-keys").await;
+    let second_after = validate(&server, &second).await;
+    let read = get(&server, &op, &path).await;
+    let again = delete(&server, &op, &path).await;
+    let patched = patch(&server, &op, &path, &json!({"name": "back"})).await;
+    let issued = post(
+        &server,
+        &op,
+        &format!("{path}/api-keys"),
+        &json!({"scopes": ["read"]}),
+    )
+    .await;
+    let listed = get(&server, &op, "/operator/v1/accounts").await;
+    let reused = post(
+        &server,
+        &op,
+        "/operator/v1/accounts",
+        &json!({"name": "returning", "external_id": "cus_gone"}),
+    )
+    .await;
+
+    // Assert
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert_eq!(
+        first_after.status, 401,
+        "on the very next request: {first_after:?}"
+    );
+    assert_eq!(
+        second_after.body,
+        json!({"valid": false, "reason": "not_found"})
+    );
+    for r in [&read, &again, &patched, &issued] {
+        assert_eq!(r.status, 404, "{r:?}");
+        assert_eq!(r.error_code(), "RESOURCE_NOT_FOUND");
+    }
+    let ids: Vec<&str> = listed.body["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["account_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [other.account_id.as_str()]);
+    assert_eq!(
+        reused.status, 201,
+        "the external id is free again: {reused:?}"
+    );
+    // History and usage are gone; the log is kept and ends with the deletion.
+    let store = server.store().await;
+    let id = keyward_core::AccountId::parse(&account_id).unwrap();
+    let query = keyward_store::PageQuery {
+        limit: 100,
+        ..keyward_store::PageQuery::default()
+    };
+    let history = store.request_history(&id, &query).await.unwrap();
+    let month = keyward_workers::month_of(time::OffsetDateTime::now_utc());
+    let usage = store.usage(&id, &month).await.unwrap();
+    let days = store.usage_by_day(&id, &month).await.unwrap();
+    let log = store
+        .audit_log(&keyward_store::AuditChain::Account(id.clone()), &query)
+        .await
+        .unwrap();
+    store.close().await;
+    assert!(history.is_empty(), "{history:?}");
+    assert!(usage.is_empty(), "{usage:?}");
+    assert!(days.is_empty(), "{days:?}");
+    let actions: Vec<&str> = log.iter().rev().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["key.created", "key.created", "account.deleted"]);
+    let (ok, out) = common::verify(&server, &["--account", &account_id]);
+    assert!(ok, "{out}");
+    let (ok, out) = common::verify(&server, &[]);
+    assert!(ok, "{out}");
+    let events = operator_log(&server, &op).await;
+    let gone = events
+        .iter()
+        .find(|e| e["action"] == "account.deleted")
+        .unwrap();
+    assert_eq!(gone["changes"]["account_id"], account_id.as_str());
+    assert_eq!(gone["changes"]["external_id"], "cus_gone");
+    assert_eq!(
+        gone["changes"]["revoked_key_ids"].as_array().unwrap().len(),
+        2
+    );
+    // Another account is untouched.
+    assert_eq!(
+        get(&server, &other.api_key, "/v1/api-keys").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_cli_deletes_an_account_as_the_api_does() {
+    // Arrange
+    let server = Server::start();
+    let acct = server.create_account("pro");
+    let op = operator_key(&server);
+
+    // Act
+    let out = server.cli(&["accounts", "delete", &acct.account_id]);
+    let again = server.cli(&["accounts", "delete", &acct.account_id]);
+
+    // Assert
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no account"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let r = get(
+        &server,
+        &op,
+        &format!("/operator/v1/accounts/{}", acct.account_id),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let events = operator_log(&server, &op).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["action"], "account.deleted");
+    assert!(last["actor_key_id"].is_null(), "{last}");
+    assert_eq!(last["request_id"], "cli");
+}
+
+#[tokio::test]
+async fn an_account_deleted_through_one_node_is_refused_by_the_others_within_a_second() {
+    let Some(a) = Server::start_on_postgres("account deletion across nodes", &["--no-bootstrap"])
+    else {
+        return;
+    };
+    let b = a.another_node(&["--no-bootstrap"]);
+    let acct = a.create_account("pro");
+    let op = operator_key(&a);
+    // B has the key cached (10 s): only the deletion's announcement can refuse it sooner.
+    assert_eq!(get(&b, &acct.api_key, "/v1/api-keys").await.status, 200);
+    assert_eq!(get(&b, &acct.api_key, "/v1/api-keys").await.status, 200);
+
+    let deleted = delete(
+        &a,
+        &op,
+        &format!("/operator/v1/accounts/{}", acct.account_id),
+    )
+    .await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    eventually(
+        Duration::from_secs(1),
+        "node B refuses the deleted account's key",
+        async || get(&b, &acct.api_key, "/v1/api-keys").await.status == 401,
+    )
+    .await;
 }

@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Account, Server, create_key, delete, eventually, get, post, send};
+use common::{
+    Account, GENESIS, Server, create_key, delete, eventually, expected_hash, get, post, send,
+    tamper, verify,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -597,26 +600,6 @@ async fn subscriptions_are_listed_without_secrets_deleted_and_audited_and_invisi
     assert!(ok, "{out}");
 }
 
-/// 64 zeros: the `prev_hash` of a chain's first event.
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The hash API.md defines, computed here without keyward's code: SHA-256 of
-/// `prev_hash` and the event's fields other than `hash`, keys sorted, no whitespace.
-/// (`serde_json`'s `Value` keeps objects sorted, and every value of these events is a
-/// string, an integer or `null`, whose compact JSON is already RFC 8785's.)
-fn expected_hash(event: &Value) -> String {
-    let mut fields = event.as_object().unwrap().clone();
-    fields.remove("hash");
-    let canonical = serde_json::to_string(&Value::Object(fields)).unwrap();
-    let prev = event["prev_hash"].as_str().unwrap();
-    hex(&Sha256::digest(format!("{prev}{canonical}").as_bytes()))
-}
-
 /// A key created, updated, rotated and revoked through the API, each request with its
 /// own `x-request-id` (`{tag}-create`, …), so each event can be named.
 async fn make_changes(server: &Server, account: &Account, tag: &str) {
@@ -659,37 +642,6 @@ async fn make_changes(server: &Server, account: &Account, tag: &str) {
     )
     .await;
     assert_eq!(r.status, 204, "{r:?}");
-}
-
-/// Runs `keyward audit verify` with `args`: whether it succeeded, and its output.
-fn verify(server: &Server, args: &[&str]) -> (bool, String) {
-    let mut all = vec!["audit", "verify"];
-    all.extend_from_slice(args);
-    let out = server.cli(&all);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// Runs one statement of plain SQL on the server's database, as someone with access to
-/// it (not through keyward) would.
-async fn tamper(server: &Server, sql: &str) {
-    use sqlx::Executor as _;
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    if server.database_url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(&server.database_url).await.unwrap();
-        pool.execute(sql).await.unwrap();
-        pool.close().await;
-    } else {
-        let pool = sqlx::SqlitePool::connect(&server.database_url)
-            .await
-            .unwrap();
-        pool.execute(sql).await.unwrap();
-        pool.close().await;
-    }
 }
 
 /// The account's events, oldest first, as served.
@@ -755,7 +707,9 @@ async fn audit_verify_passes_on_an_untouched_log_of_several_accounts() {
 
     // Assert
     assert!(all_ok, "{all}");
-    assert!(all.contains("2 chain(s), 10 chained event(s)"), "{all}");
+    // Two accounts' logs of five events each, and the operator log's two
+    // `account.created`.
+    assert!(all.contains("3 chain(s), 12 chained event(s)"), "{all}");
     assert!(one_ok, "{one}");
     assert!(one.contains("1 chain(s), 5 chained event(s)"), "{one}");
 }
@@ -849,4 +803,318 @@ async fn audit_verify_names_a_row_inserted_with_plain_sql() {
     // Assert
     assert!(!ok, "{out}");
     assert!(out.contains("request forged"), "{out}");
+}
+
+/// Subscribes an operator to `events` at `url`: the subscription's id and secret.
+async fn subscribe_operator(
+    server: &Server,
+    operator_key: &str,
+    url: &str,
+    events: &[&str],
+) -> (String, String) {
+    let r = post(
+        server,
+        operator_key,
+        "/operator/v1/webhooks",
+        &json!({"url": url, "events": events}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    (
+        r.body["webhook_id"].as_str().unwrap().to_owned(),
+        r.body["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_subscription_receives_every_accounts_events_and_account_events_signed() {
+    // Arrange: an operator subscribed before the accounts exist.
+    let server = Server::start_with(TEST_FLAGS);
+    let (_, op) = common::create_operator(&server, "platform");
+    let (receiver, url) = Receiver::start(&[]).await;
+    let events = [
+        "account.created",
+        "account.updated",
+        "account.suspended",
+        "account.resumed",
+        "account.deleted",
+        "key.created",
+    ];
+    let (webhook_id, secret) = subscribe_operator(&server, &op, &url, &events).await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+
+    // Act: one account made by the operator API and changed, another made by the CLI
+    // whose own key makes a key.
+    let created = post(
+        &server,
+        &op,
+        "/operator/v1/accounts",
+        &json!({"name": "acme"}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let acme = created.body["account"]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/operator/v1/accounts/{acme}");
+    let r = common::patch(&server, &op, &path, &json!({"status": "suspended"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = common::patch(
+        &server,
+        &op,
+        &path,
+        &json!({"status": "active", "name": "a"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let other = server.create_account("pro");
+    let (key_id, _) = create_key(&server, &other.api_key, &json!({"scopes": ["read"]})).await;
+    let r = delete(&server, &op, &path).await;
+    assert_eq!(r.status, 204, "{r:?}");
+
+    // Assert: each event once, signed with the operator subscription's secret.
+    let wanted: [(&str, &str); 8] = [
+        ("account.created", acme.as_str()),
+        ("key.created", acme.as_str()),
+        ("account.suspended", acme.as_str()),
+        ("account.resumed", acme.as_str()),
+        ("account.updated", acme.as_str()),
+        ("account.created", other.account_id.as_str()),
+        ("key.created", other.account_id.as_str()),
+        ("account.deleted", acme.as_str()),
+    ];
+    // And the key the other account made.
+    let all = wanted.len() + 1;
+    let delivered = eventually(DELIVERY_WAIT, "every event delivered", async || {
+        let delivered = receiver.delivered();
+        if delivered.len() >= all {
+            Ok(delivered)
+        } else {
+            Err(format!("{} of {all} delivered", delivered.len()))
+        }
+    })
+    .await;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut other_key_created = false;
+    for copies in delivered.values() {
+        assert_eq!(copies.len(), 1, "delivered once: {copies:?}");
+        let request = &copies[0];
+        assert_signed(request, &secret);
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        let account = body["data"]["account_id"].as_str().unwrap().to_owned();
+        if body["type"] == "key.created" && body["data"]["key_id"] == key_id.as_str() {
+            other_key_created = true;
+        }
+        seen.push((body["type"].as_str().unwrap().to_owned(), account));
+        assert!(!request.body.contains(&other.api_key), "no secret");
+    }
+    assert!(
+        other_key_created,
+        "the other account's key.created: {seen:?}"
+    );
+    for (kind, account) in wanted {
+        assert!(
+            seen.iter().any(|(k, a)| k == kind && a == account),
+            "{kind} of {account} in {seen:?}"
+        );
+    }
+    // The delivery log has each attempt once it is recorded (just after the answer).
+    let log = format!("/operator/v1/webhooks/{webhook_id}/deliveries?limit=100");
+    eventually(
+        DELIVERY_WAIT,
+        "every attempt in the delivery log",
+        async || {
+            let r = get(&server, &op, &log).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            let attempts = r.body["deliveries"].as_array().unwrap();
+            attempts.len() == all && attempts.iter().all(|a| a["status"] == 200)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn operator_subscriptions_are_listed_deleted_audited_and_refused_to_account_keys() {
+    // Arrange
+    let server = Server::start_with(TEST_FLAGS);
+    let (op_id, op) = common::create_operator(&server, "platform");
+    let account = server.create_account("pro");
+    let (_, url) = Receiver::start(&[]).await;
+    let (webhook_id, secret) = subscribe_operator(&server, &op, &url, &["account.created"]).await;
+    let own = format!("/operator/v1/webhooks/{webhook_id}");
+
+    // Act
+    let listed = get(&server, &op, "/operator/v1/webhooks").await;
+    let accounts_view = get(&server, &account.api_key, "/v1/webhooks").await;
+    let by_account_key = [
+        get(&server, &account.api_key, "/operator/v1/webhooks").await,
+        post(
+            &server,
+            &account.api_key,
+            "/operator/v1/webhooks",
+            &json!({"url": url, "events": ["key.created"]}),
+        )
+        .await,
+        delete(&server, &account.api_key, &own).await,
+        get(&server, &account.api_key, &format!("{own}/deliveries")).await,
+    ];
+    let from_the_account = delete(
+        &server,
+        &account.api_key,
+        &format!("/v1/webhooks/{webhook_id}"),
+    )
+    .await;
+    let deleted = delete(&server, &op, &own).await;
+    let again = delete(&server, &op, &own).await;
+    let log = get(&server, &op, "/operator/v1/audit-log?limit=100").await;
+
+    // Assert
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let hooks = listed.body["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1, "{listed:?}");
+    assert_eq!(hooks[0]["webhook_id"], webhook_id.as_str());
+    assert_eq!(hooks[0]["events"], json!(["account.created"]));
+    assert!(!listed.text.contains(&secret), "no secret in a listing");
+    assert_eq!(
+        accounts_view.body["webhooks"],
+        json!([]),
+        "{accounts_view:?}"
+    );
+    for r in &by_account_key {
+        assert_eq!(r.status, 401, "{r:?}");
+        assert_eq!(r.error_code(), "INVALID_API_KEY");
+    }
+    assert_eq!(from_the_account.status, 404, "{from_the_account:?}");
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert_eq!(again.status, 404, "{again:?}");
+    assert_eq!(again.error_code(), "RESOURCE_NOT_FOUND");
+    let actions: Vec<(&str, &str)> = log.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("webhook."))
+        .map(|e| {
+            assert_eq!(e["actor_key_id"], op_id.as_str(), "{e}");
+            assert_eq!(e["changes"]["webhook_id"], webhook_id.as_str(), "{e}");
+            (
+                e["action"].as_str().unwrap(),
+                e["changes"]["url"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("webhook.deleted", url.as_str()),
+            ("webhook.created", url.as_str())
+        ]
+    );
+    assert!(!log.text.contains(&secret), "no secret in the log");
+}
+
+#[tokio::test]
+async fn bad_operator_subscriptions_get_the_documented_errors_and_change_nothing() {
+    // Arrange: a server without --webhooks-allow-private, so loopback is refused.
+    let server = Server::start();
+    let (_, op) = common::create_operator(&server, "platform");
+    let account = server.create_account("pro");
+    let long = "x".repeat(257);
+
+    // Act
+    let cases = [
+        (json!({"events": ["account.created"]}), "url"),
+        (
+            json!({"url": "ftp://example.com/", "events": ["account.created"]}),
+            "url",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["account.created"]}),
+            "url",
+        ),
+        (
+            json!({"url": "http://10.1.2.3/hook", "events": ["key.created"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": []}),
+            "events",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["account.eaten"]}),
+            "events",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["account.created", "account.created"]}),
+            "events",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["key.created"], "description": long}),
+            "description",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["key.created"], "extra": 1}),
+            "extra",
+        ),
+    ];
+    let mut replies = Vec::new();
+    for (body, field) in &cases {
+        replies.push((
+            post(&server, &op, "/operator/v1/webhooks", body).await,
+            *field,
+        ));
+    }
+    let not_json = send(
+        common::client()
+            .post(server.url("/operator/v1/webhooks"))
+            .header("x-api-key", &op)
+            .header("content-type", "application/json")
+            .body("{"),
+    )
+    .await;
+    // An account may not subscribe to the accounts' events.
+    let account_event = post(
+        &server,
+        &account.api_key,
+        "/v1/webhooks",
+        &json!({"url": "https://example.com/", "events": ["account.created"]}),
+    )
+    .await;
+    let unknown = [
+        delete(
+            &server,
+            &op,
+            "/operator/v1/webhooks/wh_01JD0000000000000000000000",
+        )
+        .await,
+        get(&server, &op, "/operator/v1/webhooks/nope/deliveries").await,
+    ];
+    let listed = get(&server, &op, "/operator/v1/webhooks").await;
+    let log = get(
+        &server,
+        &op,
+        "/operator/v1/audit-log?action=webhook.created",
+    )
+    .await;
+
+    // Assert
+    for (r, field) in &replies {
+        assert_eq!(r.status, 400, "{field}: {r:?}");
+        assert_eq!(r.error_code(), "VALIDATION_ERROR", "{field}: {r:?}");
+        assert_eq!(r.field(), *field, "{r:?}");
+    }
+    assert_eq!(not_json.status, 400, "{not_json:?}");
+    assert_eq!(not_json.error_code(), "INVALID_REQUEST");
+    assert_eq!(account_event.status, 400, "{account_event:?}");
+    assert_eq!(account_event.field(), "events");
+    for r in &unknown {
+        assert_eq!(r.status, 404, "{r:?}");
+        assert_eq!(r.error_code(), "RESOURCE_NOT_FOUND");
+    }
+    assert_eq!(
+        listed.body["webhooks"],
+        json!([]),
+        "nothing stored: {listed:?}"
+    );
+    assert_eq!(log.body["events"], json!([]), "nothing audited: {log:?}");
 }

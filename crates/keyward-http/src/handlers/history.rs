@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use keyward_core::{KeyId, Limits, Scope, timefmt};
-use keyward_store::{AuditAction, AuditItem, PageQuery};
+use keyward_store::{AuditAction, AuditChain, AuditItem, PageQuery};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -168,8 +168,11 @@ pub fn audit_query(mut query: QueryParams) -> Result<PageQuery, ApiError> {
             AuditAction::parse(&raw).ok_or_else(|| {
                 ApiError::validation(
                     "action",
-                    "must be key.created, key.updated, key.rotated, key.revoked, \
-                     key.leaked, webhook.created or webhook.deleted",
+                    "must be an action of the audit log: key.created, key.updated, \
+                     key.rotated, key.revoked, key.leaked, webhook.created, webhook.deleted, \
+                     account.created, account.updated, account.suspended, account.resumed, \
+                     account.deleted, plan.updated, plan.deleted, operator.created or \
+                     operator.revoked",
                 )
             })
         })
@@ -302,7 +305,7 @@ pub async fn get_usage(
 #[utoipa::path(
     get, path = "/v1/audit-log", operation_id = "list_audit_log", tag = "metering",
     params(
-        ("action" = Option<String>, Query, description = "Only key.created, key.updated, key.rotated, key.revoked, key.leaked, webhook.created or webhook.deleted"),
+        ("action" = Option<String>, Query, description = "Only key.created, key.updated, key.rotated, key.revoked, key.leaked, webhook.created, webhook.deleted, account.updated, account.suspended, account.resumed or account.deleted"),
         ("key_id" = Option<String>, Query, description = "Only events of this key"),
         ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time"),
         ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time"),
@@ -318,11 +321,22 @@ pub async fn list_audit_log(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     caller.require(&state, Scope::ADMIN).await?;
+    let chain = AuditChain::Account(caller.record.key.account_id.clone());
+    audit_page(&state, &chain, query).await
+}
+
+/// A page of a chain's events as `GET /v1/audit-log` and `GET /operator/v1/audit-log`
+/// serve it: the query checked by [`audit_query`], newest first, with the cursor.
+///
+/// # Errors
+/// `VALIDATION_ERROR` naming a parameter, or the store's.
+pub async fn audit_page(
+    state: &AppState,
+    chain: &AuditChain,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
     let page = audit_query(query)?;
-    let mut events = state
-        .store
-        .audit_log(&caller.record.key.account_id, &page)
-        .await?;
+    let mut events = state.store.audit_log(chain, &page).await?;
     let next_before = trim_page(&mut events, page.limit, |e| e.seq);
     let events = events.into_iter().map(|e| e.item()).collect();
     Ok(Json(AuditLogPage {

@@ -155,6 +155,7 @@ fn rendered_json(body: Bytes) -> Response {
 fn audit(caller: &Caller, changes: Value) -> AuditContext {
     AuditContext {
         actor_key_id: Some(caller.record.key.key_id.clone()),
+        operator: None,
         request_id: caller.request_id().to_owned(),
         time: caller.now(),
         changes,

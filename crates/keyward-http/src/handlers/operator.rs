@@ -1,8 +1,8 @@
-//! `/operator/v1/`: the platform's own backend manages accounts and plans, and reports
-//! leaked keys, with an operator key (API.md §Operator API). The work is in
-//! [`crate::operator`], which the CLI calls too, and for leaks in [`crate::leaks`], which
-//! GitHub secret scanning's endpoint calls too; these handlers read the request and write
-//! the answer.
+//! `/operator/v1/`: the platform's own backend manages accounts and plans, reads the
+//! operator log, subscribes to every account's events and reports leaked keys, with an
+//! operator key (API.md §Operator API). The work is in [`crate::operator`], which the CLI
+//! calls too, and for leaks in [`crate::leaks`], which GitHub secret scanning's endpoint
+//! calls too; these handlers read the request and write the answer.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,15 +10,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_core::leak::{self, MAX_LEAKED_KEYS};
 use keyward_core::{AccountId, KeyName, Limits, timefmt};
-use keyward_store::{AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditContext, Plan};
+use keyward_store::{
+    AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditChain, AuditContext, Plan,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::OperatorCaller;
 use crate::dto::{ApiKeyObject, ApiKeyWithSecret, nullable};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyIdSegment, QueryParams};
+use crate::handlers::webhooks;
 use crate::leaks::{self, LeakAction, LeakReport, Leaked};
 use crate::operator::{
     self, DEFAULT_PLAN, NewAccount, parse_account_name, parse_external_id, parse_limit,
@@ -179,7 +182,7 @@ pub async fn create_account(
         state.store.as_ref(),
         new,
         &state.prefix,
-        caller.request_id(),
+        &actor(&caller),
         caller.now(),
     )
     .await?;
@@ -204,6 +207,11 @@ fn parse_metadata(raw: Option<Value>) -> Result<keyward_core::Metadata, ApiError
     raw.map(|v| keyward_core::Metadata::parse(v).map_err(|e| ApiError::validation("metadata", e.0)))
         .transpose()
         .map(Option::unwrap_or_default)
+}
+
+/// The actor the caller's changes record: its operator, and this request.
+fn actor(caller: &OperatorCaller) -> operator::Actor {
+    operator::Actor::operator(caller.operator.operator_id.clone(), caller.request_id())
 }
 
 /// The account of the path, or the `404` of a missing one.
@@ -380,10 +388,126 @@ pub async fn update_account(
             .transpose()?,
     };
     let id = account_id(&raw)?;
-    let (summary, digests) = operator::update_account(state.store.as_ref(), &id, &patch).await?;
+    let (summary, digests) = operator::update_account(
+        state.store.as_ref(),
+        &id,
+        &patch,
+        &actor(&caller),
+        caller.now(),
+    )
+    .await?;
     state.forget_changed_key(Some(&id), &digests);
     let requests = requests_this_month(&state, &id, &caller).await?;
     Ok((StatusCode::OK, Json(AccountObject::new(&summary, requests))).into_response())
+}
+
+/// Delete an account: its keys are revoked, its history, usage and subscriptions deleted;
+/// its audit log is kept.
+#[utoipa::path(
+    delete, path = "/operator/v1/accounts/{account_id}", operation_id = "operator_delete_account", tag = "operator",
+    params(("account_id" = String, Path, description = "The account's id")),
+    responses((status = 204, description = "Deleted")),
+    security(("operator_key" = []))
+)]
+pub async fn delete_account(
+    State(state): State<AppState>,
+    caller: OperatorCaller,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = account_id(&raw)?;
+    let digests =
+        operator::delete_account(state.store.as_ref(), &id, &actor(&caller), caller.now()).await?;
+    state.forget_changed_key(Some(&id), &digests);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The operator log: what operators and the CLI did, newest first, chained like an
+/// account's log.
+#[utoipa::path(
+    get, path = "/operator/v1/audit-log", operation_id = "operator_list_audit_log", tag = "operator",
+    params(
+        ("action" = Option<String>, Query, description = "Only this action, e.g. account.created, plan.updated or key.revoked"),
+        ("key_id" = Option<String>, Query, description = "Only events of this key"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
+        ("before" = Option<String>, Query, description = "The next_before cursor of the previous page"),
+    ),
+    responses((status = 200, description = "A page of events", body = crate::handlers::history::AuditLogPage)),
+    security(("operator_key" = []))
+)]
+pub async fn list_audit_log(
+    State(state): State<AppState>,
+    _caller: OperatorCaller,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    crate::handlers::history::audit_page(&state, &AuditChain::Operator, query).await
+}
+
+/// Subscribe to the events of every account, and to accounts' own events; the signing
+/// secret is in this response only.
+#[utoipa::path(
+    post, path = "/operator/v1/webhooks", operation_id = "operator_create_webhook", tag = "operator",
+    request_body = webhooks::CreateWebhookRequest,
+    responses((status = 201, description = "The subscription with its secret", body = webhooks::WebhookWithSecret)),
+    security(("operator_key" = []))
+)]
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    caller: OperatorCaller,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let audit = actor(&caller).audit(caller.now(), Value::Null);
+    webhooks::create(&state, None, body, &audit).await
+}
+
+/// List the operators' subscriptions (without secrets).
+#[utoipa::path(
+    get, path = "/operator/v1/webhooks", operation_id = "operator_list_webhooks", tag = "operator",
+    responses((status = 200, description = "The operators' subscriptions", body = webhooks::WebhookList)),
+    security(("operator_key" = []))
+)]
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    _caller: OperatorCaller,
+) -> Result<Response, ApiError> {
+    webhooks::list(&state, None).await
+}
+
+/// Delete an operators' subscription: its pending deliveries are dropped.
+#[utoipa::path(
+    delete, path = "/operator/v1/webhooks/{webhook_id}", operation_id = "operator_delete_webhook", tag = "operator",
+    params(("webhook_id" = String, Path, description = "The subscription's id")),
+    responses((status = 204, description = "Deleted")),
+    security(("operator_key" = []))
+)]
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    caller: OperatorCaller,
+    segment: KeyIdSegment,
+) -> Result<Response, ApiError> {
+    let audit = actor(&caller).audit(caller.now(), Value::Null);
+    webhooks::delete(&state, None, &segment, &audit).await
+}
+
+/// An operators' subscription's delivery attempts, newest first.
+#[utoipa::path(
+    get, path = "/operator/v1/webhooks/{webhook_id}/deliveries", operation_id = "operator_list_webhook_deliveries", tag = "operator",
+    params(
+        ("webhook_id" = String, Path, description = "The subscription's id"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
+        ("before" = Option<String>, Query, description = "The next_before cursor of the previous page"),
+    ),
+    responses((status = 200, description = "A page of attempts", body = webhooks::DeliveryPage)),
+    security(("operator_key" = []))
+)]
+pub async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    _caller: OperatorCaller,
+    segment: KeyIdSegment,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    webhooks::deliveries(&state, None, &segment, query).await
 }
 
 /// Issue a key with any scopes to an account, such as one whose keys are lost.
@@ -407,7 +531,7 @@ pub async fn issue_api_key(
         &id,
         req,
         &state.prefix,
-        caller.request_id(),
+        &actor(&caller),
         caller.now(),
     )
     .await?;
@@ -471,26 +595,14 @@ pub async fn revoke_api_key(
     key_id: KeyIdSegment,
 ) -> Result<Response, ApiError> {
     let current = any_key(&state, &key_id).await?;
-    let audit = AuditContext {
-        actor_key_id: None,
-        request_id: caller.request_id().to_owned(),
-        time: caller.now(),
-        changes: json!({
-            "name": current.name.as_ref().map(KeyName::as_str),
-            "scopes": current.scopes.to_strings(),
-            "hint": current.hint,
-        }),
-    };
-    let changed = state
-        .store
-        .revoke_key(
-            &current.account_id,
-            &current.key_id,
-            current.version,
-            &audit,
-        )
-        .await?;
-    state.forget_changed_key(Some(&current.account_id), &changed.stale_digests);
+    let digests = operator::revoke_key(
+        state.store.as_ref(),
+        &current,
+        &actor(&caller),
+        caller.now(),
+    )
+    .await?;
+    state.forget_changed_key(Some(&current.account_id), &digests);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -648,7 +760,7 @@ pub async fn list_plans(
 )]
 pub async fn put_plan(
     State(state): State<AppState>,
-    _caller: OperatorCaller,
+    caller: OperatorCaller,
     Path(raw): Path<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
@@ -656,7 +768,8 @@ pub async fn put_plan(
     let limits = req.parse("")?;
     let name = parse_plan_name("name", &raw)?;
     let plan = Plan { name, limits };
-    let digests = operator::put_plan(state.store.as_ref(), &plan).await?;
+    let digests =
+        operator::put_plan(state.store.as_ref(), &plan, &actor(&caller), caller.now()).await?;
     state.forget_changed_key(None, &digests);
     Ok((StatusCode::OK, Json(PlanObject::from(&plan))).into_response())
 }
@@ -670,11 +783,11 @@ pub async fn put_plan(
 )]
 pub async fn delete_plan(
     State(state): State<AppState>,
-    _caller: OperatorCaller,
+    caller: OperatorCaller,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = plan_in_path(&raw)?;
-    operator::delete_plan(state.store.as_ref(), &name).await?;
+    operator::delete_plan(state.store.as_ref(), &name, &actor(&caller), caller.now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

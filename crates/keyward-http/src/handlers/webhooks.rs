@@ -1,11 +1,13 @@
-//! Webhook subscriptions of an account and their delivery logs (API.md §Webhooks).
+//! Webhook subscriptions and their delivery logs (API.md §Webhooks): an account's, and
+//! with no account the operators' (`create`, `list`, `delete` and `deliveries`, which
+//! `handlers/operator.rs` calls too).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_core::webhook::{self, EventType, WebhookUrl};
-use keyward_core::{OsRandom, Scope, WebhookId, timefmt};
+use keyward_core::{AccountId, OsRandom, Scope, WebhookId, timefmt};
 use keyward_store::{AuditContext, StoreError, Webhook};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -31,7 +33,9 @@ pub struct CreateWebhookRequest {
     #[schema(max_length = 2048)]
     pub url: String,
     /// The event types to receive: `key.created`, `key.updated`, `key.rotated`,
-    /// `key.revoked`, `key.leaked`, `key.expiring`, `key.expired`.
+    /// `key.revoked`, `key.leaked`, `key.expiring`, `key.expired`; an operator's subscription may also
+    /// name `account.created`, `account.updated`, `account.suspended`, `account.resumed`
+    /// and `account.deleted`.
     #[schema(min_items = 1)]
     pub events: Vec<String>,
     /// A note, up to 256 characters.
@@ -121,6 +125,7 @@ pub struct DeliveryPage {
 fn audit(caller: &Caller) -> AuditContext {
     AuditContext {
         actor_key_id: Some(caller.record.key.key_id.clone()),
+        operator: None,
         request_id: caller.request_id().to_owned(),
         time: caller.now(),
         changes: serde_json::Value::Null,
@@ -140,10 +145,30 @@ pub async fn create_webhook(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(&state, Scope::ADMIN).await?;
+    let owner = Some(caller.record.key.account_id.clone());
+    create(&state, owner, body, &audit(&caller)).await
+}
+
+/// Creates a subscription of `owner` (`None`: an operator's, of every account's events)
+/// from a request body, with the checks of both ways in: the URL and the address rule,
+/// the event types the owner may name, the description.
+///
+/// # Errors
+/// `VALIDATION_ERROR` naming a field, or the store's.
+pub async fn create(
+    state: &AppState,
+    owner: Option<AccountId>,
+    body: JsonBody,
+    audit: &AuditContext,
+) -> Result<Response, ApiError> {
     let req: CreateWebhookRequest = body.parse()?;
     let url = WebhookUrl::parse(&req.url).map_err(|e| ApiError::validation("url", e.0))?;
-    let events: Vec<EventType> =
-        webhook::parse_events(&req.events).map_err(|e| ApiError::validation("events", e.0))?;
+    let allowed = match owner {
+        Some(_) => EventType::ACCOUNT_TYPES,
+        None => EventType::OPERATOR_TYPES,
+    };
+    let events: Vec<EventType> = webhook::parse_events(&req.events, allowed)
+        .map_err(|e| ApiError::validation("events", e.0))?;
     let description = req
         .description
         .map(|d| {
@@ -163,17 +188,14 @@ pub async fn create_webhook(
         .map_err(|refused| ApiError::validation("url", refused.0))?;
     let webhook = Webhook {
         webhook_id: WebhookId::from_ulid(state.next_ulid()),
-        account_id: Some(caller.record.key.account_id.clone()),
+        account_id: owner,
         url: url.as_str().to_owned(),
         events,
         description,
         secret: webhook::generate_secret(&mut OsRandom),
-        created_at: timefmt::truncate(caller.now()),
+        created_at: timefmt::truncate(audit.time),
     };
-    state
-        .store
-        .create_webhook(&webhook, &audit(&caller))
-        .await?;
+    state.store.create_webhook(&webhook, audit).await?;
     let body = WebhookWithSecret {
         webhook: WebhookObject::new(&webhook),
         secret: webhook.secret,
@@ -192,10 +214,15 @@ pub async fn list_webhooks(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require(&state, Scope::ADMIN).await?;
-    let webhooks = state
-        .store
-        .list_webhooks(Some(&caller.record.key.account_id))
-        .await?;
+    list(&state, Some(&caller.record.key.account_id)).await
+}
+
+/// The subscriptions of `owner` (`None`: the operators'), without secrets.
+///
+/// # Errors
+/// The store's.
+pub async fn list(state: &AppState, owner: Option<&AccountId>) -> Result<Response, ApiError> {
+    let webhooks = state.store.list_webhooks(owner).await?;
     let webhooks = webhooks.iter().map(WebhookObject::new).collect();
     Ok(Json(WebhookList { webhooks }).into_response())
 }
@@ -213,13 +240,22 @@ pub async fn delete_webhook(
     segment: KeyIdSegment,
 ) -> Result<Response, ApiError> {
     caller.require(&state, Scope::ADMIN).await?;
+    let account = caller.record.key.account_id.clone();
+    delete(&state, Some(&account), &segment, &audit(&caller)).await
+}
+
+/// Deletes a subscription of `owner` (`None`: an operator's).
+///
+/// # Errors
+/// `404` if the owner has no such subscription, or the store's.
+pub async fn delete(
+    state: &AppState,
+    owner: Option<&AccountId>,
+    segment: &KeyIdSegment,
+    audit: &AuditContext,
+) -> Result<Response, ApiError> {
     let webhook_id = segment.webhook_id()?;
-    let account = &caller.record.key.account_id;
-    match state
-        .store
-        .delete_webhook(Some(account), &webhook_id, &audit(&caller))
-        .await
-    {
+    match state.store.delete_webhook(owner, &webhook_id, audit).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(StoreError::NotFound) => Err(ApiError::webhook_not_found()),
         Err(e) => Err(e.into()),
@@ -241,9 +277,25 @@ pub async fn list_webhook_deliveries(
     State(state): State<AppState>,
     caller: Caller,
     segment: KeyIdSegment,
-    mut query: QueryParams,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     caller.require(&state, Scope::ADMIN).await?;
+    let account = caller.record.key.account_id.clone();
+    deliveries(&state, Some(&account), &segment, query).await
+}
+
+/// A page of the delivery attempts of a subscription of `owner` (`None`: an operator's),
+/// newest first.
+///
+/// # Errors
+/// `VALIDATION_ERROR` naming a parameter, `404` if the owner has no such subscription,
+/// or the store's.
+pub async fn deliveries(
+    state: &AppState,
+    owner: Option<&AccountId>,
+    segment: &KeyIdSegment,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
     let limit = query.take_number("limit", 1, 1000)?.unwrap_or(DEFAULT_PAGE);
     let before = query
         .take("before")?
@@ -257,12 +309,7 @@ pub async fn list_webhook_deliveries(
     let limit = u32::try_from(limit).unwrap_or(1000);
     let mut attempts = state
         .store
-        .webhook_attempts(
-            Some(&caller.record.key.account_id),
-            &webhook_id,
-            before,
-            limit + 1,
-        )
+        .webhook_attempts(owner, &webhook_id, before, limit + 1)
         .await?
         .ok_or_else(ApiError::webhook_not_found)?;
     let next_before = if attempts.len() > limit as usize {

@@ -1,5 +1,6 @@
 //! The audit log's writes and chain reads: every event is written in the transaction of
-//! the change it describes, chained to the head of its account's chain (API.md
+//! the change it describes, chained to the head of its account's chain, and of the
+//! operator log for what operators and the CLI do (API.md
 //! §`GET /v1/audit-log`, tamper evidence).
 
 use std::collections::BTreeMap;
@@ -7,8 +8,10 @@ use std::collections::BTreeMap;
 use keyward_core::webhook::EventType;
 use keyward_core::{AccountId, EventId, KeyId, chain};
 use keyward_store::{
-    AuditAction, AuditChain, AuditContext, AuditEvent, AuditItem, OutboxEvent, StoreResult,
+    AuditAction, AuditChain, AuditContext, AuditEvent, AuditItem, OperatorActor, OutboxEvent,
+    StoreResult,
 };
+use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 
 use super::keys::push_rows;
@@ -76,35 +79,129 @@ fn event_type(action: AuditAction) -> Option<EventType> {
         AuditAction::Rotated => Some(EventType::KeyRotated),
         AuditAction::Revoked => Some(EventType::KeyRevoked),
         AuditAction::Leaked => Some(EventType::KeyLeaked),
-        AuditAction::WebhookCreated | AuditAction::WebhookDeleted => None,
+        AuditAction::AccountCreated => Some(EventType::AccountCreated),
+        AuditAction::AccountUpdated => Some(EventType::AccountUpdated),
+        AuditAction::AccountSuspended => Some(EventType::AccountSuspended),
+        AuditAction::AccountResumed => Some(EventType::AccountResumed),
+        AuditAction::AccountDeleted => Some(EventType::AccountDeleted),
+        AuditAction::WebhookCreated
+        | AuditAction::WebhookDeleted
+        | AuditAction::PlanUpdated
+        | AuditAction::PlanDeleted
+        | AuditAction::OperatorCreated
+        | AuditAction::OperatorRevoked => None,
     }
+}
+
+/// One event of a batch: the account it is about (`None`: a plan, an operator, an
+/// operator's subscription), the key, and who made it.
+type Entry<'a> = (Option<&'a AccountId>, Option<&'a KeyId>, &'a AuditContext);
+
+/// One row to chain: its chain's id, its actor and what changed.
+struct Row<'a> {
+    chain_id: &'a str,
+    actor: Option<&'a str>,
+    key_id: Option<&'a KeyId>,
+    changes: Value,
+    audit: &'a AuditContext,
+}
+
+/// What the operator log says changed: the account the event is about, then the changes.
+fn operator_changes(account_id: Option<&AccountId>, changes: &Value) -> Value {
+    let Some(account_id) = account_id else {
+        return changes.clone();
+    };
+    let mut out = Map::new();
+    out.insert("account_id".into(), account_id.as_str().into());
+    match changes {
+        Value::Object(fields) => {
+            for (name, value) in fields {
+                out.entry(name.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        Value::Null => {}
+        other => {
+            out.insert("changes".into(), other.clone());
+        }
+    }
+    Value::Object(out)
 }
 
 /// Inserts one `action` event per `(account, key, context)`, in one statement, in the
 /// transaction of the change it describes, each chained to the one before it in its
 /// account's chain; a key's change is recorded for webhook subscribers too (its `data`:
 /// the account, the key, the actor, the request and what changed, as in the audit log).
+/// A change an operator or the CLI made (`AuditContext::operator`) is chained in the
+/// operator log too.
 pub(crate) async fn insert_events<'a, D: Dialect>(
     tx: &mut Tx<D>,
     action: AuditAction,
     events: impl Iterator<Item = (&'a AccountId, Option<&'a KeyId>, &'a AuditContext)>,
 ) -> StoreResult<()> {
-    let events: Vec<_> = events.collect();
-    if events.is_empty() {
+    let events: Vec<Entry<'a>> = events
+        .map(|(account_id, key_id, audit)| (Some(account_id), key_id, audit))
+        .collect();
+    insert(tx, action, &events).await
+}
+
+/// Inserts one event of the operator log (and of the account's log, if it is about an
+/// account and the action belongs there), with its webhook event if it is one.
+pub(crate) async fn insert_operator_event<D: Dialect>(
+    tx: &mut Tx<D>,
+    action: AuditAction,
+    account_id: Option<&AccountId>,
+    audit: &AuditContext,
+) -> StoreResult<()> {
+    let audit = AuditContext {
+        operator: Some(audit.operator.clone().unwrap_or(OperatorActor::Cli)),
+        ..audit.clone()
+    };
+    insert(tx, action, &[(account_id, None, &audit)]).await
+}
+
+async fn insert<D: Dialect>(
+    tx: &mut Tx<D>,
+    action: AuditAction,
+    events: &[Entry<'_>],
+) -> StoreResult<()> {
+    let mut rows: Vec<Row<'_>> = Vec::with_capacity(events.len());
+    for (account_id, key_id, audit) in events {
+        if let Some(account_id) = account_id
+            && action.in_account_log()
+        {
+            rows.push(Row {
+                chain_id: account_id.as_str(),
+                actor: audit.actor_key_id.as_ref().map(KeyId::as_str),
+                key_id: *key_id,
+                changes: audit.changes.clone(),
+                audit,
+            });
+        }
+        if let Some(operator) = &audit.operator {
+            rows.push(Row {
+                chain_id: AuditChain::OPERATOR_ID,
+                actor: operator.id(),
+                key_id: *key_id,
+                changes: operator_changes(*account_id, &audit.changes),
+                audit,
+            });
+        }
+    }
+    if rows.is_empty() {
         return Ok(());
     }
-    let mut heads = take_heads(tx, events.iter().map(|(account, _, _)| account.as_str())).await?;
-    let sealed: Vec<AuditItem> = events
+    let mut heads = take_heads(tx, rows.iter().map(|row| row.chain_id)).await?;
+    let sealed: Vec<AuditItem> = rows
         .iter()
-        .map(|(account_id, key_id, audit)| {
-            let head = heads.entry(account_id.as_str().to_owned()).or_default();
+        .map(|row| {
+            let head = heads.entry(row.chain_id.to_owned()).or_default();
             let item = AuditItem::sealed(
-                audit.time,
+                row.audit.time,
                 action,
-                audit.actor_key_id.as_ref(),
-                *key_id,
-                &audit.changes,
-                &audit.request_id,
+                row.actor,
+                row.key_id,
+                &row.changes,
+                &row.audit.request_id,
                 head,
             );
             if let Some(hash) = &item.hash {
@@ -119,40 +216,40 @@ pub(crate) async fn insert_events<'a, D: Dialect>(
     );
     push_rows(
         &mut insert,
-        events
-            .iter()
-            .zip(&sealed)
-            .map(|((account_id, key_id, audit), item)| {
-                [
-                    account_id.as_str().into(),
-                    ts(audit.time).into(),
-                    action.as_str().into(),
-                    audit.actor_key_id.as_ref().map(KeyId::as_str).into(),
-                    key_id.map(KeyId::as_str).into(),
-                    audit.changes.to_string().into(),
-                    audit.request_id.as_str().into(),
-                    item.prev_hash.as_deref().into(),
-                    item.hash.as_deref().into(),
-                ]
-            }),
+        rows.iter().zip(&sealed).map(|(row, item)| {
+            [
+                row.chain_id.into(),
+                ts(row.audit.time).into(),
+                action.as_str().into(),
+                row.actor.into(),
+                row.key_id.map(KeyId::as_str).into(),
+                row.changes.to_string().into(),
+                row.audit.request_id.as_str().into(),
+                item.prev_hash.as_deref().into(),
+                item.hash.as_deref().into(),
+            ]
+        }),
     );
     insert.build().run(on(tx)).await?;
     set_heads(tx, &heads).await?;
     if let Some(kind) = event_type(action) {
         let outbox: Vec<OutboxEvent> = events
             .iter()
-            .map(|(account_id, key_id, audit)| OutboxEvent {
-                event_id: EventId::from_ulid(ulid::Ulid::generate()),
-                account_id: (*account_id).clone(),
-                kind,
-                time: audit.time,
-                data: serde_json::json!({
-                    "account_id": account_id.as_str(),
-                    "key_id": key_id.map(KeyId::as_str),
-                    "actor_key_id": audit.actor_key_id.as_ref().map(KeyId::as_str),
-                    "request_id": audit.request_id,
-                    "changes": audit.changes,
-                }),
+            .filter_map(|(account_id, key_id, audit)| {
+                let account_id = (*account_id)?;
+                Some(OutboxEvent {
+                    event_id: EventId::from_ulid(ulid::Ulid::generate()),
+                    account_id: account_id.clone(),
+                    kind,
+                    time: audit.time,
+                    data: serde_json::json!({
+                        "account_id": account_id.as_str(),
+                        "key_id": key_id.map(KeyId::as_str),
+                        "actor_key_id": audit.actor_key_id.as_ref().map(KeyId::as_str),
+                        "request_id": audit.request_id,
+                        "changes": audit.changes,
+                    }),
+                })
             })
             .collect();
         webhooks::record(tx, &outbox).await?;
@@ -170,7 +267,7 @@ pub(crate) async fn chains<'c, D: Dialect>(
     rows.iter()
         .map(|row| {
             let id: String = D::get(row, "account_id")?;
-            Ok(AuditChain::Account(AccountId::from_trusted(id)))
+            Ok(AuditChain::from_id(id))
         })
         .collect()
 }

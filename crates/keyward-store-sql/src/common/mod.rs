@@ -16,7 +16,8 @@ use std::future::Future;
 use async_trait::async_trait;
 use keyward_core::leak::LeakResponse;
 use keyward_core::{
-    AccountId, ExternalId, KeyDigest, KeyId, Limits, OperatorId, PlanName, StoredStatus, WebhookId,
+    AccountId, AccountStatus, ExternalId, KeyDigest, KeyId, Limits, OperatorId, PlanName, StoredStatus,
+    WebhookId,
 };
 use keyward_store::{
     Account, AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditAction, AuditChain,
@@ -152,7 +153,8 @@ pub(crate) async fn insert_keys<B: Backend>(
     commit(tx).await
 }
 
-/// Inserts an account, its first key and that key's `key.created` event.
+/// Inserts an account with its `account.created` event (operator log), its first key and
+/// that key's `key.created` event.
 async fn insert_account<D: Dialect>(
     tx: &mut Tx<D>,
     account: &Account,
@@ -178,7 +180,30 @@ async fn insert_account<D: Dialect>(
     .arg(ts(account.created_at))
     .run(on(tx))
     .await?;
-    insert_new_keys(tx, &[(first_key, audit)]).await
+    let created = AuditContext {
+        changes: serde_json::json!({
+            "name": account.name,
+            "plan": account.plan.as_str(),
+            "external_id": account.external_id.as_ref().map(ExternalId::as_str),
+            "metadata": account.metadata.as_map(),
+            "first_key_id": first_key.key_id.as_str(),
+        }),
+        ..audit.clone()
+    };
+    audit::insert_operator_event(
+        tx,
+        AuditAction::AccountCreated,
+        Some(&account.account_id),
+        &created,
+    )
+    .await?;
+    // The first key is part of the account's creation: its `key.created` goes to the
+    // account's log, and the operator log has it in `account.created`.
+    let first = AuditContext {
+        operator: None,
+        ..audit.clone()
+    };
+    insert_new_keys(tx, &[(first_key, &first)]).await
 }
 
 /// `Conflict` unless the plan table holds `plan`.
@@ -211,14 +236,81 @@ async fn forget_account<B: Backend>(
     Ok(digests)
 }
 
-/// Runs an update of a row that returns it: `NotFound` if it returns none.
-async fn found<B: Backend>(backend: &B, update: sql::Query<'_, B::Db>) -> StoreResult<()> {
-    let mut tx = backend.begin().await?;
-    update
-        .optional(on(&mut tx))
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    commit(tx).await
+/// The events of an account's change (API.md: `account.suspended` or `account.resumed`
+/// for a status it did not have, `account.updated` for the other fields), in its log and
+/// the operator log.
+async fn account_events<D: Dialect>(
+    tx: &mut Tx<D>,
+    account_id: &AccountId,
+    patch: &AccountPatch,
+    changed_status: Option<AccountStatus>,
+    audit: &AuditContext,
+) -> StoreResult<()> {
+    if let Some(status) = changed_status {
+        let action = match status {
+            AccountStatus::Suspended => AuditAction::AccountSuspended,
+            AccountStatus::Active => AuditAction::AccountResumed,
+        };
+        let context = AuditContext {
+            changes: serde_json::json!({ "status": status.as_str() }),
+            ..audit.clone()
+        };
+        audit::insert_operator_event(tx, action, Some(account_id), &context).await?;
+    }
+    let others = AccountPatch {
+        status: None,
+        ..patch.clone()
+    };
+    let changes = others.changes();
+    if changes.as_object().is_some_and(|c| !c.is_empty()) {
+        let context = AuditContext {
+            changes,
+            ..audit.clone()
+        };
+        audit::insert_operator_event(tx, AuditAction::AccountUpdated, Some(account_id), &context)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes an account's keys (and their secrets), request history, usage counters,
+/// subscriptions with their deliveries, and its row; its audit events and chain stay.
+/// Returns the ids of the keys it revoked.
+async fn delete_account_rows<D: Dialect>(
+    tx: &mut Tx<D>,
+    account_id: &AccountId,
+) -> StoreResult<Vec<String>> {
+    let keys = sqlx::query("delete from api_key where account_id = $1 returning key_id")
+        .arg(account_id.as_str())
+        .all(on(tx))
+        .await?;
+    let mut key_ids = keys
+        .iter()
+        .map(|row| D::get(row, "key_id"))
+        .collect::<StoreResult<Vec<String>>>()?;
+    key_ids.sort_unstable();
+    let statements = [
+        "delete from request_log_run where last_id in \
+         (select last_id from request_log_span where account_id = $1)",
+        "delete from request_log_span where account_id = $1",
+        "delete from request_log_key_span where account_id = $1",
+        "delete from request_log_endpoint_span where account_id = $1",
+        "delete from usage_counter where account_id = $1",
+        "delete from usage_day where account_id = $1",
+        "delete from webhook_attempt where webhook_id in \
+         (select webhook_id from webhook where account_id = $1)",
+        "delete from webhook_delivery where webhook_id in \
+         (select webhook_id from webhook where account_id = $1)",
+        "delete from webhook where account_id = $1",
+        "delete from account where account_id = $1",
+    ];
+    for sql in statements {
+        sqlx::query(sql)
+            .arg(account_id.as_str())
+            .run(on(tx))
+            .await?;
+    }
+    Ok(key_ids)
 }
 
 #[async_trait]
@@ -326,8 +418,23 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         account_id: &AccountId,
         patch: &AccountPatch,
+        audit: &AuditContext,
     ) -> StoreResult<(AccountSummary, Vec<KeyDigest>)> {
         let mut tx = self.0.begin().await?;
+        // The status before the change, its row held to commit: a status set to the one
+        // the account has is no suspension or resumption.
+        let sql = format!(
+            "select status from account where account_id = $1{}",
+            B::Db::LOCK_FOR_CHANGE
+        );
+        let before: String = match sqlx::query(AssertSqlSafe(sql))
+            .arg(account_id.as_str())
+            .optional(on(&mut tx))
+            .await?
+        {
+            Some(row) => B::Db::get(&row, "status")?,
+            None => return Err(StoreError::NotFound),
+        };
         if let Some(plan) = &patch.plan {
             ensure_plan(&mut tx, plan).await?;
         }
@@ -375,24 +482,85 @@ impl<B: Backend> Store for SqlStore<B> {
             .one(on(&mut tx))
             .await?;
         let account = rows::account::<B::Db>(&row)?;
+        let changed_status = patch.status.filter(|s| s.as_str() != before);
+        account_events(&mut tx, account_id, patch, changed_status, audit).await?;
         commit(tx).await?;
         Ok((account, digests))
     }
 
-    async fn set_plan(&self, account_id: &AccountId, plan: &PlanName) -> StoreResult<()> {
+    async fn delete_account(
+        &self,
+        account_id: &AccountId,
+        audit: &AuditContext,
+    ) -> StoreResult<Vec<KeyDigest>> {
+        let mut tx = self.0.begin().await?;
+        // The account's row is held to commit, so that two deletions (or a deletion and a
+        // change) of one account on two nodes go one after the other.
+        let lock = format!(
+            "select account_id from account where account_id = $1{}",
+            B::Db::LOCK_FOR_CHANGE
+        );
+        sqlx::query(AssertSqlSafe(lock))
+            .arg(account_id.as_str())
+            .optional(on(&mut tx))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let sql = format!("{ACCOUNT_SELECT} where a.account_id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .arg(account_id.as_str())
+            .one(on(&mut tx))
+            .await?;
+        let summary = rows::account::<B::Db>(&row)?;
+        let digests = forget_account::<B>(&mut tx, account_id).await?;
+        let revoked = delete_account_rows(&mut tx, account_id).await?;
+        let account = &summary.account;
+        let deleted = AuditContext {
+            changes: serde_json::json!({
+                "name": account.name,
+                "external_id": account.external_id.as_ref().map(ExternalId::as_str),
+                "revoked_key_ids": revoked,
+            }),
+            ..audit.clone()
+        };
+        audit::insert_operator_event(
+            &mut tx,
+            AuditAction::AccountDeleted,
+            Some(account_id),
+            &deleted,
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(digests)
+    }
+
+    async fn set_plan(
+        &self,
+        account_id: &AccountId,
+        plan: &PlanName,
+        audit: &AuditContext,
+    ) -> StoreResult<()> {
         let patch = AccountPatch {
             plan: Some(plan.clone()),
             ..AccountPatch::default()
         };
-        self.update_account(account_id, &patch).await.map(drop)
+        self.update_account(account_id, &patch, audit)
+            .await
+            .map(drop)
     }
 
-    async fn set_limits(&self, account_id: &AccountId, overrides: Limits) -> StoreResult<()> {
+    async fn set_limits(
+        &self,
+        account_id: &AccountId,
+        overrides: Limits,
+        audit: &AuditContext,
+    ) -> StoreResult<()> {
         let patch = AccountPatch {
             overrides: Some(overrides),
             ..AccountPatch::default()
         };
-        self.update_account(account_id, &patch).await.map(drop)
+        self.update_account(account_id, &patch, audit)
+            .await
+            .map(drop)
     }
 
     async fn plans(&self) -> StoreResult<Vec<Plan>> {
@@ -401,7 +569,7 @@ impl<B: Backend> Store for SqlStore<B> {
         rows.iter().map(rows::plan::<B::Db>).collect()
     }
 
-    async fn put_plan(&self, plan: &Plan) -> StoreResult<Vec<KeyDigest>> {
+    async fn put_plan(&self, plan: &Plan, audit: &AuditContext) -> StoreResult<Vec<KeyDigest>> {
         let sql = "insert into plan (name, per_minute, per_day, per_month) \
                    values ($1, $2, $3, $4) on conflict (name) do update set \
                    per_minute = excluded.per_minute, per_day = excluded.per_day, \
@@ -424,11 +592,21 @@ impl<B: Backend> Store for SqlStore<B> {
             let account_id = AccountId::from_trusted(B::Db::get(row, "account_id")?);
             digests.extend(forget_account::<B>(&mut tx, &account_id).await?);
         }
+        let updated = AuditContext {
+            changes: serde_json::json!({
+                "name": plan.name.as_str(),
+                "per_minute": limits.per_minute,
+                "per_day": limits.per_day,
+                "per_month": limits.per_month,
+            }),
+            ..audit.clone()
+        };
+        audit::insert_operator_event(&mut tx, AuditAction::PlanUpdated, None, &updated).await?;
         commit(tx).await?;
         Ok(digests)
     }
 
-    async fn delete_plan(&self, name: &PlanName) -> StoreResult<()> {
+    async fn delete_plan(&self, name: &PlanName, audit: &AuditContext) -> StoreResult<()> {
         let mut tx = self.0.begin().await?;
         let used = sqlx::query("select account_id from account where plan = $1 limit 1");
         if used
@@ -445,10 +623,20 @@ impl<B: Backend> Store for SqlStore<B> {
             .optional(on(&mut tx))
             .await?
             .ok_or(StoreError::NotFound)?;
+        let deleted = AuditContext {
+            changes: serde_json::json!({ "name": name.as_str() }),
+            ..audit.clone()
+        };
+        audit::insert_operator_event(&mut tx, AuditAction::PlanDeleted, None, &deleted).await?;
         commit(tx).await
     }
 
-    async fn insert_operator(&self, operator: &Operator, secret: &NewSecret) -> StoreResult<()> {
+    async fn insert_operator(
+        &self,
+        operator: &Operator,
+        secret: &NewSecret,
+        audit: &AuditContext,
+    ) -> StoreResult<()> {
         let mut tx = self.0.begin().await?;
         sqlx::query(
             "insert into operator (operator_id, name, digest, hint, created_at) \
@@ -461,6 +649,15 @@ impl<B: Backend> Store for SqlStore<B> {
         .arg(ts(operator.created_at))
         .run(on(&mut tx))
         .await?;
+        let created = AuditContext {
+            changes: serde_json::json!({
+                "operator_id": operator.operator_id.as_str(),
+                "name": operator.name,
+                "hint": secret.hint,
+            }),
+            ..audit.clone()
+        };
+        audit::insert_operator_event(&mut tx, AuditAction::OperatorCreated, None, &created).await?;
         commit(tx).await
     }
 
@@ -470,9 +667,25 @@ impl<B: Backend> Store for SqlStore<B> {
         rows.iter().map(rows::operator::<B::Db>).collect()
     }
 
-    async fn revoke_operator(&self, operator_id: &OperatorId) -> StoreResult<()> {
-        let sql = "delete from operator where operator_id = $1 returning operator_id";
-        found(&self.0, sqlx::query(sql).arg(operator_id.as_str())).await
+    async fn revoke_operator(
+        &self,
+        operator_id: &OperatorId,
+        audit: &AuditContext,
+    ) -> StoreResult<()> {
+        let mut tx = self.0.begin().await?;
+        let sql = "delete from operator where operator_id = $1 returning name";
+        let row = sqlx::query(sql)
+            .arg(operator_id.as_str())
+            .optional(on(&mut tx))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let name: String = B::Db::get(&row, "name")?;
+        let revoked = AuditContext {
+            changes: serde_json::json!({ "operator_id": operator_id.as_str(), "name": name }),
+            ..audit.clone()
+        };
+        audit::insert_operator_event(&mut tx, AuditAction::OperatorRevoked, None, &revoked).await?;
+        commit(tx).await
     }
 
     async fn operator_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<Operator>> {
@@ -690,14 +903,14 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn audit_log(
         &self,
-        account_id: &AccountId,
+        chain: &AuditChain,
         query: &PageQuery,
     ) -> StoreResult<Vec<AuditEvent>> {
         let mut qb = QueryBuilder::<B::Db>::new(format!(
             "select {} from audit_event where account_id = ",
             audit::AUDIT_COLUMNS
         ));
-        qb.push_arg(account_id.as_str());
+        qb.push_arg(chain.id().to_owned());
         if let Some(before) = query.before {
             qb.push(" and audit_event_id < ").push_arg(before);
         }

@@ -131,7 +131,7 @@ pub(crate) fn audit_event<D: Sql>(row: &D::Row) -> StoreResult<AuditEvent> {
         seq: D::get(row, "audit_event_id")?,
         time: from_ts(D::get(row, "time")?)?,
         action: AuditAction::parse(&action).ok_or_else(|| corrupt("stored action"))?,
-        actor_key_id: actor.map(KeyId::from_trusted),
+        actor_key_id: actor,
         key_id: key_id.map(KeyId::from_trusted),
         changes: serde_json::from_str(&changes)
             .map_err(|_| corrupt("stored changes are not JSON"))?,

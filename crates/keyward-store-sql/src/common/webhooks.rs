@@ -91,6 +91,23 @@ fn webhook_changes(webhook: &Webhook) -> serde_json::Value {
     })
 }
 
+/// The audit event of a subscription's creation or deletion: in its account's log, or
+/// for an operator's subscription in the operator log.
+async fn webhook_event<D: Dialect>(
+    tx: &mut Tx<D>,
+    action: AuditAction,
+    webhook: &Webhook,
+    context: &AuditContext,
+) -> StoreResult<()> {
+    match &webhook.account_id {
+        Some(account_id) => {
+            let event = [(account_id, None, context)];
+            audit::insert_events(tx, action, event.into_iter()).await
+        }
+        None => audit::insert_operator_event(tx, action, None, context).await,
+    }
+}
+
 /// [`keyward_store::Store::create_webhook`].
 pub(crate) async fn create<B: Backend>(
     backend: &B,
@@ -113,14 +130,11 @@ pub(crate) async fn create<B: Backend>(
     .arg(ts(webhook.created_at))
     .run(on(&mut tx))
     .await?;
-    if let Some(account_id) = &webhook.account_id {
-        let context = AuditContext {
-            changes: webhook_changes(webhook),
-            ..context.clone()
-        };
-        let event = [(account_id, None, &context)];
-        audit::insert_events(&mut tx, AuditAction::WebhookCreated, event.into_iter()).await?;
-    }
+    let context = AuditContext {
+        changes: webhook_changes(webhook),
+        ..context.clone()
+    };
+    webhook_event(&mut tx, AuditAction::WebhookCreated, webhook, &context).await?;
     commit(tx).await
 }
 
@@ -177,14 +191,11 @@ pub(crate) async fn delete<B: Backend>(
             .run(on(&mut tx))
             .await?;
     }
-    if let Some(account_id) = &webhook.account_id {
-        let context = AuditContext {
-            changes: webhook_changes(&webhook),
-            ..context.clone()
-        };
-        let event = [(account_id, None, &context)];
-        audit::insert_events(&mut tx, AuditAction::WebhookDeleted, event.into_iter()).await?;
-    }
+    let context = AuditContext {
+        changes: webhook_changes(&webhook),
+        ..context.clone()
+    };
+    webhook_event(&mut tx, AuditAction::WebhookDeleted, &webhook, &context).await?;
     commit(tx).await
 }
 

@@ -175,6 +175,7 @@ async fn a_deleted_database_file_makes_writes_and_readiness_unavailable() {
         .set_plan(
             &account.account_id,
             &keyward_core::PlanName::parse("pro").unwrap(),
+            &contract::audit(),
         )
         .await;
 

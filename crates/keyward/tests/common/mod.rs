@@ -31,6 +31,7 @@ use keyward_core::AccountId;
 use keyward_store::PageQuery;
 use keyward_test_support::{PG_URL_VAR, required_service_url, service_url};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
@@ -644,4 +645,70 @@ pub async fn eventually<C: Check>(
         );
         tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+/// 64 zeros: the `prev_hash` of a chain's first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash API.md defines, computed here without keyward's code: SHA-256 of
+/// `prev_hash` and the event's fields other than `hash`, keys sorted, no whitespace.
+/// (`serde_json`'s `Value` keeps objects sorted, and every value of these events is a
+/// string, an integer or `null`, whose compact JSON is already RFC 8785's.)
+pub fn expected_hash(event: &Value) -> String {
+    let mut fields = event.as_object().unwrap().clone();
+    fields.remove("hash");
+    let canonical = serde_json::to_string(&Value::Object(fields)).unwrap();
+    let prev = event["prev_hash"].as_str().unwrap();
+    hex(&Sha256::digest(format!("{prev}{canonical}").as_bytes()))
+}
+
+/// Runs `keyward audit verify` with `args`: whether it succeeded, and its output.
+pub fn verify(server: &Server, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["audit", "verify"];
+    all.extend_from_slice(args);
+    let out = server.cli(&all);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs one statement of plain SQL on the server's database, as someone with access to
+/// it (not through keyward) would.
+pub async fn tamper(server: &Server, sql: &str) {
+    use sqlx::Executor as _;
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if server.database_url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&server.database_url).await.unwrap();
+        pool.execute(sql).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&server.database_url)
+            .await
+            .unwrap();
+        pool.execute(sql).await.unwrap();
+        pool.close().await;
+    }
+}
+
+/// Makes an operator through the CLI: its id and key.
+pub fn create_operator(server: &Server, name: &str) -> (String, String) {
+    let out = server.cli(&["operators", "create", "--name", name, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["operator_id"].as_str().unwrap().to_owned(),
+        v["api_key"].as_str().unwrap().to_owned(),
+    )
 }
