@@ -59,6 +59,7 @@ impl EventType {
         Self::KeyUpdated,
         Self::KeyRotated,
         Self::KeyRevoked,
+        Self::KeyLeaked,
         Self::KeyExpiring,
         Self::KeyExpired,
         Self::AccountCreated,
@@ -388,5 +389,15 @@ mod tests {
         assert!(parse_events(&names(&["key.nope"]), account).is_err());
         assert!(parse_events(&names(&["account.created"]), account).is_err());
         assert!(parse_events(&names(&["account.created", "key.created"]), operator).is_ok());
+    }
+
+    #[test]
+    fn an_operator_may_subscribe_to_every_type_an_account_may_and_each_parses() {
+        for t in EventType::ACCOUNT_TYPES {
+            assert!(EventType::OPERATOR_TYPES.contains(t), "{}", t.as_str());
+        }
+        for t in EventType::OPERATOR_TYPES {
+            assert_eq!(EventType::parse(t.as_str()), Some(*t));
+        }
     }
 }

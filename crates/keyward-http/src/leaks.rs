@@ -10,7 +10,7 @@
 
 use keyward_core::leak::LeakResponse;
 use keyward_core::{KeyId, KeyName, KeySecret, StoredStatus, hint_of};
-use keyward_store::{ApiKey, AuditContext, AuthRecord, StoreError};
+use keyward_store::{ApiKey, AuditContext, AuthRecord, OperatorActor, StoreError};
 use serde::Serialize;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -28,6 +28,9 @@ const TRIES: usize = 5;
 pub struct LeakReport<'a> {
     /// Where the strings were found, in the reporter's words.
     pub source: Option<&'a str>,
+    /// Who reported it: an operator, or a scanner's signed request. The `key.leaked`
+    /// event goes to the operator log too, with this actor.
+    pub reporter: &'a OperatorActor,
     /// The request.
     pub request_id: &'a str,
     /// The request's time.
@@ -206,6 +209,7 @@ fn leak_audit(
 ) -> AuditContext {
     AuditContext {
         actor_key_id: None,
+        operator: Some(report.reporter.clone()),
         request_id: report.request_id.to_owned(),
         time: report.now,
         changes: json!({

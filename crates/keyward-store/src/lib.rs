@@ -393,15 +393,17 @@ pub enum OperatorActor {
     Api(OperatorId),
     /// A `keyward` command (or `serve`'s bootstrap).
     Cli,
+    /// A report signed by a secret scanning partner (GitHub), acted on by keyward itself.
+    Scanner,
 }
 
 impl OperatorActor {
-    /// The operator's id (`op_…`), or `None` for the CLI.
+    /// The operator's id (`op_…`), or `None` for the CLI and a scanner.
     #[must_use]
     pub fn id(&self) -> Option<&str> {
         match self {
             Self::Api(id) => Some(id.as_str()),
-            Self::Cli => None,
+            Self::Cli | Self::Scanner => None,
         }
     }
 }

@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_core::leak::{self, MAX_LEAKED_KEYS};
-use keyward_core::{AccountId, KeyName, Limits, timefmt};
+use keyward_core::{AccountId, Limits, timefmt};
 use keyward_store::{
-    AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditChain, AuditContext, Plan,
+    AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditChain, OperatorActor, Plan,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -677,8 +677,10 @@ pub async fn report_leaked_keys(
         .as_deref()
         .map(|raw| leak::parse_url(raw).map_err(|e| ApiError::validation("url", e.0)))
         .transpose()?;
+    let reporter = OperatorActor::Api(caller.operator.operator_id.clone());
     let report = LeakReport {
         source: source.as_deref(),
+        reporter: &reporter,
         request_id: caller.request_id(),
         now: caller.now(),
     };

@@ -8,6 +8,7 @@ use axum::extract::{FromRequest as _, Request, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use keyward_core::leak::{self, MAX_LEAKED_KEYS, SignatureError};
+use keyward_store::OperatorActor;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -112,6 +113,7 @@ pub async fn github(State(state): State<AppState>, req: Request) -> Result<Respo
     }
     let report = LeakReport {
         source: Some(SOURCE),
+        reporter: &OperatorActor::Scanner,
         request_id: ctx.request_id.as_str(),
         now: ctx.arrived,
     };
