@@ -26,6 +26,8 @@ pub enum EventType {
     KeyExpiring,
     /// A key's `expires_at` passed.
     KeyExpired,
+    /// A charge took a key's credits to 0 (or a request found them at 0).
+    CreditsExhausted,
 }
 
 impl EventType {
@@ -37,6 +39,7 @@ impl EventType {
         Self::KeyRevoked,
         Self::KeyExpiring,
         Self::KeyExpired,
+        Self::CreditsExhausted,
     ];
 
     /// Its name on the wire.
@@ -49,6 +52,7 @@ impl EventType {
             Self::KeyRevoked => "key.revoked",
             Self::KeyExpiring => "key.expiring",
             Self::KeyExpired => "key.expired",
+            Self::CreditsExhausted => "credits.exhausted",
         }
     }
 

@@ -9,6 +9,7 @@ use keyward_core::{AccountId, KeyDigest, KeyId, KeyPrefix};
 use keyward_ratelimit::RateLimiter;
 use keyward_store::Store;
 use keyward_workers::Meter;
+use keyward_workers::credits::ExhaustionReports;
 use time::OffsetDateTime;
 use ulid::Ulid;
 
@@ -58,6 +59,9 @@ pub struct Shared {
     /// Whether webhook targets may be private or loopback addresses
     /// (`--webhooks-allow-private`).
     pub(crate) webhooks_allow_private: bool,
+    /// Where the request path reports a key found with no credits left (`None`: not
+    /// reported, and no `credits.exhausted` event is made).
+    pub(crate) exhaustions: Option<ExhaustionReports>,
     ids: Mutex<ulid::Generator>,
     /// Set once the server stops accepting connections: `/readyz` then answers `503`.
     draining: AtomicBool,
@@ -89,6 +93,7 @@ pub struct AppStateBuilder {
     trusted_proxies: Vec<IpNet>,
     clock_offset: time::Duration,
     webhooks_allow_private: bool,
+    exhaustions: Option<ExhaustionReports>,
 }
 
 impl AppStateBuilder {
@@ -108,6 +113,7 @@ impl AppStateBuilder {
             trusted_proxies: Vec::new(),
             clock_offset: time::Duration::ZERO,
             webhooks_allow_private: false,
+            exhaustions: None,
         }
     }
 
@@ -168,6 +174,13 @@ impl AppStateBuilder {
         self
     }
 
+    /// Where keys found with no credits left are reported, for `credits.exhausted`.
+    #[must_use]
+    pub fn exhaustions(mut self, reports: ExhaustionReports) -> Self {
+        self.exhaustions = Some(reports);
+        self
+    }
+
     /// Most keys the authentication cache holds.
     #[must_use]
     pub fn key_cache_capacity(mut self, entries: u64) -> Self {
@@ -197,6 +210,7 @@ impl AppStateBuilder {
             trusted_proxies: self.trusted_proxies,
             clock_offset: self.clock_offset,
             webhooks_allow_private: self.webhooks_allow_private,
+            exhaustions: self.exhaustions,
             ids: Mutex::new(ulid::Generator::new()),
             draining: AtomicBool::new(false),
         }))

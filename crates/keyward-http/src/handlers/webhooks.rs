@@ -31,7 +31,7 @@ pub struct CreateWebhookRequest {
     #[schema(max_length = 2048)]
     pub url: String,
     /// The event types to receive: `key.created`, `key.updated`, `key.rotated`,
-    /// `key.revoked`, `key.expiring`, `key.expired`.
+    /// `key.revoked`, `key.expiring`, `key.expired`, `credits.exhausted`.
     #[schema(min_items = 1)]
     pub events: Vec<String>,
     /// A note, up to 256 characters.
