@@ -506,7 +506,13 @@ async fn credits_run_out_once_per_balance_and_a_patch_that_sets_them_gives_a_sec
 
     // Act: a PATCH sets credits again; they run out again.
     let path = format!("/v1/api-keys/{key_id}");
-    let set = patch(&server, &account.api_key, &path, &json!({"credits": {"remaining": 1}})).await;
+    let set = patch(
+        &server,
+        &account.api_key,
+        &path,
+        &json!({"credits": {"remaining": 1}}),
+    )
+    .await;
     assert_eq!(set.status, 200, "{set:?}");
     assert_eq!(get(&server, &key, "/v1/api-keys").await.status, 200);
     assert_eq!(get(&server, &key, "/v1/api-keys").await.status, 429);
