@@ -44,6 +44,14 @@
 #   address, matches it, and is counted and charged in the key's windows and balance.
 #   Compare its validate row with the unlimited run's (the aim: at least 70 % of the
 #   bare server).
+# KEYWARD_BENCH_WEBHOOKS=1: every sampled account (callers and creators) also has one
+#   webhook subscription to every key event, whose receiver is a local nginx answering 200
+#   (keyward runs with --webhooks-allow-private), so every create also writes its event to
+#   the outbox and the dispatcher delivers it during the runs. Compare the create and mix
+#   rows with a run without it; the footer counts the deliveries the receiver got.
+# KEYWARD_BENCH_BIN runs another keyward binary than target/release/keyward (which is then
+#   not built); KEYWARD_BENCH_TOOLS names the directory of bare-server, seed-keys and
+#   seed-history (default target/release, built unless set).
 # Output: a Markdown table on stdout and in bench/out/<timestamp>/results.md (the directory
 #   is KEYWARD_BENCH_OUT if set), beside the raw wrk output and the captured bodies;
 #   progress goes to stderr.
@@ -81,7 +89,18 @@ callers=$((accounts / 2 < sample ? accounts / 2 : sample))
 keys_stored=$((accounts * 10))
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build --release --locked --bin keyward --bin bare-server --bin seed-keys --bin seed-history
+webhooks="${KEYWARD_BENCH_WEBHOOKS:-0}"
+case "$webhooks" in 0 | 1) ;; *) die "KEYWARD_BENCH_WEBHOOKS must be 0 or 1" ;; esac
+if [ "$webhooks" = 1 ]; then
+    nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+    [ -x "$nginx_bin" ] || { apt-get update -qq && apt-get install -y -qq nginx-core; nginx_bin=/usr/sbin/nginx; }
+fi
+keyward_bin="${KEYWARD_BENCH_BIN:-target/release/keyward}"
+tools="${KEYWARD_BENCH_TOOLS:-target/release}"
+build=()
+[ -n "${KEYWARD_BENCH_BIN:-}" ] || build+=(--bin keyward)
+[ -n "${KEYWARD_BENCH_TOOLS:-}" ] || build+=(--bin bare-server --bin seed-keys --bin seed-history)
+[ "${#build[@]}" -eq 0 ] || cargo build --release --locked "${build[@]}"
 
 out="${KEYWARD_BENCH_OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out"
@@ -125,17 +144,55 @@ limit_args=()
 if [ "$limits" = limited ]; then limit_args=(--limits 1000000000); fi
 if [ "$limits" = policies ]; then limit_args=(--limits 1000000000 --policies); fi
 seed_started="$(now_ms)"
-target/release/seed-keys "$db" "$accounts" 10 "$work/sample.txt" $((2 * callers)) "${limit_args[@]}"
-target/release/seed-history "$db" "$work/sample.txt" "$history_rows"
+"$tools/seed-keys" "$db" "$accounts" 10 "$work/sample.txt" $((2 * callers)) "${limit_args[@]}"
+"$tools/seed-history" "$db" "$work/sample.txt" "$history_rows"
 seed_ms=$(($(now_ms) - seed_started))
 # Alternate lines, so both sets are spread over the whole dataset.
 awk 'NR % 2 == 1' "$work/sample.txt" > "$work/callers.txt"
 awk 'NR % 2 == 0' "$work/sample.txt" > "$work/creators.txt"
 
-target/release/keyward serve --listen 127.0.0.1:0 --database-url "$db" --no-bootstrap 2> "$work/keyward.log" > /dev/null &
+webhook_args=()
+if [ "$webhooks" = 1 ]; then
+    webhook_args=(--webhooks-allow-private)
+    receiver_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    receiver="$work/receiver"
+    mkdir -p "$receiver"
+    cat > "$receiver/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $receiver/nginx.pid;
+error_log $receiver/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log $receiver/access.log;
+    client_body_temp_path $receiver/body;
+    proxy_temp_path $receiver/proxy;
+    fastcgi_temp_path $receiver/fastcgi;
+    uwsgi_temp_path $receiver/uwsgi;
+    scgi_temp_path $receiver/scgi;
+    server {
+        listen 127.0.0.1:$receiver_port;
+        location / { return 200; }
+    }
+}
+EOF
+    "$nginx_bin" -p "$receiver" -e "$receiver/error.log" -c "$receiver/nginx.conf" &
+    pids+=("$!")
+fi
+"$keyward_bin" serve --listen 127.0.0.1:0 --database-url "$db" --no-bootstrap "${webhook_args[@]}" 2> "$work/keyward.log" > /dev/null &
 keyward_pid=$!
 pids+=("$keyward_pid")
 keyward="$(wait_for "$work/keyward.log" "keyward listening on")"
+
+if [ "$webhooks" = 1 ]; then
+    # One subscription per sampled account, made with its first key (scope admin).
+    subscription="{\"url\":\"http://127.0.0.1:$receiver_port/hook\",\"events\":[\"key.created\",\"key.updated\",\"key.rotated\",\"key.revoked\",\"key.expiring\",\"key.expired\",\"credits.exhausted\"]}"
+    while read -r secret _; do
+        curl -sf --max-time 10 -o /dev/null -X POST "$keyward/v1/webhooks" -H "x-api-key: $secret" \
+            -H 'content-type: application/json' -d "$subscription" ||
+            { echo "subscribing a sampled account failed" >&2; exit 1; }
+    done < "$work/sample.txt"
+fi
 
 # The bare server's bodies are keyward's own answers to the first caller, taken once its
 # key's last_used has been flushed (at most a second), as it is during the runs.
@@ -160,7 +217,7 @@ fetch -X POST "$keyward/v1/api-keys" -H "x-api-key: $creator" -H 'content-type: 
 listed="$(grep -o '"key_id"' "$out/list.json" | wc -l)"
 [ "$listed" -eq 10 ] || { echo "expected 10 keys in the list body, got $listed" >&2; exit 1; }
 
-target/release/bare-server 127.0.0.1:0 "$out/list.json" "$out/validate.json" "$out/create.json" "$out/get.json" \
+"$tools/bare-server" 127.0.0.1:0 "$out/list.json" "$out/validate.json" "$out/create.json" "$out/get.json" \
     2> "$work/bare.log" &
 pids+=("$!")
 bare="$(wait_for "$work/bare.log" "bare-server listening on")"
@@ -224,5 +281,7 @@ median_of() {
         echo "| $s | $((bare_sum / rounds)) | $((keyward_sum / rounds)) | $ratio % | $(median_of bare "$s" p99_ms) | $(median_of keyward "$s" p50_ms) / $(median_of keyward "$s" p99_ms) / $(median_of keyward "$s" p999_ms) | $(sum_of keyward "$s" errors) | $every |"
     done
     echo
-    echo "$backend, $limits; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates); $rounds round(s) per scenario, rps the mean of the rounds, latencies the median; host steal during the runs: $steal %"
+    with_webhooks=""
+    [ "$webhooks" = 0 ] || with_webhooks=", a webhook subscription on each of the $((2 * callers)) sampled accounts ($(wc -l < "$receiver/access.log") deliveries received)"
+    echo "$backend, $limits$with_webhooks; keys stored: $keys_stored ($accounts accounts x 10); history rows seeded: $history_rows; seeding: $(awk -v ms="$seed_ms" 'BEGIN { printf "%.1f", ms / 1000 }') s; keyward peak RSS: $((rss_kib / 1024)) MiB; history rows flushed: ${flushed:-0}, dropped: ${dropped:-0}; wrk -t2 -c$connections -d${duration}s over $callers callers ($callers other accounts for creates); $rounds round(s) per scenario, rps the mean of the rounds, latencies the median; host steal during the runs: $steal %"
 } | tee "$out/results.md"

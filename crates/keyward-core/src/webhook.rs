@@ -28,6 +28,8 @@ pub enum EventType {
     KeyExpiring,
     /// A key's `expires_at` passed.
     KeyExpired,
+    /// A charge took a key's credits to 0 (or a request found them at 0).
+    CreditsExhausted,
     /// An account was created (operators' subscriptions only).
     AccountCreated,
     /// An account's name, plan, overrides, metadata or external id changed.
@@ -50,6 +52,7 @@ impl EventType {
         Self::KeyLeaked,
         Self::KeyExpiring,
         Self::KeyExpired,
+        Self::CreditsExhausted,
     ];
 
     /// Every type an operator's subscription may name: an account's, and the accounts'
@@ -62,6 +65,7 @@ impl EventType {
         Self::KeyLeaked,
         Self::KeyExpiring,
         Self::KeyExpired,
+        Self::CreditsExhausted,
         Self::AccountCreated,
         Self::AccountUpdated,
         Self::AccountSuspended,
@@ -80,6 +84,7 @@ impl EventType {
             Self::KeyLeaked => "key.leaked",
             Self::KeyExpiring => "key.expiring",
             Self::KeyExpired => "key.expired",
+            Self::CreditsExhausted => "credits.exhausted",
             Self::AccountCreated => "account.created",
             Self::AccountUpdated => "account.updated",
             Self::AccountSuspended => "account.suspended",

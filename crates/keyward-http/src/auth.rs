@@ -14,6 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 use keyward_core::{AccountStatus, KeySecret, KeyStatus, metric, policy};
 use keyward_ratelimit::{KeyCharge, RateDecision, Window};
+use keyward_workers::credits::Exhaustion;
 use time::OffsetDateTime;
 
 use crate::cache::key::CachedKey;
@@ -140,6 +141,9 @@ pub async fn check_policies<S: AsRef<str>>(
         return Ok(None);
     }
     let own = state.limiter.acquire_key(&charge, caller.now()).await;
+    if own.credits_remaining == Some(0) {
+        caller.report_exhaustion(state);
+    }
     // The headers show the account's windows, or the key's where it has only its own
     // or its own refused.
     let key_window_refused = matches!(own.refused_by, Some(Window::Minute | Window::Day));
@@ -319,6 +323,21 @@ impl Caller {
             limits: key.policies.rate_limit.unwrap_or_default(),
             credits: key.policies.credits.as_ref(),
             cost,
+        }
+    }
+
+    /// Reports the key's credits at 0 (taken to 0 by this request, or found there) for
+    /// `credits.exhausted`: a send on a bounded channel, never a wait or a storage call.
+    fn report_exhaustion(&self, state: &AppState) {
+        let key = &self.record.key;
+        if let (Some(reports), Some(credits)) = (&state.exhaustions, key.policies.credits) {
+            reports.report(Exhaustion {
+                account_id: key.account_id.clone(),
+                key_id: key.key_id.clone(),
+                name: key.name.as_ref().map(|n| n.as_str().to_owned()),
+                credits,
+                time: self.now(),
+            });
         }
     }
 

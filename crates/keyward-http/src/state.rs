@@ -10,6 +10,7 @@ use keyward_core::{AccountId, KeyDigest, KeyId, KeyPrefix};
 use keyward_ratelimit::RateLimiter;
 use keyward_store::Store;
 use keyward_workers::Meter;
+use keyward_workers::credits::ExhaustionReports;
 use time::OffsetDateTime;
 use ulid::Ulid;
 
@@ -64,6 +65,9 @@ pub struct Shared {
     /// GitHub secret scanning's public keys (`--github-scanning-keys`): with them,
     /// `POST /secret-scanning/github` is served.
     pub(crate) github_keys: Option<GithubKeys>,
+    /// Where the request path reports a key found with no credits left (`None`: not
+    /// reported, and no `credits.exhausted` event is made).
+    pub(crate) exhaustions: Option<ExhaustionReports>,
     ids: Mutex<ulid::Generator>,
     /// Set once the server stops accepting connections: `/readyz` then answers `503`.
     draining: AtomicBool,
@@ -97,6 +101,7 @@ pub struct AppStateBuilder {
     webhooks_allow_private: bool,
     on_leak: LeakResponse,
     github_keys: Option<GithubKeys>,
+    exhaustions: Option<ExhaustionReports>,
 }
 
 impl AppStateBuilder {
@@ -118,6 +123,7 @@ impl AppStateBuilder {
             webhooks_allow_private: false,
             on_leak: LeakResponse::default(),
             github_keys: None,
+            exhaustions: None,
         }
     }
 
@@ -193,6 +199,13 @@ impl AppStateBuilder {
         self
     }
 
+    /// Where keys found with no credits left are reported, for `credits.exhausted`.
+    #[must_use]
+    pub fn exhaustions(mut self, reports: ExhaustionReports) -> Self {
+        self.exhaustions = Some(reports);
+        self
+    }
+
     /// Most keys the authentication cache holds.
     #[must_use]
     pub fn key_cache_capacity(mut self, entries: u64) -> Self {
@@ -224,6 +237,7 @@ impl AppStateBuilder {
             webhooks_allow_private: self.webhooks_allow_private,
             on_leak: self.on_leak,
             github_keys: self.github_keys,
+            exhaustions: self.exhaustions,
             ids: Mutex::new(ulid::Generator::new()),
             draining: AtomicBool::new(false),
         }))

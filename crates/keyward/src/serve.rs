@@ -12,6 +12,7 @@ use keyward_http::{AppStateBuilder, router};
 use keyward_ratelimit::{LocalRateLimiter, RateLimiter, RedisRateLimiter, RedisRateLimiterOptions};
 use keyward_store::Store;
 use keyward_store_sql::KeyChange;
+use keyward_workers::credits::{ExhaustionReports, run_exhaustion_recorder};
 use keyward_workers::webhooks::{self, DispatchOptions};
 use keyward_workers::{Meter, run_meter, run_retention};
 use tokio_util::sync::CancellationToken;
@@ -213,6 +214,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Arc::new(LocalRateLimiter::with_usage(stored_usage)),
     };
     let render = crate::metrics::render(metrics.clone(), meter.clone());
+    let (exhaustions, exhaustion_reports) = ExhaustionReports::channel();
     let mut state = AppStateBuilder::new(dyn_store.clone(), meter.clone(), limiter.clone())
         .prefix(args.keys.prefix.clone())
         .body_limit(args.body_limit as usize)
@@ -221,7 +223,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .trusted_proxies(args.trusted_proxies.clone())
         .clock_offset(time::Duration::seconds(args.test_clock_offset))
         .webhooks_allow_private(args.webhooks_allow_private)
-        .on_leak(args.on_leak);
+        .on_leak(args.on_leak)
+        .exhaustions(exhaustions);
     // With a private metrics address, the public one answers `/metrics` with `404`.
     if metrics_listener.is_none() {
         state = state.metrics(render.clone());
@@ -296,6 +299,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dyn_store.clone(),
         webhook_client,
         dispatch,
+        cancel.clone(),
+    ));
+    let exhaustion_task = tokio::spawn(run_exhaustion_recorder(
+        dyn_store.clone(),
+        exhaustion_reports,
         cancel.clone(),
     ));
     let expiry_task = tokio::spawn(webhooks::run_expiry_scan(
@@ -382,6 +390,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ("upkeep", Some(upkeep_task)),
         ("webhook dispatcher", Some(dispatcher_task)),
         ("key expiry scan", Some(expiry_task)),
+        ("credits.exhausted recorder", Some(exhaustion_task)),
         ("key changes", follower_task),
         ("metrics listener", metrics_task),
     ];

@@ -1,6 +1,6 @@
 //! Events a platform builds on (API.md §Webhooks, §`GET /v1/audit-log`): signed webhook
 //! deliveries to a receiver the test runs, retried, surviving a kill -9, made once by two
-//! nodes; target URLs refused by the address rule; and the audit log's hash chain with
+//! nodes; `credits.exhausted` once per balance, on one node and on two sharing Redis; target URLs refused by the address rule; and the audit log's hash chain with
 //! `keyward audit verify`. Over real HTTP and the real CLI, on SQLite or PostgreSQL
 //! (`KEYWARD_TEST_BACKEND`).
 
@@ -18,9 +18,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::{
-    Account, GENESIS, Server, create_key, delete, eventually, expected_hash, get, post, send,
-    tamper, verify,
+    Account, GENESIS, Server, create_key, delete, eventually, expected_hash, get, patch, post,
+    send, tamper, verify,
 };
+use keyward_test_support::{REDIS_URL_VAR, service_url};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -437,6 +438,154 @@ async fn two_nodes_on_one_postgresql_deliver_each_event_once() {
     keys.sort();
     created.sort();
     assert_eq!(keys, created);
+}
+
+/// The `credits.exhausted` bodies delivered, each with its requests, by event id.
+fn exhaustions(receiver: &Receiver) -> HashMap<String, (Value, Vec<Received>)> {
+    receiver
+        .delivered()
+        .into_iter()
+        .filter_map(|(id, requests)| {
+            let body: Value = serde_json::from_str(&requests[0].body).unwrap();
+            (body["type"] == "credits.exhausted").then_some((id, (body, requests)))
+        })
+        .collect()
+}
+
+/// Waits until `n` `credits.exhausted` events have arrived; their bodies.
+async fn wait_for_exhaustions(receiver: &Receiver, n: usize) -> Vec<Value> {
+    eventually(
+        DELIVERY_WAIT,
+        format!("{n} credits.exhausted events"),
+        async || {
+            let got = exhaustions(receiver);
+            if got.len() >= n {
+                Ok(got.into_values().map(|(body, _)| body).collect::<Vec<_>>())
+            } else {
+                Err(got.len())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn credits_run_out_once_per_balance_and_a_patch_that_sets_them_gives_a_second_event() {
+    // Arrange: a key with 2 credits, a subscription to credits.exhausted only.
+    let server = Server::start_with(TEST_FLAGS);
+    let account = server.create_account("enterprise");
+    let (receiver, url) = Receiver::start(&[]).await;
+    let (_, secret) = subscribe(&server, &account, &url, &["credits.exhausted"]).await;
+    let (key_id, key) = create_key(
+        &server,
+        &account.api_key,
+        &json!({"name": "metered", "scopes": ["read"], "credits": {"remaining": 2}}),
+    )
+    .await;
+
+    // Act: three requests, the third refused; then more refusals at 0.
+    let statuses = [
+        get(&server, &key, "/v1/api-keys").await.status,
+        get(&server, &key, "/v1/api-keys").await.status,
+        get(&server, &key, "/v1/api-keys").await.status,
+    ];
+    for _ in 0..5 {
+        assert_eq!(get(&server, &key, "/v1/api-keys").await.status, 429);
+    }
+
+    // Assert: one event, signed, naming the key and no secret.
+    assert_eq!(statuses, [200, 200, 429]);
+    let first = wait_for_exhaustions(&receiver, 1).await;
+    assert_eq!(
+        first[0]["data"],
+        json!({
+            "account_id": account.account_id,
+            "key_id": key_id,
+            "name": "metered",
+            "refills_at": null,
+        })
+    );
+    assert!(first[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    // Act: a PATCH sets credits again; they run out again.
+    let path = format!("/v1/api-keys/{key_id}");
+    let set = patch(
+        &server,
+        &account.api_key,
+        &path,
+        &json!({"credits": {"remaining": 1}}),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{set:?}");
+    assert_eq!(get(&server, &key, "/v1/api-keys").await.status, 200);
+    assert_eq!(get(&server, &key, "/v1/api-keys").await.status, 429);
+
+    // Assert: a second event, and each event delivered once, signed.
+    wait_for_exhaustions(&receiver, 2).await;
+    let events = exhaustions(&receiver);
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (body, requests) in events.values() {
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert_signed(&requests[0], &secret);
+        assert_eq!(body["data"]["key_id"], json!(key_id));
+        for secret in [&key, &secret, &account.api_key] {
+            assert!(!requests[0].body.contains(secret.as_str()), "{body}");
+        }
+    }
+}
+
+/// Sends `n` validate calls at once, spread over `servers`; the number answered valid.
+async fn validate_at_once(servers: &[&Server], key: &str, n: usize) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let url = servers[i % servers.len()].url("/v1/api-keys/validate");
+        let key = key.to_owned();
+        tasks.spawn(async move { send(common::client().post(url).header("x-api-key", key)).await });
+    }
+    let replies = tasks.join_all().await;
+    assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
+    replies.iter().filter(|r| r.body["valid"] == true).count()
+}
+
+#[tokio::test]
+async fn two_nodes_sharing_redis_exhausting_one_key_together_make_one_event() {
+    // Arrange: two nodes on one PostgreSQL and one Redis.
+    let Some(redis) = service_url(REDIS_URL_VAR, "credits.exhausted on two nodes") else {
+        return;
+    };
+    let flags: Vec<&str> = TEST_FLAGS
+        .iter()
+        .copied()
+        .chain(["--redis-url", redis.as_str()])
+        .collect();
+    let Some(first) = Server::start_on_postgres("credits.exhausted on two nodes", &flags) else {
+        return;
+    };
+    let second = first.another_node(&flags);
+    let account = first.create_account("enterprise");
+    let (receiver, url) = Receiver::start(&[]).await;
+    subscribe(&first, &account, &url, &["credits.exhausted"]).await;
+    let credits = json!({"scopes": ["read"], "credits": {"remaining": 20}});
+    let (shared_id, shared) = create_key(&first, &account.api_key, &credits).await;
+    let one = json!({"scopes": ["read"], "credits": {"remaining": 1}});
+    let (_, last_first) = create_key(&first, &account.api_key, &one).await;
+    let (_, last_second) = create_key(&first, &account.api_key, &one).await;
+
+    // Act: 64 requests at once on both nodes spend the 20 credits and find them at 0;
+    // then each node exhausts a key of its own, reported after the shared key's.
+    assert_eq!(validate_at_once(&[&first, &second], &shared, 64).await, 20);
+    assert_eq!(validate_at_once(&[&first], &last_first, 2).await, 1);
+    assert_eq!(validate_at_once(&[&second], &last_second, 2).await, 1);
+
+    // Assert: three events, one for the shared key.
+    wait_for_exhaustions(&receiver, 3).await;
+    let events = exhaustions(&receiver);
+    let for_shared = events
+        .values()
+        .filter(|(body, _)| body["data"]["key_id"] == json!(shared_id))
+        .count();
+    assert_eq!(for_shared, 1, "{events:?}");
+    assert_eq!(events.len(), 3, "{events:?}");
 }
 
 #[tokio::test]

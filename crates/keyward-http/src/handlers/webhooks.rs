@@ -33,7 +33,8 @@ pub struct CreateWebhookRequest {
     #[schema(max_length = 2048)]
     pub url: String,
     /// The event types to receive: `key.created`, `key.updated`, `key.rotated`,
-    /// `key.revoked`, `key.leaked`, `key.expiring`, `key.expired`; an operator's subscription may also
+    /// `key.revoked`, `key.leaked`, `key.expiring`, `key.expired`,
+    /// `credits.exhausted`; an operator's subscription may also
     /// name `account.created`, `account.updated`, `account.suspended`, `account.resumed`
     /// and `account.deleted`.
     #[schema(min_items = 1)]
