@@ -767,7 +767,10 @@ pub async fn a_leaked_key_is_revoked_or_disabled_with_its_leak_event<S: Store>(s
             key_id: Some(key_id.clone()),
             ..PageQuery::default()
         };
-        let events = store.audit_log(&AuditChain::Account(acct.account_id.clone()), &page).await.unwrap();
+        let events = store
+            .audit_log(&AuditChain::Account(acct.account_id.clone()), &page)
+            .await
+            .unwrap();
         let actions: Vec<_> = events.iter().map(|e| e.action).collect();
         assert_eq!(actions, [AuditAction::Leaked, AuditAction::Created]);
     }

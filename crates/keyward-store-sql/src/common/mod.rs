@@ -16,8 +16,8 @@ use std::future::Future;
 use async_trait::async_trait;
 use keyward_core::leak::LeakResponse;
 use keyward_core::{
-    AccountId, AccountStatus, ExternalId, KeyDigest, KeyId, Limits, OperatorId, PlanName, StoredStatus,
-    WebhookId,
+    AccountId, AccountStatus, ExternalId, KeyDigest, KeyId, Limits, OperatorId, PlanName,
+    StoredStatus, WebhookId,
 };
 use keyward_store::{
     Account, AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditAction, AuditChain,
