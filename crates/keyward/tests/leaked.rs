@@ -194,6 +194,29 @@ async fn a_report_revokes_live_keys_and_answers_for_every_string_in_order() {
         !all.text.contains(&leaked),
         "the audit log never holds a secret"
     );
+    // The operator log has both revocations, with the operator as their actor.
+    let operator_log = get(&server, &op, "/operator/v1/audit-log?action=key.leaked").await;
+    assert_eq!(operator_log.status, 200, "{operator_log:?}");
+    let mut in_operator_log: Vec<&str> = operator_log.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(
+                e["actor_key_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("op_")),
+                "{e}"
+            );
+            assert_eq!(e["request_id"], r.header("x-request-id").unwrap());
+            e["key_id"].as_str().unwrap()
+        })
+        .collect();
+    in_operator_log.sort_unstable();
+    let mut revoked = [leaked_id.as_str(), other.key_id.as_str()];
+    revoked.sort_unstable();
+    assert_eq!(in_operator_log, revoked);
+    assert!(!operator_log.text.contains(&leaked));
     let logs = server.logs();
     assert!(!logs.contains(&leaked[3..]), "the logs never hold a secret");
 
@@ -503,6 +526,18 @@ async fn github_reports_signed_with_its_key_revoke_live_keys_and_label_each_toke
     assert_eq!(
         events[0]["changes"]["url"],
         "https://github.com/o/r/blob/abc/.env"
+    );
+    // In the operator log too, with no operator as its actor.
+    let op = operator_key(&server);
+    let operator_log = get(&server, &op, "/operator/v1/audit-log?action=key.leaked").await;
+    assert_eq!(operator_log.status, 200, "{operator_log:?}");
+    let in_operator_log = operator_log.body["events"].as_array().unwrap();
+    assert_eq!(in_operator_log.len(), 1, "{operator_log:?}");
+    assert_eq!(in_operator_log[0]["key_id"], key_id.as_str());
+    assert_eq!(in_operator_log[0]["actor_key_id"], Value::Null);
+    assert_eq!(
+        in_operator_log[0]["request_id"],
+        r.header("x-request-id").unwrap()
     );
     assert!(
         !server.logs().contains(&key[3..]),
