@@ -2,7 +2,7 @@
 //! Exact on one node; with several nodes, each counts its own share (the Redis limiter
 //! falls back to this one while Redis does not answer).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -139,6 +139,19 @@ impl AccountWindows {
     /// The window rule of the crate docs. A month limit counts from the month's count the
     /// limiter started ([`LocalRateLimiter`] does so before it asks).
     fn decide(&mut self, limits: Limits, now: OffsetDateTime, consume: bool) -> RateDecision {
+        self.decide_and(limits, now, consume, |_| true)
+    }
+
+    /// [`AccountWindows::decide`] for a request that something else must admit as well (a
+    /// key's credits): `also` is asked once, told whether the windows admit the request,
+    /// and the request is counted only if both do. The decision is the windows' own.
+    fn decide_and(
+        &mut self,
+        limits: Limits,
+        now: OffsetDateTime,
+        consume: bool,
+        also: impl FnOnce(bool) -> bool,
+    ) -> RateDecision {
         let now_ms = unix_ms(now);
         let month = month_number(now);
         let minute_bucket = self.minute.evict(now_ms);
@@ -159,7 +172,7 @@ impl AccountWindows {
             }
         }
         let allowed = refused.is_none();
-        if allowed && consume {
+        if also(allowed) && allowed && consume {
             if limits.per_minute.is_some() {
                 self.minute.add(minute_bucket);
             }
@@ -206,8 +219,10 @@ struct KeyState {
 /// Limits counted in this process: exact on one node; per node when there are several.
 #[derive(Debug, Default)]
 pub struct LocalRateLimiter {
-    accounts: Mutex<HashMap<AccountId, AccountWindows>>,
-    keys: Mutex<HashMap<KeyId, KeyState>>,
+    // foldhash rather than std's SipHash: the ids are keyward's own, which no caller
+    // can steer into collisions.
+    accounts: Mutex<foldhash::HashMap<AccountId, AccountWindows>>,
+    keys: Mutex<foldhash::HashMap<KeyId, KeyState>>,
     seeds: Arc<MonthSeeds>,
 }
 
@@ -307,30 +322,45 @@ impl LocalRateLimiter {
         } else {
             keys.get_mut(charge.key).unwrap_or(&mut scratch)
         };
-        let limited = !charge.limits.is_unlimited();
-        let mut refused_by = None;
-        let mut retry_after_secs = None;
-        if limited {
-            let windows = state.windows.get_or_insert_with(AccountWindows::new);
-            refused_by = windows.decide(charge.limits, now, false).refused_by;
-        }
+        let KeyState {
+            windows: key_windows,
+            credits: balance,
+        } = state;
         let mut credits_remaining = None;
-        if let Some(credits) = charge.credits {
-            // Refused by a window: the balance is shown, never taken.
-            let take = consume && refused_by.is_none();
-            let (after, covered) = credit_step(state.credits, credits, now, charge.cost, take);
-            if take || state.credits.is_some() {
-                state.credits = Some(after);
+        // The balance is shown always and taken only from a request the windows admit.
+        let mut take_credits = |windows_admit: bool| {
+            let Some(credits) = charge.credits else {
+                return true;
+            };
+            let take = consume && windows_admit;
+            let (after, covered) = credit_step(*balance, credits, now, charge.cost, take);
+            if take || balance.is_some() {
+                *balance = Some(after);
             }
             credits_remaining = Some(after.balance);
-            if refused_by.is_none() && !covered {
-                refused_by = Some(Refusal::Credits);
-                retry_after_secs = secs_until_refill(credits, now);
-            }
+            covered
+        };
+        let mut covered = true;
+        let windows = if charge.limits.is_unlimited() {
+            covered = take_credits(true);
+            None
+        } else {
+            let windows = key_windows.get_or_insert_with(AccountWindows::new);
+            Some(windows.decide_and(charge.limits, now, consume, |admit| {
+                covered = take_credits(admit);
+                covered
+            }))
+        };
+        let mut refused_by = windows.and_then(|w| w.refused_by);
+        let mut retry_after_secs = None;
+        if refused_by.is_none()
+            && !covered
+            && let Some(credits) = charge.credits
+        {
+            refused_by = Some(Refusal::Credits);
+            retry_after_secs = secs_until_refill(credits, now);
         }
-        let windows = limited.then(|| {
-            let windows = state.windows.get_or_insert_with(AccountWindows::new);
-            let mut shown = windows.decide(charge.limits, now, consume && refused_by.is_none());
+        let windows = windows.map(|mut shown| {
             // The windows' own verdict is the request's: the credits' refusal included.
             shown.allowed = refused_by.is_none();
             shown.refused_by = refused_by;
