@@ -1018,8 +1018,7 @@ pub async fn validate_api_key(
             cost: 1,
         };
         return match check_policies(&state, &caller, &checked).await {
-            Ok(None) => cached_validate_body(&caller),
-            Ok(Some(balance)) => valid_body(&caller, Some(balance)),
+            Ok(balance) => valid_body(&caller, balance),
             Err(refusal) => {
                 let (reason, retry_after) = validate_reason(&refusal);
                 Ok(invalid(reason, retry_after))
@@ -1068,7 +1067,7 @@ fn validate_reason(refusal: &Refusal) -> (&'static str, Option<u64>) {
     }
 }
 
-fn valid_response(caller: &Caller, credits_remaining: Option<u64>) -> ValidateResponse<'_> {
+fn valid_response(caller: &Caller) -> ValidateResponse<'_> {
     let key = &caller.record.key;
     ValidateResponse::Valid {
         valid: true,
@@ -1077,25 +1076,61 @@ fn valid_response(caller: &Caller, credits_remaining: Option<u64>) -> ValidateRe
         scopes: &key.scopes,
         metadata: key.metadata.as_map(),
         expires_at: key.expires_at,
-        credits_remaining,
+        credits_remaining: None,
     }
 }
 
-/// A valid answer with a credit balance, rendered for this request.
+/// A valid answer: the key's answer rendered once per cached key, with the balance after
+/// this request appended where the key has credits. `credits_remaining` is the answer's
+/// last field and absent from the cached bytes, so the balance goes before their closing
+/// brace, and no request renders the key again.
 fn valid_body(caller: &Caller, credits_remaining: Option<u64>) -> Result<Response, ApiError> {
-    Ok((
-        StatusCode::OK,
-        Json(valid_response(caller, credits_remaining)),
-    )
-        .into_response())
-}
-
-/// The valid answer of a key without credits, rendered once per cached key.
-fn cached_validate_body(caller: &Caller) -> Result<Response, ApiError> {
     let body = caller.record.validate_body(|_| {
-        serde_json::to_vec(&valid_response(caller, None))
+        serde_json::to_vec(&valid_response(caller))
             .map(Bytes::from)
             .map_err(ApiError::internal)
     })?;
-    Ok(rendered_json(body))
+    Ok(rendered_json(match credits_remaining {
+        None => body,
+        Some(balance) => with_balance(&body, balance),
+    }))
+}
+
+/// `body`, a JSON object, with `"credits_remaining": balance` as its last member.
+fn with_balance(body: &[u8], balance: u64) -> Bytes {
+    let open = body.strip_suffix(b"}").unwrap_or(body);
+    let mut spliced = Vec::with_capacity(open.len() + 48);
+    spliced.extend_from_slice(open);
+    spliced.extend_from_slice(b",\"credits_remaining\":");
+    // Writing a number into a vector cannot fail.
+    let _ = serde_json::to_writer(&mut spliced, &balance);
+    spliced.push(b'}');
+    Bytes::from(spliced)
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::ScopeSet;
+
+    use super::*;
+
+    #[test]
+    fn a_balance_spliced_into_the_cached_answer_is_what_serde_renders_with_it() {
+        let scopes = ScopeSet::parse(&["read", "videos:create"]).unwrap();
+        let metadata = serde_json::json!({"tier": "gold", "n": {"}": 1}});
+        let answer = |credits_remaining| ValidateResponse::Valid {
+            valid: true,
+            key_id: "key_01",
+            account_id: "acct_01",
+            scopes: &scopes,
+            metadata: metadata.as_object().unwrap(),
+            expires_at: None,
+            credits_remaining,
+        };
+        let cached = serde_json::to_vec(&answer(None)).unwrap();
+        for balance in [0, 7, u64::MAX] {
+            let rendered = serde_json::to_vec(&answer(Some(balance))).unwrap();
+            assert_eq!(with_balance(&cached, balance), rendered);
+        }
+    }
 }
