@@ -2,6 +2,7 @@
 //! the transaction of the change that causes them, one delivery row per subscription),
 //! claims of due deliveries, attempts, scan marks and pruning.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use keyward_core::webhook::EventType;
@@ -10,11 +11,11 @@ use keyward_store::{
     AuditAction, AuditContext, Delivery, DeliveryAttempt, OutboxEvent, StoreError, StoreResult,
     Webhook,
 };
-use sqlx::{AssertSqlSafe, Executor};
+use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::rows::{self, from_ts, ts};
-use super::sql::{Get, Statement, Tx, on};
+use super::sql::{Get, PushArg, Statement, Tx, on};
 use super::{Backend, Dialect, audit, commit};
 
 /// Records `events` for the subscriptions that want them, in the caller's transaction:
@@ -243,7 +244,8 @@ pub(crate) async fn attempts<B: Backend>(
     Ok(Some(attempts))
 }
 
-/// [`keyward_store::Store::claim_deliveries`].
+/// [`keyward_store::Store::claim_deliveries`]: one statement claims the rows, one more
+/// reads their subscriptions' URLs and secrets.
 pub(crate) async fn claim<B: Backend>(
     backend: &B,
     now: OffsetDateTime,
@@ -267,29 +269,61 @@ pub(crate) async fn claim<B: Backend>(
         .arg(i64::from(limit))
         .all(on(&mut tx))
         .await?;
+    let targets = targets::<B::Db>(&mut tx, &rows).await?;
+    commit(tx).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
         let webhook_id: String = <B::Db as Get<String>>::get(row, "webhook_id")?;
-        let target = sqlx::query("select url, secret from webhook where webhook_id = $1")
-            .arg(webhook_id.as_str())
-            .optional(on(&mut tx))
-            .await?;
         // A subscription deleted meanwhile took its deliveries with it.
-        let Some(target) = target else { continue };
+        let Some((url, secret)) = targets.get(&webhook_id) else {
+            continue;
+        };
         let attempts: i64 = <B::Db as Get<i64>>::get(row, "attempts")?;
         claimed.push(Delivery {
             delivery_id: <B::Db as Get<i64>>::get(row, "delivery_id")?,
             webhook_id: WebhookId::from_trusted(webhook_id),
-            url: <B::Db as Get<String>>::get(&target, "url")?,
-            secret: <B::Db as Get<String>>::get(&target, "secret")?,
+            url: url.clone(),
+            secret: secret.clone(),
             event_id: EventId::from_trusted(<B::Db as Get<String>>::get(row, "event_id")?),
             kind: <B::Db as Get<String>>::get(row, "type")?,
             payload: <B::Db as Get<String>>::get(row, "payload")?,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         });
     }
-    commit(tx).await?;
     Ok(claimed)
+}
+
+/// The URL and secret of each subscription the claimed `rows` name, in one query.
+async fn targets<D: Dialect>(
+    tx: &mut Tx<D>,
+    rows: &[D::Row],
+) -> StoreResult<HashMap<String, (String, String)>> {
+    let mut ids = rows
+        .iter()
+        .map(|row| D::get(row, "webhook_id"))
+        .collect::<StoreResult<Vec<String>>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    let Some((first, others)) = ids.split_first() else {
+        return Ok(HashMap::new());
+    };
+    let mut qb =
+        QueryBuilder::<D>::new("select webhook_id, url, secret from webhook where webhook_id in (");
+    qb.push_arg(first.as_str());
+    for id in others {
+        qb.push(", ").push_arg(id.as_str());
+    }
+    qb.push(")");
+    let found = qb.build().all(on(tx)).await?;
+    found
+        .iter()
+        .map(|row| {
+            Ok((
+                D::get(row, "webhook_id")?,
+                (D::get(row, "url")?, D::get(row, "secret")?),
+            ))
+        })
+        .collect()
 }
 
 /// [`keyward_store::Store::record_attempt`].
