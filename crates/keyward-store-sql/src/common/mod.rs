@@ -21,9 +21,9 @@ use keyward_core::{
 };
 use keyward_store::{
     Account, AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditAction, AuditChain,
-    AuditContext, AuditEvent, AuthRecord, Changed, Delivery, DeliveryAttempt, KeyPatch, KeyQuery,
-    MeterBatch, NewKey, NewSecret, Operator, OutboxEvent, PageQuery, Plan, RequestRecord, Store,
-    StoreError, StoreResult, Webhook,
+    AuditContext, AuditEvent, AuthRecord, Changed, Delivery, DeliveryAttempt, FinishedAttempt,
+    KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, Operator, OutboxEvent, PageQuery, Plan,
+    RequestRecord, Store, StoreError, StoreResult, Webhook,
 };
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
@@ -968,13 +968,8 @@ impl<B: Backend> Store for SqlStore<B> {
         webhooks::claim(&self.0, now, lease, limit).await
     }
 
-    async fn record_attempt(
-        &self,
-        delivery: &Delivery,
-        attempt: &DeliveryAttempt,
-        delivered: bool,
-    ) -> StoreResult<()> {
-        webhooks::record_attempt(&self.0, delivery, attempt, delivered).await
+    async fn record_attempts(&self, attempts: &[FinishedAttempt]) -> StoreResult<()> {
+        webhooks::record_attempts(&self.0, attempts).await
     }
 
     async fn record_scanned_events(&self, events: &[(String, OutboxEvent)]) -> StoreResult<u64> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use keyward_core::webhook::EventType;
 use keyward_core::{AccountId, EventId, KeyId, WebhookId};
 use keyward_store::{
-    AuditAction, AuditContext, Delivery, DeliveryAttempt, OutboxEvent, StoreError, StoreResult,
-    Webhook,
+    AuditAction, AuditContext, Delivery, DeliveryAttempt, FinishedAttempt, OutboxEvent, StoreError,
+    StoreResult, Webhook,
 };
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
@@ -326,46 +326,71 @@ async fn targets<D: Dialect>(
         .collect()
 }
 
-/// [`keyward_store::Store::record_attempt`].
-pub(crate) async fn record_attempt<B: Backend>(
+/// Attempt rows per insert: 7 parameters each, well under both databases' limit on a
+/// statement's parameters (SQLite's 32,766, PostgreSQL's 65,535).
+const ATTEMPTS_PER_INSERT: usize = 1_000;
+
+/// [`keyward_store::Store::record_attempts`]: one update per delivery and one insert of
+/// the attempt rows (per [`ATTEMPTS_PER_INSERT`]), in one transaction.
+pub(crate) async fn record_attempts<B: Backend>(
     backend: &B,
-    delivery: &Delivery,
-    attempt: &DeliveryAttempt,
-    delivered: bool,
+    finished: &[FinishedAttempt],
 ) -> StoreResult<()> {
-    let status = if delivered {
-        "delivered"
-    } else if attempt.next_attempt_at.is_some() {
-        "pending"
-    } else {
-        "failed"
-    };
-    let now = ts(attempt.time);
-    let next = attempt.next_attempt_at.map_or(now, ts);
+    if finished.is_empty() {
+        return Ok(());
+    }
     let mut tx = backend.begin().await?;
-    sqlx::query(
-        "update webhook_delivery set status = $1, attempts = attempts + 1, \
-         next_attempt_at = $2, lease_until = null, updated_at = $3 where delivery_id = $4",
-    )
-    .arg(status)
-    .arg(next)
-    .arg(now)
-    .arg(delivery.delivery_id)
-    .run(on(&mut tx))
-    .await?;
-    sqlx::query(
-        "insert into webhook_attempt (webhook_id, event_id, type, time, status, error, \
-         next_attempt_at) values ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .arg(delivery.webhook_id.as_str())
-    .arg(delivery.event_id.as_str())
-    .arg(delivery.kind.as_str())
-    .arg(now)
-    .arg(attempt.status.map(i64::from))
-    .arg(attempt.error.as_deref())
-    .arg(attempt.next_attempt_at.map(ts))
-    .run(on(&mut tx))
-    .await?;
+    for FinishedAttempt {
+        delivery_id,
+        attempt,
+        delivered,
+        ..
+    } in finished
+    {
+        let status = if *delivered {
+            "delivered"
+        } else if attempt.next_attempt_at.is_some() {
+            "pending"
+        } else {
+            "failed"
+        };
+        let now = ts(attempt.time);
+        sqlx::query(
+            "update webhook_delivery set status = $1, attempts = attempts + 1, \
+             next_attempt_at = $2, lease_until = null, updated_at = $3 where delivery_id = $4",
+        )
+        .arg(status)
+        .arg(attempt.next_attempt_at.map_or(now, ts))
+        .arg(now)
+        .arg(*delivery_id)
+        .run(on(&mut tx))
+        .await?;
+    }
+    for rows in finished.chunks(ATTEMPTS_PER_INSERT) {
+        let mut qb = QueryBuilder::<B::Db>::new(
+            "insert into webhook_attempt (webhook_id, event_id, type, time, status, error, \
+             next_attempt_at) values ",
+        );
+        for (i, finished) in rows.iter().enumerate() {
+            let attempt = &finished.attempt;
+            qb.push(if i == 0 { "(" } else { ", (" })
+                .push_arg(finished.webhook_id.as_str())
+                .push(", ")
+                .push_arg(attempt.event_id.as_str())
+                .push(", ")
+                .push_arg(attempt.kind.as_str())
+                .push(", ")
+                .push_arg(ts(attempt.time))
+                .push(", ")
+                .push_arg(attempt.status.map(i64::from))
+                .push(", ")
+                .push_arg(attempt.error.as_deref())
+                .push(", ")
+                .push_arg(attempt.next_attempt_at.map(ts))
+                .push(")");
+        }
+        qb.build().run(on(&mut tx)).await?;
+    }
     commit(tx).await
 }
 
