@@ -19,7 +19,7 @@ use keyward_core::{EventId, timefmt};
 use keyward_store::{Delivery, DeliveryAttempt, FinishedAttempt, OutboxEvent, Store};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Why a target may not be reached.
@@ -166,8 +166,8 @@ pub fn client(options: &DispatchOptions) -> Result<reqwest::Client, reqwest::Err
 type Finished = (FinishedAttempt, OwnedSemaphorePermit);
 
 /// Claims due deliveries and attempts them, at most `options.concurrency` at a time,
-/// until cancelled. It looks again every `options.poll`, and at once when a slot frees
-/// after all were taken.
+/// until cancelled. It looks again every `options.poll`, and at once when `enqueued` is
+/// told (this process committed new deliveries) or a slot frees after all were taken.
 /// Finished attempts go to one recorder, which writes whatever has arrived in one
 /// transaction ([`Store::record_attempts`]): a lone attempt at once, a batch under load.
 /// An attempt's slot is free again only once its record is written (or has failed).
@@ -179,6 +179,7 @@ pub async fn run_dispatcher(
     store: Arc<dyn Store>,
     client: reqwest::Client,
     options: DispatchOptions,
+    enqueued: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let concurrency = options.concurrency.max(1);
@@ -235,6 +236,7 @@ pub async fn run_dispatcher(
         }
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = enqueued.notified() => {}
             () = tokio::time::sleep(options.poll) => {}
         }
     }

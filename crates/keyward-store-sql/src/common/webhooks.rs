@@ -20,7 +20,9 @@ use super::{Backend, Dialect, audit, commit};
 
 /// Records `events` for the subscriptions that want them, in the caller's transaction:
 /// one pending delivery per event and subscription (the account's own, and every
-/// operator's), due at once. The one function every change that makes an event calls.
+/// operator's), due at once. The one function every change that makes an event calls,
+/// and the one insert into the outbox: a transaction it added deliveries to wakes this
+/// process's dispatcher when it commits ([`Tx::enqueued`]).
 pub(crate) async fn record<D: Dialect>(tx: &mut Tx<D>, events: &[OutboxEvent]) -> StoreResult<()> {
     if events.is_empty() {
         return Ok(());
@@ -34,11 +36,12 @@ pub(crate) async fn record<D: Dialect>(tx: &mut Tx<D>, events: &[OutboxEvent]) -
     for event in events {
         let pattern = format!("%\"{}\"%", event.kind.as_str());
         let now = ts(event.time);
-        sqlx::query(
+        let inserted = sqlx::query(
             "insert into webhook_delivery (webhook_id, account_id, event_id, type, payload, \
              status, attempts, next_attempt_at, updated_at) \
              select webhook_id, $1, $2, $3, $4, 'pending', 0, $5, $5 from webhook \
-             where (account_id = $1 or account_id is null) and events like $6",
+             where (account_id = $1 or account_id is null) and events like $6 \
+             returning delivery_id",
         )
         .arg(event.account_id.as_str())
         .arg(event.event_id.as_str())
@@ -46,8 +49,11 @@ pub(crate) async fn record<D: Dialect>(tx: &mut Tx<D>, events: &[OutboxEvent]) -
         .arg(event.payload())
         .arg(now)
         .arg(pattern)
-        .run(on(tx))
+        .all(on(tx))
         .await?;
+        if !inserted.is_empty() {
+            tx.enqueued();
+        }
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Behaviour of the shared code that the contract can't see from outside: how history is
 //! split into runs and spans, and what retention leaves of them; the rows a batch of
-//! webhook attempts leaves.
+//! webhook attempts leaves, and which commits wake the dispatcher.
 
+use std::pin::pin;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use keyward_core::webhook::EventType;
@@ -12,6 +14,7 @@ use keyward_store::{
 };
 use sqlx::AssertSqlSafe;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 use super::texts;
 use crate::SqlStore;
@@ -22,6 +25,7 @@ on_both_backends!(
     pruning_deletes_runs_with_no_rows_left,
     a_long_flush_is_split_into_runs,
     a_batch_of_attempts_is_recorded_whole,
+    only_commits_that_enqueue_deliveries_wake_the_dispatcher,
 );
 
 /// Retention deletes the runs that end before the oldest row left, and keeps a run
@@ -208,4 +212,45 @@ pub(super) async fn a_batch_of_attempts_is_recorded_whole<B: Backend>(store: &Sq
         .collect();
     due.sort_unstable();
     assert_eq!(again, due);
+}
+
+/// Whether `notify` holds a permit (taking it).
+fn told(notify: &Notify) -> bool {
+    let notified = pin!(notify.notified());
+    notified
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
+}
+
+/// A commit that enqueued deliveries tells [`SqlStore::deliveries_enqueued`]; a commit
+/// that made an event no subscription wants, or no event, does not.
+pub(super) async fn only_commits_that_enqueue_deliveries_wake_the_dispatcher<B: Backend>(
+    store: &SqlStore<B>,
+) {
+    let enqueued = store.deliveries_enqueued();
+    let (account, ..) = contract::seeded(store, "free").await;
+    let (other, ..) = contract::seeded(store, "free").await;
+    assert!(!told(&enqueued), "no subscription yet");
+
+    subscribe(store, Some(&account.account_id)).await;
+    assert!(
+        !told(&enqueued),
+        "a subscription's creation enqueues nothing"
+    );
+
+    create_key(store, &other.account_id).await;
+    assert!(
+        !told(&enqueued),
+        "another account's key is no event of the subscription's"
+    );
+
+    create_key(store, &account.account_id).await;
+    assert!(told(&enqueued), "a key of the subscribed account");
+    assert!(!told(&enqueued), "one permit per wake-up");
+
+    store
+        .claim_deliveries(contract::now(), Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert!(!told(&enqueued), "a claim enqueues nothing");
 }
