@@ -19,6 +19,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Executor, Postgres};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 use fail_fast::{FailFast, Probe};
 pub use follower::{
@@ -44,6 +45,8 @@ pub struct PgBackend {
     pool: PgPool,
     /// Key creations waiting for a group commit.
     creates: Arc<CreateQueue>,
+    /// Told after a commit that enqueued webhook deliveries.
+    outbox: Arc<Notify>,
     /// Ends a wait for a connection as soon as the server refuses connections.
     probe: Arc<Probe>,
 }
@@ -143,6 +146,7 @@ impl PgStore {
         Ok(Self(PgBackend {
             pool,
             creates: Arc::default(),
+            outbox: Arc::default(),
             probe,
         }))
     }
@@ -225,9 +229,13 @@ impl Backend for PgBackend {
         }
     }
 
-    async fn begin(&self) -> StoreResult<Tx<Postgres>> {
+    async fn begin_raw(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
         let begin = self.probe.race(&self.pool, self.pool.begin()).await;
         begin.map_err(map_err::<Postgres>)
+    }
+
+    fn outbox(&self) -> &Arc<Notify> {
+        &self.outbox
     }
 
     async fn key_changed(

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection as _, Executor, Sqlite};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::common::{
     Backend, CreateQueue, Dialect, SqlStore, Statement as _, Tx, commit, map_err, on, ts,
@@ -37,6 +37,8 @@ pub struct SqliteBackend {
     /// Stops the checkpoint task when sent to, or when the last clone of the store drops.
     stop_checkpoints: Arc<watch::Sender<()>>,
     creates: Arc<CreateQueue>,
+    /// Told after a commit that enqueued webhook deliveries.
+    outbox: Arc<Notify>,
     file: Arc<DbFile>,
 }
 
@@ -239,6 +241,7 @@ impl SqliteStore {
             checkpointer,
             stop_checkpoints: Arc::new(stop_checkpoints),
             creates: Arc::default(),
+            outbox: Arc::default(),
             file: Arc::new(file),
         }))
     }
@@ -380,12 +383,16 @@ impl Backend for SqliteBackend {
         self.file.check_space()
     }
 
-    async fn begin(&self) -> StoreResult<Tx<Sqlite>> {
+    async fn begin_raw(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
         self.file.check()?;
         // One writer connection: IMMEDIATE takes the write lock up front, so another
         // process (an operator command) makes us wait in busy_timeout, not fail.
         let begin = self.writer.begin_with("BEGIN IMMEDIATE").await;
         begin.map_err(map_err::<Sqlite>)
+    }
+
+    fn outbox(&self) -> &Arc<Notify> {
+        &self.outbox
     }
 
     /// Nothing to tell: this process's caches are the only ones.

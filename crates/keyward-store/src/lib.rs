@@ -24,7 +24,7 @@ pub mod runs;
 pub mod webhooks;
 
 pub use audit::{AuditChain, AuditItem, BrokenEvent, ChainBreak, ChainReport, verify_chain};
-pub use webhooks::{Delivery, DeliveryAttempt, OutboxEvent, Webhook};
+pub use webhooks::{Delivery, DeliveryAttempt, FinishedAttempt, OutboxEvent, Webhook};
 
 /// What can go wrong in storage, in terms callers can act on.
 #[derive(Debug, thiserror::Error)]
@@ -801,14 +801,11 @@ pub trait Store: Send + Sync + 'static {
         lease: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<Delivery>>;
-    /// Records an attempt of a claimed delivery: delivered (`next_attempt_at` `None` and a
-    /// 2xx status), due again at `next_attempt_at`, or failed for good.
-    async fn record_attempt(
-        &self,
-        delivery: &Delivery,
-        attempt: &DeliveryAttempt,
-        delivered: bool,
-    ) -> StoreResult<()>;
+    /// Records finished attempts of claimed deliveries in one transaction: on an error,
+    /// none of them. Each delivery counts one more attempt, loses its lease, and is
+    /// delivered (`delivered`), due again at its attempt's `next_attempt_at`, or else
+    /// failed for good; each attempt goes into its subscription's log, in the order given.
+    async fn record_attempts(&self, attempts: &[FinishedAttempt]) -> StoreResult<()>;
     /// Records events for subscribers now, each in a transaction with the mark that makes
     /// it once (`once_key`, e.g. the key, its expiry and the kind): an event whose mark
     /// exists is skipped, so nodes scanning together make it once. Returns how many it

@@ -93,3 +93,17 @@ pub struct DeliveryAttempt {
     /// When the next attempt is due (`None`: delivered, or failed for good).
     pub next_attempt_at: Option<OffsetDateTime>,
 }
+
+/// A finished attempt of a claimed delivery, to be recorded
+/// ([`crate::Store::record_attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedAttempt {
+    /// The delivery ([`Delivery::delivery_id`]).
+    pub delivery_id: i64,
+    /// The delivery's subscription.
+    pub webhook_id: WebhookId,
+    /// The attempt, as the delivery log shows it.
+    pub attempt: DeliveryAttempt,
+    /// Whether a 2xx came back: the delivery is done.
+    pub delivered: bool,
+}

@@ -4,9 +4,10 @@
 //! `key.expired` ([`run_expiry_scan`]).
 //!
 //! Deliveries are rows of the store (the outbox): a node claims due ones with a lease,
-//! sends each with Standard Webhooks headers, and records the attempt. A crash leaves a
-//! lease that runs out, and the delivery is due again; on PostgreSQL nodes claim with
-//! `skip locked`, so each delivery has one attempt at a time.
+//! sends each with Standard Webhooks headers, and records the attempts that finish
+//! together in one transaction. A crash leaves a lease that runs out, and the delivery is
+//! due again; on PostgreSQL nodes claim with `skip locked`, so each delivery has one
+//! attempt at a time.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -15,10 +16,10 @@ use std::time::Duration;
 
 use keyward_core::webhook::{self, EventType, Host, WebhookUrl, address_allowed};
 use keyward_core::{EventId, timefmt};
-use keyward_store::{Delivery, DeliveryAttempt, OutboxEvent, Store};
+use keyward_store::{Delivery, DeliveryAttempt, FinishedAttempt, OutboxEvent, Store};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Why a target may not be reached.
@@ -161,66 +162,137 @@ pub fn client(options: &DispatchOptions) -> Result<reqwest::Client, reqwest::Err
         .build()
 }
 
+/// An attempt's outcome on its way to the recorder, with the slot it holds until then.
+type Finished = (FinishedAttempt, OwnedSemaphorePermit);
+
 /// Claims due deliveries and attempts them, at most `options.concurrency` at a time,
-/// until cancelled. Attempts in flight at cancellation are dropped: their leases run out
-/// and another node, or the next start, makes them again.
+/// until cancelled. It looks again every `options.poll`, and at once when `enqueued` is
+/// told (this process committed new deliveries) or a slot frees after all were taken.
+/// Finished attempts go to one recorder, which writes whatever has arrived in one
+/// transaction ([`Store::record_attempts`]): a lone attempt at once, a batch under load.
+/// An attempt's slot is free again only once its record is written (or has failed).
+///
+/// At cancellation the recorder writes the attempts that have finished; attempts still in
+/// flight are dropped: their leases run out and another node, or the next start, makes
+/// them again.
 pub async fn run_dispatcher(
     store: Arc<dyn Store>,
     client: reqwest::Client,
     options: DispatchOptions,
+    enqueued: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(options.concurrency));
+    let concurrency = options.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let (finished, arrived) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(run_recorder(
+        store.clone(),
+        arrived,
+        concurrency,
+        cancel.clone(),
+    ));
     let options = Arc::new(options);
     loop {
         let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        if free == 0 {
+            // Every slot is taken: look again when one frees.
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = slots.acquire() => {}
+            }
+            continue;
+        }
         let mut claimed = 0;
-        if free > 0 {
-            match store
-                .claim_deliveries(OffsetDateTime::now_utc(), options.lease, free)
-                .await
-            {
-                Ok(deliveries) => {
-                    claimed = deliveries.len();
-                    for delivery in deliveries {
-                        let Ok(slot) = slots.clone().acquire_owned().await else {
-                            return;
-                        };
-                        let (store, client, options) =
-                            (store.clone(), client.clone(), options.clone());
-                        tokio::spawn(async move {
-                            attempt(store.as_ref(), &client, &options, &delivery).await;
-                            drop(slot);
-                        });
-                    }
+        match store
+            .claim_deliveries(OffsetDateTime::now_utc(), options.lease, free)
+            .await
+        {
+            Ok(deliveries) => {
+                claimed = deliveries.len();
+                for delivery in deliveries {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (client, options, finished) =
+                        (client.clone(), options.clone(), finished.clone());
+                    tokio::spawn(async move {
+                        let outcome = attempt(&client, &options, &delivery).await;
+                        // Closed only at cancellation: the lease runs out.
+                        let _ = finished.send((outcome, slot));
+                    });
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming webhook deliveries failed; will retry")
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming webhook deliveries failed; will retry")
             }
         }
         if claimed > 0 && claimed == free as usize {
             // A full claim: more may be due at once.
             tokio::task::yield_now().await;
             if cancel.is_cancelled() {
-                return;
+                break;
             }
             continue;
         }
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
+            () = enqueued.notified() => {}
             () = tokio::time::sleep(options.poll) => {}
         }
     }
+    drop(finished);
+    let _ = recorder.await;
 }
 
-/// Sends one delivery and records the attempt.
+/// Writes the attempts that have arrived on `arrived`, up to `most` in one
+/// [`Store::record_attempts`], until cancelled; then what has arrived, and no more.
+///
+/// Each attempt's slot is freed after its record is written, not when its response came:
+/// the lease keeps the delivery from a second claim either way, but slots held until
+/// then bound the attempts waiting for their record to the dispatcher's concurrency.
+/// Were slots freed earlier, a slow store (SQLite's one writer under load) would see
+/// claims go on beside a growing queue of records, which could outlast the leases: the
+/// delivery claimed and sent again while its first record is still to come.
+async fn run_recorder(
+    store: Arc<dyn Store>,
+    mut arrived: mpsc::UnboundedReceiver<Finished>,
+    most: usize,
+    cancel: CancellationToken,
+) {
+    let mut batch: Vec<Finished> = Vec::with_capacity(most);
+    loop {
+        let n = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                // What has arrived is written; attempts still in flight are dropped.
+                arrived.close();
+                arrived.recv_many(&mut batch, most).await
+            }
+            n = arrived.recv_many(&mut batch, most) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let (attempts, slots): (Vec<FinishedAttempt>, Vec<OwnedSemaphorePermit>) =
+            batch.drain(..).unzip();
+        if let Err(e) = store.record_attempts(&attempts).await {
+            // The leases run out and the deliveries are attempted again: at least once.
+            tracing::warn!(
+                error = %e,
+                attempts = attempts.len(),
+                "recording webhook attempts failed"
+            );
+        }
+        drop(slots);
+    }
+}
+
+/// Sends one delivery: the attempt to record.
 async fn attempt(
-    store: &dyn Store,
     client: &reqwest::Client,
     options: &DispatchOptions,
     delivery: &Delivery,
-) {
+) -> FinishedAttempt {
     let now = OffsetDateTime::now_utc();
     let (status, error) = match send(client, options, delivery, now).await {
         Ok(status) if (200..300).contains(&status) => (Some(status), None),
@@ -257,9 +329,11 @@ async fn attempt(
             "webhook delivery failed"
         );
     }
-    if let Err(e) = store.record_attempt(delivery, &record, delivered).await {
-        // The lease runs out and the delivery is attempted again: at least once.
-        tracing::warn!(error = %e, webhook = %delivery.webhook_id, "recording a webhook attempt failed");
+    FinishedAttempt {
+        delivery_id: delivery.delivery_id,
+        webhook_id: delivery.webhook_id.clone(),
+        attempt: record,
+        delivered,
     }
 }
 

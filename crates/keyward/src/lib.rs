@@ -81,6 +81,16 @@ impl Backend {
         }
     }
 
+    /// Told after each commit of this process that enqueued webhook deliveries: the
+    /// dispatcher's wake-up.
+    #[must_use]
+    pub fn deliveries_enqueued(&self) -> Arc<tokio::sync::Notify> {
+        match self {
+            Self::Sqlite(s) => s.deliveries_enqueued(),
+            Self::Postgres(s) => s.deliveries_enqueued(),
+        }
+    }
+
     /// Closes the pools, waiting for running statements.
     pub async fn close(&self) {
         match self {

@@ -299,6 +299,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dyn_store.clone(),
         webhook_client,
         dispatch,
+        backend.deliveries_enqueued(),
         cancel.clone(),
     ));
     let exhaustion_task = tokio::spawn(run_exhaustion_recorder(

@@ -12,6 +12,7 @@ mod webhooks;
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyward_core::leak::LeakResponse;
@@ -21,12 +22,13 @@ use keyward_core::{
 };
 use keyward_store::{
     Account, AccountPatch, AccountQuery, AccountSummary, ApiKey, AuditAction, AuditChain,
-    AuditContext, AuditEvent, AuthRecord, Changed, Delivery, DeliveryAttempt, KeyPatch, KeyQuery,
-    MeterBatch, NewKey, NewSecret, Operator, OutboxEvent, PageQuery, Plan, RequestRecord, Store,
-    StoreError, StoreResult, Webhook,
+    AuditContext, AuditEvent, AuthRecord, Changed, Delivery, DeliveryAttempt, FinishedAttempt,
+    KeyPatch, KeyQuery, MeterBatch, NewKey, NewSecret, Operator, OutboxEvent, PageQuery, Plan,
+    RequestRecord, Store, StoreError, StoreResult, Webhook,
 };
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 pub(crate) use creates::CreateQueue;
 #[cfg(test)]
@@ -76,8 +78,18 @@ pub(crate) trait Backend: Clone + Debug + Send + Sync + 'static {
     fn check_storage(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// Starts a write transaction.
-    fn begin(&self) -> impl Future<Output = StoreResult<Tx<Self::Db>>> + Send;
+    /// Starts a write transaction of the database ([`Backend::begin`] wraps it).
+    fn begin_raw(
+        &self,
+    ) -> impl Future<Output = StoreResult<sqlx::Transaction<'static, Self::Db>>> + Send;
+    /// Told after the commit of a transaction that enqueued webhook deliveries
+    /// ([`SqlStore::deliveries_enqueued`]).
+    fn outbox(&self) -> &Arc<Notify>;
+    /// Starts a write transaction, which tells [`Backend::outbox`] when it commits
+    /// having enqueued deliveries.
+    fn begin(&self) -> impl Future<Output = StoreResult<Tx<Self::Db>>> + Send {
+        async { Ok(Tx::new(self.begin_raw().await?, self.outbox())) }
+    }
     /// Called in a key change's transaction once the key's row is locked, with the
     /// digests it had: other nodes must drop them from their caches.
     fn key_changed(
@@ -97,6 +109,20 @@ pub(crate) trait Backend: Clone + Debug + Send + Sync + 'static {
 /// Cloning is cheap: clones share the connections.
 #[derive(Debug, Clone)]
 pub struct SqlStore<B>(pub(crate) B);
+
+#[expect(
+    private_bounds,
+    reason = "`Backend` is the crate's own; its stores are public"
+)]
+impl<B: Backend> SqlStore<B> {
+    /// Told (one stored permit, [`Notify::notify_one`]) after each commit of this store
+    /// that enqueued webhook deliveries, so that this process's dispatcher sends them at
+    /// once instead of at its next poll. Other nodes' deliveries are not announced here.
+    #[must_use]
+    pub fn deliveries_enqueued(&self) -> Arc<Notify> {
+        self.0.outbox().clone()
+    }
+}
 
 /// Maps a database error to what callers can act on.
 pub(crate) fn map_err<D: Dialect>(e: sqlx::Error) -> StoreError {
@@ -130,9 +156,14 @@ pub(crate) fn is_unavailable<D: Dialect>(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Commits `tx`.
+/// Commits `tx`; then, if it enqueued webhook deliveries, wakes the dispatcher.
 pub(crate) async fn commit<D: Dialect>(tx: Tx<D>) -> StoreResult<()> {
-    tx.commit().await.map_err(map_err::<D>)
+    let (tx, enqueued) = tx.into_parts();
+    tx.commit().await.map_err(map_err::<D>)?;
+    if let Some(outbox) = enqueued {
+        outbox.notify_one();
+    }
+    Ok(())
 }
 
 /// Inserts new keys with their events in one transaction of their own, durable when it
@@ -968,13 +999,8 @@ impl<B: Backend> Store for SqlStore<B> {
         webhooks::claim(&self.0, now, lease, limit).await
     }
 
-    async fn record_attempt(
-        &self,
-        delivery: &Delivery,
-        attempt: &DeliveryAttempt,
-        delivered: bool,
-    ) -> StoreResult<()> {
-        webhooks::record_attempt(&self.0, delivery, attempt, delivered).await
+    async fn record_attempts(&self, attempts: &[FinishedAttempt]) -> StoreResult<()> {
+        webhooks::record_attempts(&self.0, attempts).await
     }
 
     async fn record_scanned_events(&self, events: &[(String, OutboxEvent)]) -> StoreResult<u64> {

@@ -6,7 +6,11 @@
 //! turns each need into a method or supertrait of the database type itself, implemented
 //! once for every database that meets them, and the shared code asks for `D: Sql` alone.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
 use keyward_store::{StoreError, StoreResult};
+use tokio::sync::Notify;
 
 use super::{Dialect, map_err};
 use sqlx::{
@@ -16,8 +20,50 @@ use sqlx::{
 /// A shared statement of database `D`, with its values bound.
 pub(crate) type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments>;
 
-/// A write transaction of database `D`.
-pub(crate) type Tx<D> = sqlx::Transaction<'static, D>;
+/// A write transaction of database `D`. It knows whether it enqueued webhook deliveries
+/// ([`Tx::enqueued`]), so that [`super::commit`] wakes this process's dispatcher once
+/// they are committed.
+pub(crate) struct Tx<D: Database> {
+    tx: sqlx::Transaction<'static, D>,
+    outbox: Arc<Notify>,
+    enqueued: bool,
+}
+
+impl<D: Database> Tx<D> {
+    /// `tx`, which tells `outbox` when it commits having enqueued deliveries.
+    pub(crate) fn new(tx: sqlx::Transaction<'static, D>, outbox: &Arc<Notify>) -> Self {
+        Self {
+            tx,
+            outbox: outbox.clone(),
+            enqueued: false,
+        }
+    }
+
+    /// Notes that the transaction inserted webhook deliveries.
+    pub(crate) fn enqueued(&mut self) {
+        self.enqueued = true;
+    }
+
+    /// The sqlx transaction, and the signal to tell after it commits if it enqueued
+    /// deliveries.
+    pub(crate) fn into_parts(self) -> (sqlx::Transaction<'static, D>, Option<Arc<Notify>>) {
+        (self.tx, self.enqueued.then_some(self.outbox))
+    }
+}
+
+impl<D: Database> Deref for Tx<D> {
+    type Target = sqlx::Transaction<'static, D>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<D: Database> DerefMut for Tx<D> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
 
 /// A value a shared statement binds: one of the column types keyward stores.
 #[derive(Debug, Clone)]
@@ -185,5 +231,5 @@ impl<D: Dialect> Statement<D> for Query<'_, D> {
 
 /// `tx` as an executor: `on(&mut tx)`.
 pub(crate) fn on<D: Sql>(tx: &mut Tx<D>) -> impl Executor<'_, Database = D> {
-    D::conn(tx)
+    D::conn(&mut tx.tx)
 }

@@ -2,24 +2,27 @@
 //! the transaction of the change that causes them, one delivery row per subscription),
 //! claims of due deliveries, attempts, scan marks and pruning.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use keyward_core::webhook::EventType;
 use keyward_core::{AccountId, EventId, KeyId, WebhookId};
 use keyward_store::{
-    AuditAction, AuditContext, Delivery, DeliveryAttempt, OutboxEvent, StoreError, StoreResult,
-    Webhook,
+    AuditAction, AuditContext, Delivery, DeliveryAttempt, FinishedAttempt, OutboxEvent, StoreError,
+    StoreResult, Webhook,
 };
-use sqlx::{AssertSqlSafe, Executor};
+use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::rows::{self, from_ts, ts};
-use super::sql::{Get, Statement, Tx, on};
+use super::sql::{Get, PushArg, Statement, Tx, on};
 use super::{Backend, Dialect, audit, commit};
 
 /// Records `events` for the subscriptions that want them, in the caller's transaction:
 /// one pending delivery per event and subscription (the account's own, and every
-/// operator's), due at once. The one function every change that makes an event calls.
+/// operator's), due at once. The one function every change that makes an event calls,
+/// and the one insert into the outbox: a transaction it added deliveries to wakes this
+/// process's dispatcher when it commits ([`Tx::enqueued`]).
 pub(crate) async fn record<D: Dialect>(tx: &mut Tx<D>, events: &[OutboxEvent]) -> StoreResult<()> {
     if events.is_empty() {
         return Ok(());
@@ -33,11 +36,12 @@ pub(crate) async fn record<D: Dialect>(tx: &mut Tx<D>, events: &[OutboxEvent]) -
     for event in events {
         let pattern = format!("%\"{}\"%", event.kind.as_str());
         let now = ts(event.time);
-        sqlx::query(
+        let inserted = sqlx::query(
             "insert into webhook_delivery (webhook_id, account_id, event_id, type, payload, \
              status, attempts, next_attempt_at, updated_at) \
              select webhook_id, $1, $2, $3, $4, 'pending', 0, $5, $5 from webhook \
-             where (account_id = $1 or account_id is null) and events like $6",
+             where (account_id = $1 or account_id is null) and events like $6 \
+             returning delivery_id",
         )
         .arg(event.account_id.as_str())
         .arg(event.event_id.as_str())
@@ -45,8 +49,11 @@ pub(crate) async fn record<D: Dialect>(tx: &mut Tx<D>, events: &[OutboxEvent]) -
         .arg(event.payload())
         .arg(now)
         .arg(pattern)
-        .run(on(tx))
+        .all(on(tx))
         .await?;
+        if !inserted.is_empty() {
+            tx.enqueued();
+        }
     }
     Ok(())
 }
@@ -243,7 +250,8 @@ pub(crate) async fn attempts<B: Backend>(
     Ok(Some(attempts))
 }
 
-/// [`keyward_store::Store::claim_deliveries`].
+/// [`keyward_store::Store::claim_deliveries`]: one statement claims the rows, one more
+/// reads their subscriptions' URLs and secrets.
 pub(crate) async fn claim<B: Backend>(
     backend: &B,
     now: OffsetDateTime,
@@ -267,71 +275,128 @@ pub(crate) async fn claim<B: Backend>(
         .arg(i64::from(limit))
         .all(on(&mut tx))
         .await?;
+    let targets = targets::<B::Db>(&mut tx, &rows).await?;
+    commit(tx).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
         let webhook_id: String = <B::Db as Get<String>>::get(row, "webhook_id")?;
-        let target = sqlx::query("select url, secret from webhook where webhook_id = $1")
-            .arg(webhook_id.as_str())
-            .optional(on(&mut tx))
-            .await?;
         // A subscription deleted meanwhile took its deliveries with it.
-        let Some(target) = target else { continue };
+        let Some((url, secret)) = targets.get(&webhook_id) else {
+            continue;
+        };
         let attempts: i64 = <B::Db as Get<i64>>::get(row, "attempts")?;
         claimed.push(Delivery {
             delivery_id: <B::Db as Get<i64>>::get(row, "delivery_id")?,
             webhook_id: WebhookId::from_trusted(webhook_id),
-            url: <B::Db as Get<String>>::get(&target, "url")?,
-            secret: <B::Db as Get<String>>::get(&target, "secret")?,
+            url: url.clone(),
+            secret: secret.clone(),
             event_id: EventId::from_trusted(<B::Db as Get<String>>::get(row, "event_id")?),
             kind: <B::Db as Get<String>>::get(row, "type")?,
             payload: <B::Db as Get<String>>::get(row, "payload")?,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         });
     }
-    commit(tx).await?;
     Ok(claimed)
 }
 
-/// [`keyward_store::Store::record_attempt`].
-pub(crate) async fn record_attempt<B: Backend>(
-    backend: &B,
-    delivery: &Delivery,
-    attempt: &DeliveryAttempt,
-    delivered: bool,
-) -> StoreResult<()> {
-    let status = if delivered {
-        "delivered"
-    } else if attempt.next_attempt_at.is_some() {
-        "pending"
-    } else {
-        "failed"
+/// The URL and secret of each subscription the claimed `rows` name, in one query.
+async fn targets<D: Dialect>(
+    tx: &mut Tx<D>,
+    rows: &[D::Row],
+) -> StoreResult<HashMap<String, (String, String)>> {
+    let mut ids = rows
+        .iter()
+        .map(|row| D::get(row, "webhook_id"))
+        .collect::<StoreResult<Vec<String>>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    let Some((first, others)) = ids.split_first() else {
+        return Ok(HashMap::new());
     };
-    let now = ts(attempt.time);
-    let next = attempt.next_attempt_at.map_or(now, ts);
+    let mut qb =
+        QueryBuilder::<D>::new("select webhook_id, url, secret from webhook where webhook_id in (");
+    qb.push_arg(first.as_str());
+    for id in others {
+        qb.push(", ").push_arg(id.as_str());
+    }
+    qb.push(")");
+    let found = qb.build().all(on(tx)).await?;
+    found
+        .iter()
+        .map(|row| {
+            Ok((
+                D::get(row, "webhook_id")?,
+                (D::get(row, "url")?, D::get(row, "secret")?),
+            ))
+        })
+        .collect()
+}
+
+/// Attempt rows per insert: 7 parameters each, well under both databases' limit on a
+/// statement's parameters (SQLite's 32,766, PostgreSQL's 65,535).
+const ATTEMPTS_PER_INSERT: usize = 1_000;
+
+/// [`keyward_store::Store::record_attempts`]: one update per delivery and one insert of
+/// the attempt rows (per [`ATTEMPTS_PER_INSERT`]), in one transaction.
+pub(crate) async fn record_attempts<B: Backend>(
+    backend: &B,
+    finished: &[FinishedAttempt],
+) -> StoreResult<()> {
+    if finished.is_empty() {
+        return Ok(());
+    }
     let mut tx = backend.begin().await?;
-    sqlx::query(
-        "update webhook_delivery set status = $1, attempts = attempts + 1, \
-         next_attempt_at = $2, lease_until = null, updated_at = $3 where delivery_id = $4",
-    )
-    .arg(status)
-    .arg(next)
-    .arg(now)
-    .arg(delivery.delivery_id)
-    .run(on(&mut tx))
-    .await?;
-    sqlx::query(
-        "insert into webhook_attempt (webhook_id, event_id, type, time, status, error, \
-         next_attempt_at) values ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .arg(delivery.webhook_id.as_str())
-    .arg(delivery.event_id.as_str())
-    .arg(delivery.kind.as_str())
-    .arg(now)
-    .arg(attempt.status.map(i64::from))
-    .arg(attempt.error.as_deref())
-    .arg(attempt.next_attempt_at.map(ts))
-    .run(on(&mut tx))
-    .await?;
+    for FinishedAttempt {
+        delivery_id,
+        attempt,
+        delivered,
+        ..
+    } in finished
+    {
+        let status = if *delivered {
+            "delivered"
+        } else if attempt.next_attempt_at.is_some() {
+            "pending"
+        } else {
+            "failed"
+        };
+        let now = ts(attempt.time);
+        sqlx::query(
+            "update webhook_delivery set status = $1, attempts = attempts + 1, \
+             next_attempt_at = $2, lease_until = null, updated_at = $3 where delivery_id = $4",
+        )
+        .arg(status)
+        .arg(attempt.next_attempt_at.map_or(now, ts))
+        .arg(now)
+        .arg(*delivery_id)
+        .run(on(&mut tx))
+        .await?;
+    }
+    for rows in finished.chunks(ATTEMPTS_PER_INSERT) {
+        let mut qb = QueryBuilder::<B::Db>::new(
+            "insert into webhook_attempt (webhook_id, event_id, type, time, status, error, \
+             next_attempt_at) values ",
+        );
+        for (i, finished) in rows.iter().enumerate() {
+            let attempt = &finished.attempt;
+            qb.push(if i == 0 { "(" } else { ", (" })
+                .push_arg(finished.webhook_id.as_str())
+                .push(", ")
+                .push_arg(attempt.event_id.as_str())
+                .push(", ")
+                .push_arg(attempt.kind.as_str())
+                .push(", ")
+                .push_arg(ts(attempt.time))
+                .push(", ")
+                .push_arg(attempt.status.map(i64::from))
+                .push(", ")
+                .push_arg(attempt.error.as_deref())
+                .push(", ")
+                .push_arg(attempt.next_attempt_at.map(ts))
+                .push(")");
+        }
+        qb.build().run(on(&mut tx)).await?;
+    }
     commit(tx).await
 }
 

@@ -145,7 +145,7 @@ async fn a_transaction_sqlite_rolled_back_itself_does_not_block_later_writes() {
     // transaction itself, and the rollback sqlx sends when it is dropped then fails.
     let (store, _dir) = fresh_sqlite().await;
     let mut tx = store.0.begin().await.unwrap();
-    sqlx::query("rollback").execute(&mut *tx).await.unwrap();
+    sqlx::query("rollback").execute(&mut **tx).await.unwrap();
     drop(tx);
 
     // Act: the next write transactions, on the one writer connection there is.
