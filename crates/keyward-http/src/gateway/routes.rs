@@ -478,15 +478,22 @@ fn reaches_keyward_path(segments: &[Segment<'_>], own: &str) -> bool {
 
 /// Whether `path` has a `.` or `..` segment, plainly or percent-encoded (`%2e`).
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let dots = segment.replace("%2e", ".").replace("%2E", ".");
-        // Allocates only for a segment that holds a `%`.
-        if segment.contains('%') {
-            dots == "." || dots == ".."
-        } else {
-            segment == "." || segment == ".."
-        }
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// Whether a segment is `.` or `..`, each dot plain or percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() && dots < 3 {
+        rest = match rest {
+            [b'.', after @ ..] => after,
+            [b'%', b'2', b'e' | b'E', after @ ..] => after,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    rest.is_empty() && (dots == 1 || dots == 2)
 }
 
 #[cfg(test)]
@@ -540,6 +547,29 @@ path = "/v1/videos/latest"
         ] {
             assert!(table.find(&method, path).is_none(), "{method} {path}");
         }
+    }
+
+    #[test]
+    fn dot_segments_are_one_or_two_dots_each_plain_or_percent_encoded() {
+        for dots in [".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2E."] {
+            assert!(is_dot_segment(dots), "{dots}");
+        }
+        for other in [
+            "",
+            "...",
+            "%2e%2e%2e",
+            "a",
+            ".a",
+            "a.",
+            "%2",
+            "%2f",
+            "%252e",
+            "..%2e",
+        ] {
+            assert!(!is_dot_segment(other), "{other}");
+        }
+        assert!(has_dot_segment("/v1/%2E%2e/x"));
+        assert!(!has_dot_segment("/v1/videos/v1.mp4"));
     }
 
     #[test]
