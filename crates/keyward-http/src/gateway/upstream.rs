@@ -174,15 +174,25 @@ fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 
 }
 
 /// Removes the hop-by-hop headers from `headers`, and those its `connection` names.
+/// One pass over the headers finds them; most messages hold none, or only `connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::try_from(token.trim()).ok())
+    let mut hop_by_hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if hop_by_hop.is_empty() {
+        return;
+    }
+    hop_by_hop.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::try_from(token.trim()).ok()),
+    );
+    for name in hop_by_hop {
         headers.remove(name);
     }
 }
@@ -219,13 +229,17 @@ pub fn prepare_request(headers: &mut HeaderMap, request_id: &str, peer: Option<I
 
 /// Appends `value` to the list header `name`: one header, the earlier values first.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut joined: Vec<&str> = headers
+    let earlier: Vec<&str> = headers
         .get_all(&name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    joined.push(value);
-    if let Ok(value) = HeaderValue::from_str(&joined.join(", ")) {
+    let value = if earlier.is_empty() {
+        HeaderValue::from_str(value)
+    } else {
+        HeaderValue::from_str(&format!("{}, {value}", earlier.join(", ")))
+    };
+    if let Ok(value) = value {
         headers.insert(name, value);
     }
 }
