@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use keyward_core::{KeyDigest, metric};
 use keyward_store::{AuthRecord, Store, StoreResult};
 
@@ -21,14 +22,17 @@ pub struct KeyCache {
     cache: CoherentCache<KeyDigest, Arc<CachedKey>>,
 }
 
-/// A key as cached: its record, and its answer to `POST /v1/api-keys/validate` once
-/// rendered. That answer holds nothing that changes while the entry lives (any change
-/// of the key drops the entry; expiry and the end of a grace period refuse the key
-/// before the answer is used), and rendering it is a tenth of validate's instructions.
+/// A key as cached: its record and, once made, its answer to `POST
+/// /v1/api-keys/validate` and the values of the identity headers the gateway sends
+/// (`gateway::set_identity`). Neither holds anything that changes while the entry lives
+/// (any change of the key drops the entry; expiry and the end of a grace period refuse
+/// the key before they are used), and rendering the answer is a tenth of validate's
+/// instructions.
 #[derive(Debug)]
 pub struct CachedKey {
     record: AuthRecord,
     validate_body: OnceLock<Bytes>,
+    identity: OnceLock<[Option<HeaderValue>; 3]>,
 }
 
 impl CachedKey {
@@ -37,6 +41,7 @@ impl CachedKey {
         Self {
             record,
             validate_body: OnceLock::new(),
+            identity: OnceLock::new(),
         }
     }
 
@@ -52,6 +57,16 @@ impl CachedKey {
         // A concurrent first request may have set it: both rendered the same bytes.
         let _ = self.validate_body.set(body.clone());
         Ok(body)
+    }
+}
+
+impl CachedKey {
+    /// The identity headers' values, made by `make` the first time they are asked for.
+    pub(crate) fn identity(
+        &self,
+        make: impl FnOnce(&AuthRecord) -> [Option<HeaderValue>; 3],
+    ) -> &[Option<HeaderValue>; 3] {
+        self.identity.get_or_init(|| make(&self.record))
     }
 }
 

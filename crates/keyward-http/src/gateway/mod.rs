@@ -11,6 +11,8 @@ pub mod upstream;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use keyward_store::ApiKey;
 
+use crate::cache::key::CachedKey;
+
 pub use routes::{Route, RouteTable, RoutesError, UpstreamOutcome};
 pub use upstream::{Upstream, UpstreamError};
 
@@ -32,22 +34,32 @@ pub struct Gateway {
 
 /// Sets the identity headers of `key` in `headers`, replacing any of the same name.
 /// The caller removes every other `x-keyward-*` header a client sent
-/// ([`upstream::strip_request_headers`]).
-pub fn set_identity(headers: &mut HeaderMap, key: &ApiKey) {
+/// ([`upstream::prepare_request`]). The values are made once per cached key.
+pub fn set_identity(headers: &mut HeaderMap, key: &CachedKey) {
+    let values = key.identity(|record| identity_values(&record.key));
+    for (name, value) in [X_KEYWARD_ACCOUNT_ID, X_KEYWARD_KEY_ID, X_KEYWARD_SCOPES]
+        .into_iter()
+        .zip(values)
+    {
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
+/// The identity headers' values of `key`: its account, its id, its scopes
+/// comma-separated. Ids and scopes are ASCII by their formats, so each is a valid value.
+fn identity_values(key: &ApiKey) -> [Option<HeaderValue>; 3] {
     let scopes = key
         .scopes
         .iter()
         .map(keyward_core::Scope::as_str)
         .collect::<Vec<_>>()
         .join(",");
-    // Ids and scopes are ASCII by their formats, so each value is a valid header value.
-    for (name, value) in [
-        (X_KEYWARD_ACCOUNT_ID, key.account_id.as_str().to_owned()),
-        (X_KEYWARD_KEY_ID, key.key_id.as_str().to_owned()),
-        (X_KEYWARD_SCOPES, scopes),
-    ] {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(name, value);
-        }
-    }
+    [
+        key.account_id.as_str().to_owned(),
+        key.key_id.as_str().to_owned(),
+        scopes,
+    ]
+    .map(|value| HeaderValue::try_from(value).ok())
 }

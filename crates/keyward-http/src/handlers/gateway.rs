@@ -79,7 +79,7 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
         }
     }
     prepare_request(&mut parts.headers, caller.request_id(), peer);
-    set_identity(&mut parts.headers, &caller.record.key);
+    set_identity(&mut parts.headers, &caller.record);
     let target = parts.uri.clone();
     let started = Instant::now();
     let sent = upstream
@@ -144,7 +144,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request) -> Response 
         Err(e) => return e.into_response(),
     };
     let mut response = StatusCode::OK.into_response();
-    set_identity(response.headers_mut(), &caller.record.key);
+    set_identity(response.headers_mut(), &caller.record);
     response
 }
 
