@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -73,6 +73,10 @@ impl JsonBody {
 
 /// The whole body, reading no more than `limit` bytes of it.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyReadError> {
+    // A request without a body (validate's KonPro form) has nothing to collect.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let over_limit = std::error::Error::source(&e)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
