@@ -165,6 +165,8 @@ test('a created key shows its secret once, works, and is listed', async () => {
 
   const row = page.locator('[data-testid=keys] tbody tr', { hasText: 'browser made' });
   await row.waitFor();
+  // The dialog leaves on its `close` event, a task after the click: wait for it (or time out).
+  await page.getByTestId('secret').waitFor({ state: 'detached' });
   assert.equal(await page.getByTestId('secret').count(), 0);
   assert.ok(!(await page.content()).includes(secret), 'the secret is gone from the page');
   const check = await api('POST', '/v1/api-keys/validate', secret);
