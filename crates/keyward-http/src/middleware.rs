@@ -284,11 +284,6 @@ impl InFlight {
             let error = ApiError::new(code, message);
             response = with_json_body(response, &error.body(ctx.request_id.as_str()));
         }
-        let rate = ctx.rate();
-        // Room for the headers below at once, not by growing the map as they arrive.
-        response
-            .headers_mut()
-            .reserve(2 + if rate.is_some() { 3 } else { 0 });
         if let Ok(value) = HeaderValue::from_str(ctx.request_id.as_str()) {
             response.headers_mut().insert(X_REQUEST_ID, value);
         }
@@ -297,7 +292,7 @@ impl InFlight {
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
-        if let Some(rate) = rate {
+        if let Some(rate) = ctx.rate() {
             let headers = response.headers_mut();
             headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));

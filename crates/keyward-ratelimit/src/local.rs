@@ -340,16 +340,16 @@ impl LocalRateLimiter {
             credits_remaining = Some(after.balance);
             covered
         };
-        let mut covered = true;
-        let windows = if charge.limits.is_unlimited() {
-            covered = take_credits(true);
-            None
+        let (windows, covered) = if charge.limits.is_unlimited() {
+            (None, take_credits(true))
         } else {
+            let mut covered = true;
             let windows = key_windows.get_or_insert_with(AccountWindows::new);
-            Some(windows.decide_and(charge.limits, now, consume, |admit| {
+            let decision = windows.decide_and(charge.limits, now, consume, |admit| {
                 covered = take_credits(admit);
                 covered
-            }))
+            });
+            (Some(decision), covered)
         };
         let mut refused_by = windows.and_then(|w| w.refused_by);
         let mut retry_after_secs = None;

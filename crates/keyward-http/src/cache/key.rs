@@ -58,9 +58,7 @@ impl CachedKey {
         let _ = self.validate_body.set(body.clone());
         Ok(body)
     }
-}
 
-impl CachedKey {
     /// The identity headers' values, made by `make` the first time they are asked for.
     pub(crate) fn identity(
         &self,

@@ -14,6 +14,7 @@ use keyward_store::{
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
 
+use super::keys::push_rows;
 use super::rows::{self, from_ts, ts};
 use super::sql::{Get, PushArg, Statement, Tx, on};
 use super::{Backend, Dialect, audit, commit};
@@ -377,24 +378,21 @@ pub(crate) async fn record_attempts<B: Backend>(
             "insert into webhook_attempt (webhook_id, event_id, type, time, status, error, \
              next_attempt_at) values ",
         );
-        for (i, finished) in rows.iter().enumerate() {
-            let attempt = &finished.attempt;
-            qb.push(if i == 0 { "(" } else { ", (" })
-                .push_arg(finished.webhook_id.as_str())
-                .push(", ")
-                .push_arg(attempt.event_id.as_str())
-                .push(", ")
-                .push_arg(attempt.kind.as_str())
-                .push(", ")
-                .push_arg(ts(attempt.time))
-                .push(", ")
-                .push_arg(attempt.status.map(i64::from))
-                .push(", ")
-                .push_arg(attempt.error.as_deref())
-                .push(", ")
-                .push_arg(attempt.next_attempt_at.map(ts))
-                .push(")");
-        }
+        push_rows(
+            &mut qb,
+            rows.iter().map(|finished| {
+                let attempt = &finished.attempt;
+                [
+                    finished.webhook_id.as_str().into(),
+                    attempt.event_id.as_str().into(),
+                    attempt.kind.as_str().into(),
+                    ts(attempt.time).into(),
+                    attempt.status.map(i64::from).into(),
+                    attempt.error.as_deref().into(),
+                    attempt.next_attempt_at.map(ts).into(),
+                ]
+            }),
+        );
         qb.build().run(on(&mut tx)).await?;
     }
     commit(tx).await
