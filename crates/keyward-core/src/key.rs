@@ -130,7 +130,7 @@ impl KeySecret {
             }
         }
         let checksum = checksum(body.as_bytes());
-        body.push_str(&checksum);
+        body.extend(checksum.map(char::from));
         Self(SecretString::from(format!("{}_{body}", prefix.as_str())))
     }
 
@@ -168,7 +168,7 @@ impl KeySecret {
         }
         let (random, given) = bytes.split_at(RANDOM_LEN);
         let expected = checksum(random);
-        if bool::from(expected.as_bytes().ct_eq(given)) {
+        if bool::from(expected.ct_eq(given)) {
             Ok(())
         } else {
             Err(KeyFormatError::BadChecksum)
@@ -227,14 +227,14 @@ fn digest(key: &str) -> KeyDigest {
     KeyDigest(Sha256::digest(key.as_bytes()).into())
 }
 
-fn checksum(random: &[u8]) -> String {
+fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = u64::from(crc32fast::hash(random));
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(n % 62) as usize];
         n /= 62;
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    out
 }
 
 /// SHA-256 digest of a key. Not secret on its own, but never shown anywhere either:
