@@ -6,7 +6,7 @@
 //! [`Caller::require`] runs them for keyward's own endpoints, [`Caller::require_route`]
 //! for the platform's routes (gateway mode and forward auth).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -27,16 +27,12 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// The proxies' record of the addresses a request came through.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The TCP peer of a request's connection, put in its extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
 /// The client's address (API.md §Key policies): the peer, or through trusted proxies the
 /// right-most `x-forwarded-for` entry that is not one of them. `None` without a peer (a
 /// request that did not come over a socket) or when that entry is not an address.
 #[must_use]
 pub fn client_address(state: &AppState, parts: &Parts) -> Option<IpAddr> {
-    let peer = parts.extensions.get::<PeerAddr>()?.0.ip();
+    let peer = RequestContext::of(parts).peer?.ip();
     let forwarded = parts
         .headers
         .get_all(X_FORWARDED_FOR)

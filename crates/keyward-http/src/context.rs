@@ -1,8 +1,9 @@
 //! What one request carries from the envelope middleware to the handler and back: its
-//! id, its arrival time, and once known its caller and rate-limit decision. Its own
+//! id, its arrival time, its peer, and once known its caller and rate-limit decision. Its own
 //! module because both the middleware (which makes and reads it) and authentication
 //! (which fills it) need it, and neither may depend on the other.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::http::Method;
@@ -12,6 +13,13 @@ use keyward_ratelimit::RateDecision;
 use time::OffsetDateTime;
 
 use crate::cache::key::CachedKey;
+
+/// The TCP peer of a request's connection, put in its extensions by the server. The
+/// envelope moves it into the request's [`RequestContext`] (`peer`), where every later
+/// step reads it: taken out, it leaves the extensions' table at three entries, which fit
+/// the table's first allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// A fresh request id: `req_` and a ULID.
 #[must_use]
@@ -27,6 +35,8 @@ pub struct RequestContext {
     pub request_id: RequestId,
     /// When the request arrived: the one clock read of its handling and its history row.
     pub arrived: OffsetDateTime,
+    /// The TCP peer of its connection, where it came over a socket ([`PeerAddr`]).
+    pub peer: Option<SocketAddr>,
     caller: OnceLock<Arc<CachedKey>>,
     rate: OnceLock<RateDecision>,
     route: OnceLock<(Method, &'static str)>,
@@ -52,12 +62,13 @@ pub struct RecordedAs {
 pub struct Forwarded;
 
 impl RequestContext {
-    /// A context for a request id, arrived at `arrived`.
+    /// A context for a request id, arrived at `arrived` from `peer`.
     #[must_use]
-    pub fn new(request_id: RequestId, arrived: OffsetDateTime) -> Self {
+    pub fn new(request_id: RequestId, arrived: OffsetDateTime, peer: Option<SocketAddr>) -> Self {
         Self {
             request_id,
             arrived,
+            peer,
             caller: OnceLock::new(),
             rate: OnceLock::new(),
             route: OnceLock::new(),
@@ -122,6 +133,9 @@ impl RequestContext {
         extensions
             .get::<Arc<Self>>()
             .cloned()
-            .unwrap_or_else(|| Arc::new(Self::new(new_request_id(), OffsetDateTime::now_utc())))
+            .unwrap_or_else(|| {
+                let peer = extensions.get::<PeerAddr>().map(|PeerAddr(addr)| *addr);
+                Arc::new(Self::new(new_request_id(), OffsetDateTime::now_utc(), peer))
+            })
     }
 }

@@ -29,7 +29,7 @@ use metrics::{Counter, Histogram};
 use time::OffsetDateTime;
 use tower::{Layer, Service};
 
-use crate::context::{Forwarded, RequestContext, new_request_id};
+use crate::context::{Forwarded, PeerAddr, RequestContext, new_request_id};
 use crate::error::{ApiError, ErrorCode, RenderedError};
 use crate::state::AppState;
 
@@ -135,7 +135,11 @@ where
         let arrived = OffsetDateTime::now_utc() + self.clock_offset;
         let request_id =
             client_request_id(req.headers().get(X_REQUEST_ID)).unwrap_or_else(new_request_id);
-        let ctx = Arc::new(RequestContext::new(request_id, arrived));
+        let peer = req
+            .extensions_mut()
+            .remove::<PeerAddr>()
+            .map(|PeerAddr(addr)| addr);
+        let ctx = Arc::new(RequestContext::new(request_id, arrived, peer));
         req.extensions_mut().insert(ctx.clone());
         let in_flight = InFlight {
             started,

@@ -40,7 +40,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use keyward_core::metric;
 use keyward_http::AppState;
-use keyward_http::auth::PeerAddr;
+use keyward_http::context::PeerAddr;
 use keyward_http::extract::BodyTimedOut;
 use keyward_http::middleware::MAX_REQUEST_HEADERS;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

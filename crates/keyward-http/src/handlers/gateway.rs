@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 
-use crate::auth::{Caller, PeerAddr};
+use crate::auth::Caller;
 use crate::context::{Forwarded, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::upstream::{prepare_request, strip_hop_by_hop};
@@ -43,10 +43,7 @@ async fn check(
 }
 
 fn peer(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<PeerAddr>()
-        .map(|PeerAddr(addr)| addr.ip())
+    RequestContext::of(parts).peer.map(|addr| addr.ip())
 }
 
 /// Forwards a request of a platform's route to the upstream (gateway mode); any other
