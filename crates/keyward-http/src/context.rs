@@ -130,12 +130,9 @@ impl RequestContext {
     }
 
     fn in_extensions(extensions: &axum::http::Extensions) -> Arc<Self> {
-        extensions
-            .get::<Arc<Self>>()
-            .cloned()
-            .unwrap_or_else(|| {
-                let peer = extensions.get::<PeerAddr>().map(|PeerAddr(addr)| *addr);
-                Arc::new(Self::new(new_request_id(), OffsetDateTime::now_utc(), peer))
-            })
+        extensions.get::<Arc<Self>>().cloned().unwrap_or_else(|| {
+            let peer = extensions.get::<PeerAddr>().map(|PeerAddr(addr)| *addr);
+            Arc::new(Self::new(new_request_id(), OffsetDateTime::now_utc(), peer))
+        })
     }
 }

@@ -125,24 +125,32 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
             ("x-keyward-scopes" = String, description = "The key's scopes, comma-separated"),
         ))),
     security(("api_key" = [])))]
-pub async fn authorize(State(state): State<AppState>, req: Request) -> Response {
+pub fn authorize(
+    State(state): State<AppState>,
+    req: Request,
+) -> impl Future<Output = Response> + Send {
+    // Not an `async fn`: its future would keep room for the request and for its parts (an
+    // `async fn` moves its arguments into locals), past 1 KiB, which the router's box of
+    // it would then allocate outside the allocator's fast path.
     let (mut parts, _body) = req.into_parts();
-    let Some(gateway) = state.gateway.as_ref() else {
-        return ApiError::no_such_route().into_response();
-    };
-    let Some((method, path)) = original_request(&parts) else {
-        return ApiError::no_such_route().into_response();
-    };
-    let Some(route) = gateway.routes.find(&method, &path) else {
-        return ApiError::no_such_route().into_response();
-    };
-    let caller = match check(&state, &mut parts, route, method).await {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
-    };
-    let mut response = StatusCode::OK.into_response();
-    set_identity(response.headers_mut(), &caller.record);
-    response
+    async move {
+        let Some(gateway) = state.gateway.as_ref() else {
+            return ApiError::no_such_route().into_response();
+        };
+        let Some((method, path)) = original_request(&parts) else {
+            return ApiError::no_such_route().into_response();
+        };
+        let Some(route) = gateway.routes.find(&method, &path) else {
+            return ApiError::no_such_route().into_response();
+        };
+        let caller = match check(&state, &mut parts, route, method).await {
+            Ok(caller) => caller,
+            Err(e) => return e.into_response(),
+        };
+        let mut response = StatusCode::OK.into_response();
+        set_identity(response.headers_mut(), &caller.record);
+        response
+    }
 }
 
 /// The method and path of the request a gateway asks about, or `None` if its headers

@@ -891,6 +891,18 @@ struct ValidateDemand {
     cost: u32,
 }
 
+impl Default for ValidateDemand {
+    /// An empty body's: no scopes, the request's own client, a cost of 1.
+    fn default() -> Self {
+        Self {
+            recorded_as: None,
+            scopes: None,
+            client_ip: None,
+            cost: 1,
+        }
+    }
+}
+
 fn validate_demand(req: ValidateRequest) -> Result<ValidateDemand, ApiError> {
     let recorded_as = req.endpoint.as_deref().map(parse_endpoint).transpose()?;
     let scopes = match req.required_scopes {
@@ -984,14 +996,6 @@ pub async fn validate_api_key(
     attempt: CallerAttempt,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let invalid = |reason: &'static str, retry_after: Option<u64>| {
-        let body = ValidateResponse::Invalid {
-            valid: false,
-            reason,
-            retry_after,
-        };
-        (StatusCode::OK, Json(body)).into_response()
-    };
     let caller = match attempt.0 {
         Ok(caller) => Ok(caller),
         Err(AuthFailure::Rejected(
@@ -1002,28 +1006,16 @@ pub async fn validate_api_key(
         )) => Err(reason),
         Err(other) => return Err(other.into()),
     };
+    // Without a body (the KonPro form), the key's own checks at a cost of 1.
     let demand = match body.parse_optional::<ValidateRequest>()? {
-        Some(req) => Some(validate_demand(req)?),
-        None => None,
+        Some(req) => validate_demand(req)?,
+        None => ValidateDemand::default(),
     };
+    // Not held across the wait below: the handler's future stays small.
+    drop(body);
     let caller = match caller {
         Ok(caller) => caller,
-        Err(reason) => return Ok(invalid(reason.as_str(), None)),
-    };
-    let Some(demand) = demand else {
-        // The KonPro form: the key's own checks, at a cost of 1.
-        let checked: Demand<'_> = Demand {
-            scopes: &[],
-            client: caller.client,
-            cost: 1,
-        };
-        return match check_policies(&state, &caller, &checked).await {
-            Ok(balance) => valid_body(&caller, balance),
-            Err(refusal) => {
-                let (reason, retry_after) = validate_reason(&refusal);
-                Ok(invalid(reason, retry_after))
-            }
-        };
+        Err(reason) => return Ok(invalid_answer(reason.as_str(), None)),
     };
     let scopes: Vec<&str> = demand
         .scopes
@@ -1047,9 +1039,19 @@ pub async fn validate_api_key(
         Ok(balance) => valid_body(&caller, balance),
         Err(refusal) => {
             let (reason, retry_after) = validate_reason(&refusal);
-            Ok(invalid(reason, retry_after))
+            Ok(invalid_answer(reason, retry_after))
         }
     }
+}
+
+/// Validate's `200 {"valid": false, ...}`.
+fn invalid_answer(reason: &'static str, retry_after: Option<u64>) -> Response {
+    let body = ValidateResponse::Invalid {
+        valid: false,
+        reason,
+        retry_after,
+    };
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 /// Validate's `reason` (and `retry_after`) for a refused check.
