@@ -14,9 +14,8 @@ use keyward_store::{
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
 
-use super::keys::push_rows;
 use super::rows::{self, from_ts, ts};
-use super::sql::{Get, PushArg, Statement, Tx, on};
+use super::sql::{Get, PushArg, Statement, Tx, on, push_rows};
 use super::{Backend, Dialect, audit, commit};
 
 /// Records `events` for the subscriptions that want them, in the caller's transaction:
