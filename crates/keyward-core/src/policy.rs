@@ -104,11 +104,7 @@ impl Credits {
             #[serde(default)]
             refill: Option<Refill>,
         }
-        let wire: Option<Wire> = value
-            .is_object()
-            .then(|| serde_json::from_value(value).ok())
-            .flatten();
-        let wire = wire.ok_or(InvalidValue(
+        let wire = from_object::<Wire>(value).ok_or(InvalidValue(
             "must be {\"remaining\": 0 to 1000000000, \"refill\": {\"amount\": 1 to \
                  1000000000, \"interval\": \"day\" or \"month\"} or null}",
         ))?;
@@ -129,6 +125,15 @@ impl Credits {
     }
 }
 
+/// `value` read as the wire object `T`, or `None` if it is not one: only a JSON object
+/// (serde would also fill a struct from an array of its fields).
+fn from_object<T: serde::de::DeserializeOwned>(value: Value) -> Option<T> {
+    value
+        .is_object()
+        .then(|| serde_json::from_value(value).ok())
+        .flatten()
+}
+
 /// Parses a key's `rate_limit`: `{"per_minute": N | null, "per_day": N | null}`, each 1
 /// to a billion, at least one set.
 ///
@@ -143,11 +148,7 @@ pub fn parse_rate_limit(value: Value) -> Result<Limits, InvalidValue> {
         #[serde(default)]
         per_day: Option<u64>,
     }
-    let wire: Option<Wire> = value
-        .is_object()
-        .then(|| serde_json::from_value(value).ok())
-        .flatten();
-    let wire = wire.ok_or(InvalidValue(
+    let wire = from_object::<Wire>(value).ok_or(InvalidValue(
         "must be {\"per_minute\": N or null, \"per_day\": N or null}",
     ))?;
     let bounded = |n: Option<u64>| match n {

@@ -43,20 +43,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    /// Every type an account's subscription may name.
-    pub const ACCOUNT_TYPES: &'static [Self] = &[
-        Self::KeyCreated,
-        Self::KeyUpdated,
-        Self::KeyRotated,
-        Self::KeyRevoked,
-        Self::KeyLeaked,
-        Self::KeyExpiring,
-        Self::KeyExpired,
-        Self::CreditsExhausted,
-    ];
-
-    /// Every type an operator's subscription may name: an account's, and the accounts'
-    /// own.
+    /// Every type an operator's subscription may name: an account's
+    /// ([`Self::ACCOUNT_TYPES`], listed first), then the accounts' own.
     pub const OPERATOR_TYPES: &'static [Self] = &[
         Self::KeyCreated,
         Self::KeyUpdated,
@@ -72,6 +60,10 @@ impl EventType {
         Self::AccountResumed,
         Self::AccountDeleted,
     ];
+
+    /// Every type an account's subscription may name: the key and credit types, the
+    /// first eight of [`Self::OPERATOR_TYPES`].
+    pub const ACCOUNT_TYPES: &'static [Self] = Self::OPERATOR_TYPES.split_at(8).0;
 
     /// Its name on the wire.
     #[must_use]
@@ -403,6 +395,12 @@ mod tests {
         }
         for t in EventType::OPERATOR_TYPES {
             assert_eq!(EventType::parse(t.as_str()), Some(*t));
+            assert_eq!(
+                EventType::ACCOUNT_TYPES.contains(t),
+                !t.as_str().starts_with("account."),
+                "{}",
+                t.as_str()
+            );
         }
     }
 }

@@ -249,6 +249,23 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Keeps the rows asked of the `read` rows of
+/// [`crate::extract::QueryParams::take_page`], and gives the cursor of the last one if
+/// more followed.
+pub(crate) fn trim_page<T>(
+    rows: &mut Vec<T>,
+    read: u32,
+    seq: impl Fn(&T) -> i64,
+) -> Option<String> {
+    let wanted = (read - 1) as usize;
+    if rows.len() > wanted {
+        rows.truncate(wanted);
+        rows.last().map(|r| encode_cursor(seq(r)))
+    } else {
+        None
+    }
+}
+
 /// The opaque cursor of history and audit pages.
 #[must_use]
 pub fn encode_cursor(seq: i64) -> String {

@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::dto::decode_cursor;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -275,6 +276,9 @@ fn data_reason(e: &serde_json::Error) -> String {
     }
 }
 
+/// Default size of a page read by cursor ([`QueryParams::take_page`]).
+const DEFAULT_PAGE: u64 = 50;
+
 /// A query string, parsed to pairs; endpoints take what they know and
 /// [`QueryParams::finish`] refuses the rest.
 #[derive(Debug, Default)]
@@ -350,6 +354,25 @@ impl QueryParams {
                     .map_err(|_| ApiError::validation(name, "must be an RFC 3339 timestamp"))
             })
             .transpose()
+    }
+
+    /// Takes the `limit` and `before` of a page read newest first by cursor (request
+    /// history, audit logs, delivery logs): how many rows to read, one more than asked
+    /// (its presence tells whether another page follows, [`crate::dto::trim_page`]), and
+    /// the cursor to read before.
+    ///
+    /// # Errors
+    /// `VALIDATION_ERROR` naming the parameter at fault.
+    pub(crate) fn take_page(&mut self) -> Result<(u32, Option<i64>), ApiError> {
+        let limit = self.take_number("limit", 1, 1000)?.unwrap_or(DEFAULT_PAGE);
+        let before = self
+            .take("before")?
+            .map(|raw| {
+                decode_cursor(&raw)
+                    .ok_or_else(|| ApiError::validation("before", "must be a next_before cursor"))
+            })
+            .transpose()?;
+        Ok((u32::try_from(limit).unwrap_or(1000) + 1, before))
     }
 
     /// Refuses any parameter not taken.

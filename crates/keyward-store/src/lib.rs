@@ -803,8 +803,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Delivery>>;
     /// Records finished attempts of claimed deliveries in one transaction: on an error,
     /// none of them. Each delivery counts one more attempt, loses its lease, and is
-    /// delivered (`delivered`), due again at its attempt's `next_attempt_at`, or else
-    /// failed for good; each attempt goes into its subscription's log, in the order given.
+    /// delivered ([`FinishedAttempt::delivered`]), due again at its attempt's
+    /// `next_attempt_at`, or else failed for good; each attempt goes into its
+    /// subscription's log, in the order given.
     async fn record_attempts(&self, attempts: &[FinishedAttempt]) -> StoreResult<()>;
     /// Records events for subscribers now, each in a transaction with the mark that makes
     /// it once (`once_key`, e.g. the key, its expiry and the kind): an event whose mark

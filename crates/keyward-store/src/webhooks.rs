@@ -104,6 +104,11 @@ pub struct FinishedAttempt {
     pub webhook_id: WebhookId,
     /// The attempt, as the delivery log shows it.
     pub attempt: DeliveryAttempt,
-    /// Whether a 2xx came back: the delivery is done.
-    pub delivered: bool,
+}
+
+impl FinishedAttempt {
+    /// Whether the attempt failed in no way (a 2xx came back): the delivery is done.
+    pub fn delivered(&self) -> bool {
+        self.attempt.error.is_none()
+    }
 }

@@ -302,24 +302,24 @@ async fn attempt(
         ),
         Err(error) => (None, Some(error)),
     };
-    let delivered = error.is_none();
-    let index = usize::try_from(delivery.attempts).unwrap_or(usize::MAX);
-    let next_attempt_at = if delivered {
-        None
-    } else {
-        options.schedule.get(index).map(|wait| now + *wait)
+    let mut finished = FinishedAttempt {
+        delivery_id: delivery.delivery_id,
+        webhook_id: delivery.webhook_id.clone(),
+        attempt: DeliveryAttempt {
+            time: now,
+            event_id: delivery.event_id.to_string(),
+            kind: delivery.kind.clone(),
+            status,
+            error,
+            next_attempt_at: None,
+        },
     };
-    let record = DeliveryAttempt {
-        time: now,
-        event_id: delivery.event_id.to_string(),
-        kind: delivery.kind.clone(),
-        status,
-        error,
-        next_attempt_at,
-    };
-    if delivered {
+    if finished.delivered() {
         tracing::debug!(webhook = %delivery.webhook_id, event = %delivery.event_id, "webhook delivered");
     } else {
+        let index = usize::try_from(delivery.attempts).unwrap_or(usize::MAX);
+        let record = &mut finished.attempt;
+        record.next_attempt_at = options.schedule.get(index).map(|wait| now + *wait);
         tracing::info!(
             webhook = %delivery.webhook_id,
             event = %delivery.event_id,
@@ -329,12 +329,7 @@ async fn attempt(
             "webhook delivery failed"
         );
     }
-    FinishedAttempt {
-        delivery_id: delivery.delivery_id,
-        webhook_id: delivery.webhook_id.clone(),
-        attempt: record,
-        delivered,
-    }
+    finished
 }
 
 /// One POST of a delivery: its response's status, or why none came. Never names the

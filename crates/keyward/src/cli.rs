@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use keyward_core::{AccountId, KeyPrefix, OperatorId, PlanName};
+use keyward_core::{AccountId, KeyPrefix, Limits, OperatorId, PlanName};
 
 /// keyward: a self-hostable API-key service.
 #[derive(Debug, Parser)]
@@ -340,15 +340,9 @@ pub enum AccountsCommand {
         /// The account.
         #[arg(value_parser = parse_account_id)]
         account_id: AccountId,
-        /// Requests per rolling minute: N or none.
-        #[arg(long, value_parser = parse_limit)]
-        per_minute: Option<Limit>,
-        /// Requests per rolling day: N or none.
-        #[arg(long, value_parser = parse_limit)]
-        per_day: Option<Limit>,
-        /// Requests per calendar month (UTC), the monthly quota: N or none.
-        #[arg(long, value_parser = parse_limit)]
-        per_month: Option<Limit>,
+        /// The numbers of the windows.
+        #[command(flatten)]
+        limits: LimitArgs,
         /// The database.
         #[command(flatten)]
         database: DatabaseArgs,
@@ -426,15 +420,9 @@ pub enum PlansCommand {
         /// The plan's name: 1 to 32 of a-z, 0-9, _ and -, starting with a letter.
         #[arg(value_parser = parse_plan)]
         name: PlanName,
-        /// Requests per rolling minute: N or none.
-        #[arg(long, value_parser = parse_limit)]
-        per_minute: Option<Limit>,
-        /// Requests per rolling day: N or none.
-        #[arg(long, value_parser = parse_limit)]
-        per_day: Option<Limit>,
-        /// Requests per calendar month (UTC), the monthly quota: N or none.
-        #[arg(long, value_parser = parse_limit)]
-        per_month: Option<Limit>,
+        /// The numbers of the windows.
+        #[command(flatten)]
+        limits: LimitArgs,
         /// The database.
         #[command(flatten)]
         database: DatabaseArgs,
@@ -448,6 +436,33 @@ pub enum PlansCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+/// The number of each window, as `accounts set-limits` and `plans set` take them.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LimitArgs {
+    /// Requests per rolling minute: N or none.
+    #[arg(long, value_parser = parse_limit)]
+    pub per_minute: Option<Limit>,
+    /// Requests per rolling day: N or none.
+    #[arg(long, value_parser = parse_limit)]
+    pub per_day: Option<Limit>,
+    /// Requests per calendar month (UTC), the monthly quota: N or none.
+    #[arg(long, value_parser = parse_limit)]
+    pub per_month: Option<Limit>,
+}
+
+impl LimitArgs {
+    /// `current` with each window given replaced: by its number, or by `None` for `none`.
+    #[must_use]
+    pub fn over(self, current: Limits) -> Limits {
+        let pick = |given: Option<Limit>, now: Option<u32>| given.map_or(now, |l| l.0);
+        Limits::new(
+            pick(self.per_minute, current.per_minute),
+            pick(self.per_day, current.per_day),
+        )
+        .with_per_month(pick(self.per_month, current.per_month))
+    }
 }
 
 /// A limit given on the command line: a positive number, or `none`.

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{
     AccountsArgs, AccountsCommand, AuditArgs, AuditCommand, BackupArgs, Cli, Command, DatabaseUrl,
-    Limit, OperatorsArgs, OperatorsCommand, PlansArgs, PlansCommand,
+    OperatorsArgs, OperatorsCommand, PlansArgs, PlansCommand,
 };
 
 /// Runs a parsed command line.
@@ -544,9 +544,7 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
         }
         AccountsCommand::SetLimits {
             account_id,
-            per_minute,
-            per_day,
-            per_month,
+            limits,
             database,
         } => {
             let store = open_store_with(&database.database_url, Open::EXISTING).await?;
@@ -558,12 +556,7 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
                 .with_context(|| no_account(&account_id, &database.database_url))?
                 .account
                 .overrides;
-            let pick = |given: Option<Limit>, now: Option<u32>| given.map_or(now, |l| l.0);
-            let overrides = Limits::new(
-                pick(per_minute, current.per_minute),
-                pick(per_day, current.per_day),
-            )
-            .with_per_month(pick(per_month, current.per_month));
+            let overrides = limits.over(current);
             store.close().await;
             let patch = AccountPatch {
                 overrides: Some(overrides),
@@ -572,12 +565,7 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
             let limits = change_account(&database.database_url, &account_id, &patch)
                 .await?
                 .limits;
-            println!(
-                "{account_id}: {} per minute, {} per day, {} per month",
-                show_limit(limits.per_minute),
-                show_limit(limits.per_day),
-                show_limit(limits.per_month)
-            );
+            println!("{account_id}: {}", show_limits(limits));
         }
     }
     Ok(())
@@ -585,6 +573,16 @@ async fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
 
 fn show_limit(n: Option<u32>) -> String {
     n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+}
+
+/// `N per minute, N per day, N per month`, each N a number or `unlimited`.
+fn show_limits(limits: Limits) -> String {
+    format!(
+        "{} per minute, {} per day, {} per month",
+        show_limit(limits.per_minute),
+        show_limit(limits.per_day),
+        show_limit(limits.per_month)
+    )
 }
 
 async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
@@ -707,14 +705,11 @@ async fn plans(args: PlansArgs) -> anyhow::Result<()> {
         }
         PlansCommand::Set {
             name,
-            per_minute,
-            per_day,
-            per_month,
+            limits,
             database,
         } => {
-            let number = |l: Option<Limit>| l.and_then(|l| l.0);
-            let limits =
-                Limits::new(number(per_minute), number(per_day)).with_per_month(number(per_month));
+            // An omitted window is unlimited.
+            let limits = limits.over(Limits::default());
             let store = open_store_with(&database.database_url, Open::EXISTING).await?;
             let plan = Plan {
                 name: name.clone(),
@@ -729,12 +724,7 @@ async fn plans(args: PlansArgs) -> anyhow::Result<()> {
             .await;
             store.close().await;
             put.map_err(refusal)?;
-            println!(
-                "plan {name}: {} per minute, {} per day, {} per month",
-                show_limit(limits.per_minute),
-                show_limit(limits.per_day),
-                show_limit(limits.per_month)
-            );
+            println!("plan {name}: {}", show_limits(limits));
         }
         PlansCommand::Delete { name, database } => {
             let store = open_store_with(&database.database_url, Open::EXISTING).await?;

@@ -27,38 +27,26 @@ const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 
+/// The asset of the file `name` of `crates/keyward-http/console/`, served as
+/// `content_type`.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_bytes!(concat!("../../console/", $name)),
+        }
+    };
+}
+
 /// Every file of the console. `index.html` is also `/console` itself.
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "index.html",
-        content_type: HTML,
-        body: include_bytes!("../../console/index.html"),
-    },
-    Asset {
-        name: "console.css",
-        content_type: CSS,
-        body: include_bytes!("../../console/console.css"),
-    },
-    Asset {
-        name: "console.js",
-        content_type: JS,
-        body: include_bytes!("../../console/console.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: JS,
-        body: include_bytes!("../../console/api.js"),
-    },
-    Asset {
-        name: "chart.js",
-        content_type: JS,
-        body: include_bytes!("../../console/chart.js"),
-    },
-    Asset {
-        name: "icon.svg",
-        content_type: SVG,
-        body: include_bytes!("../../console/icon.svg"),
-    },
+    asset!("index.html", HTML),
+    asset!("console.css", CSS),
+    asset!("console.js", JS),
+    asset!("api.js", JS),
+    asset!("chart.js", JS),
+    asset!("icon.svg", SVG),
 ];
 
 fn serve(asset: &Asset) -> Response {

@@ -13,13 +13,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::dto::{decode_cursor, encode_cursor};
+use crate::dto::trim_page;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::state::AppState;
-
-/// Default page size of history and audit pages.
-const DEFAULT_PAGE: u64 = 50;
 
 /// One row of the request history.
 #[derive(Debug, Serialize, ToSchema)]
@@ -102,14 +99,7 @@ pub struct AuditLogPage {
 
 /// The parameters both paged endpoints share.
 fn page_query(query: &mut QueryParams) -> Result<PageQuery, ApiError> {
-    let limit = query.take_number("limit", 1, 1000)?.unwrap_or(DEFAULT_PAGE);
-    let before = query
-        .take("before")?
-        .map(|raw| {
-            decode_cursor(&raw)
-                .ok_or_else(|| ApiError::validation("before", "must be a next_before cursor"))
-        })
-        .transpose()?;
+    let (limit, before) = query.take_page()?;
     let key_id = query
         .take("key_id")?
         .map(|raw| {
@@ -125,8 +115,7 @@ fn page_query(query: &mut QueryParams) -> Result<PageQuery, ApiError> {
     }
     Ok(PageQuery {
         before,
-        // One more than asked tells whether another page follows.
-        limit: u32::try_from(limit).unwrap_or(1000) + 1,
+        limit,
         key_id,
         since,
         until,
@@ -195,17 +184,6 @@ pub fn usage_month(mut query: QueryParams, now: OffsetDateTime) -> Result<String
     };
     query.finish()?;
     Ok(month)
-}
-
-/// Keeps `limit - 1` rows and gives the cursor of the last one if more followed.
-fn trim_page<T>(rows: &mut Vec<T>, limit: u32, seq: impl Fn(&T) -> i64) -> Option<String> {
-    let wanted = (limit - 1) as usize;
-    if rows.len() > wanted {
-        rows.truncate(wanted);
-        rows.last().map(|r| encode_cursor(seq(r)))
-    } else {
-        None
-    }
 }
 
 /// The account's request history, newest first.

@@ -13,16 +13,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::dto::{decode_cursor, encode_cursor};
+use crate::dto::trim_page;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyIdSegment, QueryParams};
 use crate::state::AppState;
 
 /// Longest description, in characters.
 const MAX_DESCRIPTION_CHARS: usize = 256;
-
-/// Default page size of a delivery log.
-const DEFAULT_PAGE: u64 = 50;
 
 /// Body of `POST /v1/webhooks`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -297,28 +294,15 @@ pub async fn deliveries(
     segment: &KeyIdSegment,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.take_number("limit", 1, 1000)?.unwrap_or(DEFAULT_PAGE);
-    let before = query
-        .take("before")?
-        .map(|raw| {
-            decode_cursor(&raw)
-                .ok_or_else(|| ApiError::validation("before", "must be a next_before cursor"))
-        })
-        .transpose()?;
+    let (read, before) = query.take_page()?;
     query.finish()?;
     let webhook_id = segment.webhook_id()?;
-    let limit = u32::try_from(limit).unwrap_or(1000);
     let mut attempts = state
         .store
-        .webhook_attempts(owner, &webhook_id, before, limit + 1)
+        .webhook_attempts(owner, &webhook_id, before, read)
         .await?
         .ok_or_else(ApiError::webhook_not_found)?;
-    let next_before = if attempts.len() > limit as usize {
-        attempts.truncate(limit as usize);
-        attempts.last().map(|(seq, _)| encode_cursor(*seq))
-    } else {
-        None
-    };
+    let next_before = trim_page(&mut attempts, read, |(seq, _)| *seq);
     let deliveries = attempts
         .into_iter()
         .map(|(_, a)| DeliveryItem {

@@ -14,9 +14,8 @@ use keyward_store::{
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 
-use super::keys::push_rows;
 use super::rows::{self, ts};
-use super::sql::{Statement, Tx, on};
+use super::sql::{Statement, Tx, on, push_rows};
 use super::{Dialect, webhooks};
 
 /// The columns [`rows::audit_event`] reads.

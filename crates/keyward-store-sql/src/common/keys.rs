@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::rows::{self, KEY_COLUMNS, scopes_json, ts};
-use super::sql::{Arg, Get, PushArg, Statement, Tx, on};
+use super::sql::{Get, PushArg, Statement, Tx, on, push_rows};
 use super::{Backend, Dialect, audit, commit};
 
 /// Keys per insert statement of a batch of creations: 11 parameters each keeps a statement
@@ -91,20 +91,6 @@ fn push_showing<D: Dialect>(qb: &mut QueryBuilder<D>, status: KeyStatus, now: Of
         qb.push(")");
     }
     qb.push(")");
-}
-
-/// Pushes `(…), (…)`: one parenthesized row per item, its values bound.
-pub(crate) fn push_rows<'a, D: Dialect, const N: usize>(
-    qb: &mut QueryBuilder<D>,
-    rows: impl IntoIterator<Item = [Arg<'a>; N]>,
-) {
-    for (i, row) in rows.into_iter().enumerate() {
-        qb.push(if i == 0 { "(" } else { ", (" });
-        for (j, value) in row.into_iter().enumerate() {
-            qb.push(if j == 0 { "" } else { ", " }).push_arg(value);
-        }
-        qb.push(")");
-    }
 }
 
 /// Inserts new keys (`last_used` and `version` take their defaults), their secrets and

@@ -188,6 +188,20 @@ impl<D: Sql> PushArg for QueryBuilder<D> {
     }
 }
 
+/// Pushes `(…), (…)`: one parenthesized row per item, its values bound.
+pub(crate) fn push_rows<'a, D: Sql, const N: usize>(
+    qb: &mut QueryBuilder<D>,
+    rows: impl IntoIterator<Item = [Arg<'a>; N]>,
+) {
+    for (i, row) in rows.into_iter().enumerate() {
+        qb.push(if i == 0 { "(" } else { ", (" });
+        for (j, value) in row.into_iter().enumerate() {
+            qb.push(if j == 0 { "" } else { ", " }).push_arg(value);
+        }
+        qb.push(")");
+    }
+}
+
 /// A shared statement's methods: `.arg(value)` binds its next parameter ([`Sql::bind`]);
 /// the others run it, with errors mapped by the database's [`Dialect`].
 pub(crate) trait Statement<D: Dialect>: Sized {

@@ -14,9 +14,8 @@ use keyward_store::{
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 use time::OffsetDateTime;
 
-use super::keys::push_rows;
 use super::rows::{self, from_ts, ts};
-use super::sql::{Get, PushArg, Statement, Tx, on};
+use super::sql::{Get, PushArg, Statement, Tx, on, push_rows};
 use super::{Backend, Dialect, audit, commit};
 
 /// Records `events` for the subscriptions that want them, in the caller's transaction:
@@ -347,14 +346,9 @@ pub(crate) async fn record_attempts<B: Backend>(
         return Ok(());
     }
     let mut tx = backend.begin().await?;
-    for FinishedAttempt {
-        delivery_id,
-        attempt,
-        delivered,
-        ..
-    } in finished
-    {
-        let status = if *delivered {
+    for finished in finished {
+        let attempt = &finished.attempt;
+        let status = if finished.delivered() {
             "delivered"
         } else if attempt.next_attempt_at.is_some() {
             "pending"
@@ -369,7 +363,7 @@ pub(crate) async fn record_attempts<B: Backend>(
         .arg(status)
         .arg(attempt.next_attempt_at.map_or(now, ts))
         .arg(now)
-        .arg(*delivery_id)
+        .arg(finished.delivery_id)
         .run(on(&mut tx))
         .await?;
     }

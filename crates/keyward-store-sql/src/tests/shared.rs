@@ -156,7 +156,6 @@ pub(super) async fn a_batch_of_attempts_is_recorded_whole<B: Backend>(store: &Sq
                     error: error.map(str::to_owned),
                     next_attempt_at,
                 },
-                delivered: error.is_none(),
             }
         })
         .collect();
